@@ -1,0 +1,3 @@
+"""Stepwise: a durable HTTP workflow-execution service."""
+
+__version__ = "0.1.0"

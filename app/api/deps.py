@@ -1,0 +1,50 @@
+"""Request-scoped access to what the lifespan built."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from fastapi import Request
+
+from app.engine.commands import RunCommands
+from app.engine.services import Engine
+from app.errors import Invalid, error_item
+from app.events.bus import EventBus
+
+
+def engine(request: Request) -> Engine:
+    found: Engine = request.app.state.engine
+    return found
+
+
+def commands(request: Request) -> RunCommands:
+    found: RunCommands = request.app.state.commands
+    return found
+
+
+def bus(request: Request) -> EventBus:
+    found: EventBus = request.app.state.bus
+    return found
+
+
+def encode_cursor(value: Any) -> str:
+    return (
+        base64.urlsafe_b64encode(json.dumps(value, separators=(",", ":")).encode())
+        .decode()
+        .rstrip("=")
+    )
+
+
+def decode_cursor(cursor: str | None) -> Any:
+    if cursor is None:
+        return None
+    try:
+        return json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        raise Invalid(
+            "the cursor is not one this API gave out",
+            code="invalid_cursor",
+            errors=[error_item(["query", "cursor"], "malformed cursor")],
+        ) from None

@@ -1,0 +1,148 @@
+"""ASGI middleware that guards every request before routing: a request id, API keys,
+the body size limit (413 without reading past it) and the JSON nesting limit (422)."""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import json
+import re
+import uuid
+from collections.abc import Sequence
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]")
+_DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def json_depth(body: bytes) -> int:
+    """Maximum nesting depth of a JSON text, without parsing it."""
+    brackets = _NOT_BRACKET.sub(b"", _STRING.sub(b"", body))
+    if not brackets:
+        return 0
+    return max(itertools.accumulate(map(_DEPTH_STEP.__getitem__, brackets)))
+
+
+async def _send_problem(
+    send: Send, status: int, code: str, detail: str, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    titles = {401: "Unauthorized", 413: "Payload too large", 422: "Unprocessable content"}
+    body = json.dumps(
+        {
+            "type": f"https://stepwise.dev/problems/{code}",
+            "title": titles.get(status, "Error"),
+            "status": status,
+            "detail": detail,
+            "code": code,
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestGuards:
+    def __init__(
+        self, app: ASGIApp, *, api_keys: Sequence[str], max_body_bytes: int, max_json_depth: int
+    ) -> None:
+        self.app = app
+        self.api_keys = [key.encode() for key in api_keys]
+        self.max_body_bytes = max_body_bytes
+        self.max_json_depth = max_json_depth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:100] or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        id_header = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), id_header]
+            await send(message)
+
+        if self.api_keys and scope["path"] not in OPEN_PATHS and not self._authorized(headers):
+            await _send_problem(
+                send_with_id,
+                401,
+                "unauthorized",
+                "send `Authorization: Bearer <key>` with a valid API key",
+                [(b"www-authenticate", b"Bearer")],
+            )
+            return
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send_with_id)
+            return
+        body = await self._read_body(headers, receive, send_with_id)
+        if body is None:
+            return
+        content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
+        if ("json" in content_type or not content_type) and json_depth(body) > self.max_json_depth:
+            await _send_problem(
+                send_with_id,
+                422,
+                "json_too_deep",
+                f"the JSON body nests deeper than {self.max_json_depth} levels",
+            )
+            return
+        await self.app(scope, _replay(body, receive), send_with_id)
+
+    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+        if scheme.lower() != b"bearer" or not token.strip():
+            return False
+        token = token.strip()
+        # compare against every key, so timing says nothing about which one nearly matched
+        return any([hmac.compare_digest(token, key) for key in self.api_keys])
+
+    async def _read_body(
+        self, headers: dict[bytes, bytes], receive: Receive, send: Send
+    ) -> bytes | None:
+        limit = self.max_body_bytes
+        too_large = f"the request body is larger than {limit} bytes"
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _send_problem(send, 413, "payload_too_large", too_large)
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await _send_problem(send, 413, "payload_too_large", too_large)
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

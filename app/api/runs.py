@@ -1,0 +1,246 @@
+"""Runs: start, read, list, wait, answer, message, resume, fork, edit, cancel, delete."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header, Query, Response
+from fastapi.responses import JSONResponse
+
+from app.api import deps
+from app.api.views import run_out
+from app.engine.commands import RunCommands
+from app.engine.lifecycle import RunStatus
+from app.engine.services import Engine
+from app.errors import Invalid, NotFound, error_item
+from app.events.bus import EventBus
+from app.schemas.runs import (
+    CheckpointDetail,
+    CheckpointList,
+    CheckpointOut,
+    ForkRequest,
+    InterruptResponse,
+    ResumeRequest,
+    RunCreate,
+    RunList,
+    RunOut,
+    SessionMessage,
+    StateEdit,
+)
+from app.store import checkpoints as checkpoint_store
+from app.store import runs as run_store
+from app.store.database import transaction
+from app.store.models import Run
+
+router = APIRouter(tags=["runs"])
+
+EngineDep = Annotated[Engine, Depends(deps.engine)]
+CommandsDep = Annotated[RunCommands, Depends(deps.commands)]
+BusDep = Annotated[EventBus, Depends(deps.bus)]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
+TimeoutS = Annotated[float, Query(ge=0, description="seconds to wait at most")]
+
+STATUSES = {s.value for s in RunStatus}
+BLOCKING = (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+async def load_run(engine: Engine, run_id: str) -> RunOut:
+    async with transaction(engine.sessions) as session:
+        run = await run_store.get(session, run_id)
+        if run is None:
+            raise NotFound(f"run {run_id!r} not found", code="run_not_found")
+        return await run_out(session, run)
+
+
+async def _resource(engine: Engine, run: Run) -> RunOut:
+    async with transaction(engine.sessions) as session:
+        return await run_out(session, run)
+
+
+async def wait_for_run(engine: Engine, bus: EventBus, run_id: str, timeout_s: float) -> RunOut:
+    """Block until the run is no longer queued or running, or the timeout passes."""
+    deadline = time.monotonic() + min(timeout_s, engine.settings.max_wait_s)
+    async with bus.subscribe(run_id) as signal:
+        while True:
+            async with transaction(engine.sessions) as session:
+                run = await run_store.get(session, run_id)
+                if run is None:
+                    raise NotFound(f"run {run_id!r} not found", code="run_not_found")
+                remaining = deadline - time.monotonic()
+                if run.status not in BLOCKING or remaining <= 0:
+                    return await run_out(session, run)
+            # the bus wakes us on the run's next event; the short timeout bounds a lost wake-up
+            await signal.wait_past(run.event_seq, min(remaining, 1.0))
+
+
+@router.post("/runs", response_model=RunOut, status_code=202)
+async def start_run(
+    body: RunCreate,
+    commands: CommandsDep,
+    engine: EngineDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    started = await commands.start(body, idempotency_key)
+    resource = await _resource(engine, started.run)
+    headers = {"Location": f"/runs/{resource.id}"}
+    if not started.created:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(resource.model_dump(mode="json"), status_code=202, headers=headers)
+
+
+@router.post("/runs/wait", response_model=RunOut)
+async def start_and_wait(
+    body: RunCreate,
+    commands: CommandsDep,
+    engine: EngineDep,
+    bus: BusDep,
+    timeout_s: TimeoutS = 30.0,
+    idempotency_key: IdempotencyKey = None,
+) -> RunOut:
+    started = await commands.start(body, idempotency_key)
+    return await wait_for_run(engine, bus, started.run.id, timeout_s)
+
+
+@router.get("/runs", response_model=RunList)
+async def list_runs(
+    engine: EngineDep,
+    status: Annotated[
+        list[str] | None, Query(description="statuses, comma-separated or repeated")
+    ] = None,
+    workflow: str | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> RunList:
+    statuses = [s.strip() for item in status or [] for s in item.split(",") if s.strip()]
+    unknown = [s for s in statuses if s not in STATUSES]
+    if unknown:
+        raise Invalid(
+            f"unknown status {unknown[0]!r}",
+            code="validation_error",
+            errors=[error_item(["query", "status"], f"must be one of {sorted(STATUSES)}")],
+        )
+    position = deps.decode_cursor(cursor)
+    before = None
+    if position is not None:
+        try:
+            before = (datetime.fromisoformat(position[0]), str(position[1]))
+        except (TypeError, ValueError, IndexError, KeyError):
+            raise Invalid(
+                "malformed cursor",
+                code="invalid_cursor",
+                errors=[error_item(["query", "cursor"], "malformed cursor")],
+            ) from None
+    async with transaction(engine.sessions) as session:
+        rows = await run_store.list_runs(
+            session, statuses=statuses, workflow=workflow, before=before, limit=limit + 1
+        )
+        items = [await run_out(session, row) for row in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = deps.encode_cursor([last.created_at.isoformat(), last.id])
+    return RunList(items=items, next_cursor=next_cursor)
+
+
+@router.get("/runs/{run_id}", response_model=RunOut)
+async def get_run(run_id: str, engine: EngineDep) -> RunOut:
+    return await load_run(engine, run_id)
+
+
+@router.get("/runs/{run_id}/wait", response_model=RunOut)
+async def wait_run(
+    run_id: str, engine: EngineDep, bus: BusDep, timeout_s: TimeoutS = 30.0
+) -> RunOut:
+    return await wait_for_run(engine, bus, run_id, timeout_s)
+
+
+@router.delete("/runs/{run_id}", status_code=204)
+async def delete_run(run_id: str, commands: CommandsDep) -> Response:
+    await commands.delete(run_id)
+    return Response(status_code=204)
+
+
+@router.post("/runs/{run_id}/state", response_model=RunOut)
+async def edit_state(
+    run_id: str, body: StateEdit, commands: CommandsDep, engine: EngineDep
+) -> RunOut:
+    return await _resource(engine, await commands.edit_state(run_id, body))
+
+
+@router.post("/runs/{run_id}/response", response_model=RunOut, status_code=202)
+async def respond(
+    run_id: str, body: InterruptResponse, commands: CommandsDep, engine: EngineDep
+) -> RunOut:
+    return await _resource(engine, await commands.respond(run_id, body))
+
+
+@router.post("/runs/{run_id}/messages", response_model=RunOut, status_code=202)
+async def send_message(
+    run_id: str, body: SessionMessage, commands: CommandsDep, engine: EngineDep
+) -> RunOut:
+    return await _resource(engine, await commands.message(run_id, body.message))
+
+
+@router.post("/runs/{run_id}/resume", response_model=RunOut, status_code=202)
+async def resume(
+    run_id: str,
+    commands: CommandsDep,
+    engine: EngineDep,
+    body: Annotated[ResumeRequest | None, Body()] = None,
+) -> RunOut:
+    run = await commands.resume(run_id, body.checkpoint_id if body else None)
+    return await _resource(engine, run)
+
+
+@router.post("/runs/{run_id}/fork", response_model=RunOut, status_code=201)
+async def fork(run_id: str, body: ForkRequest, commands: CommandsDep, engine: EngineDep) -> RunOut:
+    return await _resource(engine, await commands.fork(run_id, body))
+
+
+@router.post("/runs/{run_id}/cancel", response_model=RunOut, status_code=202)
+async def cancel(run_id: str, commands: CommandsDep, engine: EngineDep) -> RunOut:
+    return await _resource(engine, await commands.cancel(run_id))
+
+
+@router.get("/runs/{run_id}/checkpoints", response_model=CheckpointList)
+async def list_checkpoints(
+    run_id: str,
+    engine: EngineDep,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> CheckpointList:
+    after = deps.decode_cursor(cursor)
+    async with transaction(engine.sessions) as session:
+        if await run_store.get(session, run_id) is None:
+            raise NotFound(f"run {run_id!r} not found", code="run_not_found")
+        rows = await checkpoint_store.list_for_run(
+            session, run_id, after=after if isinstance(after, int) else 0, limit=limit + 1
+        )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return CheckpointList(
+        items=[CheckpointOut.model_validate(r) for r in rows],
+        next_cursor=deps.encode_cursor(rows[-1].seq) if more else None,
+    )
+
+
+@router.get("/runs/{run_id}/checkpoints/{checkpoint_id}", response_model=CheckpointDetail)
+async def get_checkpoint(run_id: str, checkpoint_id: str, engine: EngineDep) -> CheckpointDetail:
+    async with transaction(engine.sessions) as session:
+        loaded = await checkpoint_store.load(session, checkpoint_id)
+    if loaded is None or loaded[0].run_id != run_id:
+        raise NotFound(
+            f"checkpoint {checkpoint_id!r} not found in run {run_id}", code="checkpoint_not_found"
+        )
+    checkpoint, doc, _ = loaded
+    top = doc["frames"][0]
+    return CheckpointDetail(
+        **CheckpointOut.model_validate(checkpoint).model_dump(),
+        state=top["state"],
+        nodes=top["nodes"],
+        visits=top["visits"],
+        interrupt=doc.get("interrupt"),
+        frames=doc["frames"],
+    )

@@ -1,0 +1,39 @@
+"""Building response resources from stored rows."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.schemas.runs import RunError, RunOut, WorkflowRef
+from app.store import checkpoints as checkpoint_store
+from app.store.models import Run
+
+
+async def run_out(session: AsyncSession, run: Run) -> RunOut:
+    state = None
+    if run.head_checkpoint_id is not None:
+        loaded = await checkpoint_store.load(session, run.head_checkpoint_id)
+        if loaded is not None:
+            state = loaded[1]["frames"][0]["state"]
+    queued = run.status == "queued"
+    return RunOut(
+        id=run.id,
+        workflow=WorkflowRef(name=run.workflow_name, version=run.workflow_version),
+        status=run.status,
+        inputs=run.inputs,
+        state=state,
+        output=run.output,
+        error=RunError.model_validate(run.error) if run.error else None,
+        current_node=run.current_node,
+        interrupt=run.interrupt if run.status == "interrupted" else None,
+        awaiting_input=run.awaiting if run.status == "awaiting_input" else None,
+        resume_at=run.due_at if run.status == "suspended" else None,
+        start_at=run.due_at if queued else None,
+        parent_run_id=run.parent_run_id,
+        forked_from_checkpoint_id=run.forked_from_checkpoint_id,
+        step_count=run.step_count,
+        metadata=run.meta,
+        webhook=run.webhook,
+        created_at=run.created_at,
+        updated_at=run.updated_at,
+    )

@@ -1,0 +1,83 @@
+"""The run's memory: the document a checkpoint stores.
+
+``{"frames": [frame, ...], "interrupt": obj|None, "awaiting": obj|None, ...}``. The
+first frame is the run's own workflow; each further frame is a subgraph being run
+inside the node of the frame before it. A frame holds ``node`` (what runs next, None
+when the frame is done), ``last``, ``state``, ``nodes`` (outputs by node id),
+``visits``, ``messages`` (the session history), ``handoff`` and ``handoff_depth``.
+
+Documents are never mutated in place: every change builds new dicts along the changed
+path, so unchanged parts stay shared and checkpoint deltas are cheap to compute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from app.engine.templates import TemplateEngine
+from app.schemas.definition import WorkflowDefinition
+
+Doc = dict[str, Any]
+Frame = dict[str, Any]
+
+
+def new_frame(
+    definition: WorkflowDefinition,
+    inputs: Mapping[str, Any],
+    templates: TemplateEngine,
+    /,
+    **extra: Any,
+) -> Frame:
+    """A frame at the entry node, its state rendered from the definition over ``inputs``.
+
+    Raises TemplateError when the initial state does not render.
+    """
+    state = templates.render(definition.state, {"inputs": inputs})
+    entry = definition.entry_node
+    return {
+        "node": entry,
+        "last": None,
+        "state": state,
+        "nodes": {},
+        "visits": {entry: 1},
+        "messages": [],
+        "handoff": None,
+        "handoff_depth": 0,
+        **extra,
+    }
+
+
+def new_document(frame: Frame) -> Doc:
+    return {"frames": [frame], "interrupt": None, "awaiting": None}
+
+
+def node_path(doc: Doc, index: int, node_id: str | None) -> str | None:
+    """``parent/inner`` names for nodes of subgraph frames."""
+    if node_id is None:
+        return None
+    parents = [frame["parent_node"] for frame in doc["frames"][1 : index + 1]]
+    return "/".join([*parents, node_id])
+
+
+def top_state(doc: Doc) -> Any:
+    return doc["frames"][0]["state"]
+
+
+def replace_frame(doc: Doc, index: int, **changes: Any) -> Doc:
+    frames = list(doc["frames"])
+    frames[index] = {**frames[index], **changes}
+    return {**doc, "frames": frames}
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch, returning a new value."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result

@@ -1,0 +1,538 @@
+"""The runner cycle (DESIGN §1): one claimed run, executed until it pauses or ends.
+
+    pick node → resolve inputs → execute step → handle StepResult → choose edge → checkpoint
+
+Each step's checkpoint and events are written in one fenced transaction
+(``app.store.progress``); a runner that lost its lease gets ``LeaseLost`` and drops
+the run. Pauses, subgraph frames and handoffs are all state in the run's document
+(``app.engine.memory``), so any worker can pick the run up where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from app.engine import memory
+from app.engine.edges import choose_next
+from app.engine.lifecycle import RunStatus, check_transition
+from app.engine.services import Engine
+from app.engine.stepexec import execute_with_retry
+from app.engine.subgraphs import SubgraphFrames
+from app.engine.templates import TemplateError
+from app.schemas.definition import Node
+from app.steps.base import StepContext, StepError, StepResult, StepStatus
+from app.store import checkpoints as checkpoint_store
+from app.store import runs as run_store
+from app.store.checkpoints import CheckpointChain, CheckpointRow
+from app.store.database import transaction
+from app.store.events import NewEvent
+from app.store.models import utcnow
+from app.store.progress import record_step
+
+log = logging.getLogger(__name__)
+
+MAX_EVENT_OUTPUT_BYTES = 16 * 1024
+PAUSE_STATUSES = ("interrupted", "awaiting_input", "suspended", "failed")
+
+
+class LeaseLost(Exception):
+    """The run's lease moved to another worker (or the run was cancelled)."""
+
+
+def _error(code: str, message: str, **details: Any) -> StepError:
+    return StepError(code, message, details=details or None)
+
+
+class RunExecution:
+    def __init__(self, engine: Engine, run_id: str, lease: run_store.Lease) -> None:
+        self.engine = engine
+        self.run_id = run_id
+        self.lease = lease
+        self.guard = run_store.lease_guard(lease)
+        self.events: list[NewEvent] = []
+        self.inject: dict[str, Any] = {}
+
+    async def execute(self) -> None:
+        try:
+            if await self._load():
+                while await self._step():
+                    pass
+        except LeaseLost:
+            log.info("run %s: lease lost, dropping it", self.run_id)
+
+    # -- loading and resuming ------------------------------------------------------------
+
+    async def _load(self) -> bool:
+        async with transaction(self.engine.sessions) as session:
+            run = await run_store.get(session, self.run_id)
+            if run is None or run.status != "running" or run.lease_token != self.lease.token:
+                return False
+            assert run.head_checkpoint_id is not None
+            loaded = await checkpoint_store.load(session, run.head_checkpoint_id)
+            assert loaded is not None
+            checkpoint, doc, chain = loaded
+            self.chain: CheckpointChain = chain
+            self.frames = SubgraphFrames(self.engine)
+            await self.frames.load(session, run, doc)
+        self.inputs = run.inputs
+        self.head_id = checkpoint.id
+        self.step_count = run.step_count
+        self.attempt = run.attempt
+        self.max_steps = min(
+            self.frames.top.max_steps or self.engine.settings.max_steps,
+            self.engine.settings.max_steps,
+        )
+        self.doc = doc
+        self._resume(checkpoint.status, run.resume_data or {})
+        return True
+
+    def _resume(self, status: str, resume: dict[str, Any]) -> None:
+        """Turn how the run last stopped, and what the API left for it, into context."""
+        if status == "queued":
+            self.events.append(NewEvent("run.started", None, {}))
+            return
+        if status not in PAUSE_STATUSES and not resume:
+            return  # a lapsed lease or a released run: carry on
+        self.events.append(
+            NewEvent("run.resumed", None, {"from": status, **resume.get("info", {})})
+        )
+        if "response" in resume:
+            interrupt = self.doc.get("interrupt") or resume.get("interrupt") or {}
+            kind = interrupt.get("kind")
+            self.doc = {**self.doc, "interrupt": None, "interrupt_schema": None}
+            if kind == "handoff_approval":
+                self._route_handoff(len(self.doc["frames"]) - 1, self.doc["pending_handoff"])
+                self.doc = {**self.doc, "pending_handoff": None}
+            elif kind in ("interrupt", "interrupt_before"):
+                self.inject = {"response": resume["response"], "skip_before": True}
+        elif "message" in resume:
+            i = len(self.doc["frames"]) - 1
+            message = {"role": "user", "content": resume["message"], "ts": resume.get("ts")}
+            messages = [*self.doc["frames"][i]["messages"], message]
+            self.doc = memory.replace_frame({**self.doc, "awaiting": None}, i, messages=messages)
+            self.inject = {"user_message": resume["message"]}
+        elif status == "suspended":
+            self.inject = {
+                "continuation": {"resumed_at": utcnow().isoformat(), **resume.get("info", {})}
+            }
+
+    # -- the cycle ------------------------------------------------------------------------
+
+    async def _step(self) -> bool:
+        """Run the current node once; True while the run goes on."""
+        i = len(self.doc["frames"]) - 1
+        frame = self.doc["frames"][i]
+        node_id: str | None = frame["node"]
+        if node_id is None:  # a checkpoint of a finished run, resumed or forked
+            return await self._complete()
+        definition = self.frames.definition(i)
+        node = definition.nodes[node_id]
+        inject, self.inject = self.inject, {}
+        if self.step_count >= self.max_steps:
+            msg = f"the run passed max_steps ({self.max_steps})"
+            return await self._fail(i, node_id, _error("max_steps_exceeded", msg))
+        if node.interrupt_before and not inject.get("skip_before"):
+            payload = {"reason": node.interrupt_before}
+            return await self._interrupt(i, node_id, "interrupt_before", payload, None)
+        context = self._context(i, node_id, node, inject)
+        scope = self._scope(i, context)
+        try:
+            config = self.engine.templates.render(
+                node.with_, {**scope, "secrets": self.engine.secrets}
+            )
+        except TemplateError as exc:
+            return await self._fail(i, node_id, self._template_error(i, node_id, exc))
+        path = memory.node_path(self.doc, i, node_id)
+        visit = frame["visits"].get(node_id, 1)
+        self.events.append(NewEvent("node.started", path, {"step": node.step, "visit": visit}))
+        if node.step == "subgraph":
+            error = await self.frames.enter(self, i, node_id, config, visit)
+            return True if error is None else await self._fail(i, node_id, error)
+        step = self.engine.registry.get(node.step)
+        if not getattr(step, "pure", False):
+            await self._flush()  # let watchers see node.started before a slow step
+        ctx = StepContext(
+            run_id=self.run_id,
+            node=path or node_id,
+            step=node.step,
+            config=config,
+            inputs=self._inputs(i),
+            state=frame["state"],
+            context=context,
+            attempt=self.attempt + 1,
+            visit=visit,
+            http=self.engine.http,
+            services=self.engine,
+            emit=lambda data: self._progress(path, data),
+        )
+        result = await execute_with_retry(step, ctx, node, self._retrying)
+        return await self._handle(i, node_id, node, result)
+
+    async def _handle(self, i: int, node_id: str, node: Node, result: StepResult) -> bool:
+        redact = self.engine.redactor.json
+        if result.status is StepStatus.SUCCEEDED:
+            return await self._succeeded(i, node_id, redact(result.output))
+        if result.status is StepStatus.FAILED:
+            assert result.error is not None
+            error = result.error
+            return await self._fail(
+                i,
+                node_id,
+                StepError(
+                    error.code,
+                    self.engine.redactor.text(error.message),
+                    error.retryable,
+                    details=redact(error.details),
+                ),
+            )
+        self.step_count += 1
+        if result.status is StepStatus.NEEDS_CONTINUATION:
+            if result.output is not None:
+                self._record_output(i, node_id, redact(result.output))
+            due = result.resume_at
+            info = {"resume_at": due.isoformat() if due else None}
+            self.events.append(
+                NewEvent("run.suspended", memory.node_path(self.doc, i, node_id), info)
+            )
+            return await self._commit(RunStatus.SUSPENDED, i, node_id, due_at=due)
+        if result.status is StepStatus.INTERRUPTED:
+            interrupt = result.interrupt or {}
+            return await self._interrupt(
+                i, node_id, "interrupt", redact(interrupt.get("payload")), interrupt.get("schema")
+            )
+        if result.status is StepStatus.AWAITING_INPUT:
+            path = memory.node_path(self.doc, i, node_id)
+            awaiting = {"node": path, "prompt": result.prompt}
+            if result.prompt is not None:
+                frame = self.doc["frames"][i]
+                said = {"role": "assistant", "content": result.prompt, "ts": utcnow().isoformat()}
+                self.doc = memory.replace_frame(self.doc, i, messages=[*frame["messages"], said])
+            self.doc = {**self.doc, "awaiting": awaiting}
+            self.events.append(NewEvent("run.awaiting_input", path, awaiting))
+            return await self._commit(RunStatus.AWAITING_INPUT, i, node_id)
+        assert result.handoff is not None
+        return await self._handoff(i, node_id, node, result.handoff)
+
+    async def _succeeded(self, i: int, node_id: str, output: Any, *, count: bool = True) -> bool:
+        definition = self.frames.definition(i)
+        node = definition.nodes[node_id]
+        path = memory.node_path(self.doc, i, node_id)
+        self._record_output(i, node_id, output)
+        frame = self.doc["frames"][i]
+        if node.set:
+            scope = {**self._scope(i, self._context(i, node_id, node, {})), "output": output}
+            try:
+                updates = self.engine.templates.render(node.set, scope)
+            except TemplateError as exc:
+                return await self._fail(i, node_id, self._template_error(i, node_id, exc))
+            state = {**frame["state"], **updates}
+            if len(json.dumps(state)) > self.engine.settings.max_state_bytes:
+                msg = f"state is larger than {self.engine.settings.max_state_bytes} bytes"
+                return await self._fail(i, node_id, _error("state_too_large", msg))
+            self.doc = memory.replace_frame(self.doc, i, state=state)
+            self.events.append(NewEvent("state.updated", path, {"keys": sorted(updates)}))
+        self.events.append(NewEvent("node.completed", path, self._output_event(output)))
+        if count:
+            self.step_count += 1
+        frame = self.doc["frames"][i]
+        try:
+            choice = choose_next(
+                definition, node_id, self._scope(i, {}), self.engine.templates, path or node_id
+            )
+        except TemplateError as exc:
+            return await self._fail(i, node_id, self._template_error(i, node_id, exc))
+        self.events.extend(choice.events)
+        if not choice.matched:
+            msg = f"no outgoing edge of node {path!r} matched"
+            return await self._fail(i, node_id, _error("no_matching_edge", msg))
+        self.doc = memory.replace_frame(
+            self.doc, i, last=node_id, node=choice.next_node, handoff=None
+        )
+        if choice.next_node is not None and not self._enter(i, choice.next_node):
+            return await self._too_many_visits(i, node_id, choice.next_node)
+        if choice.next_node is None:
+            if i > 0:
+                try:
+                    parent, sub_output = self.frames.leave(self, i)
+                except TemplateError as exc:
+                    return await self._fail(i, node_id, self._template_error(i, node_id, exc))
+                return await self._succeeded(i - 1, parent, sub_output, count=False)
+            return await self._complete()
+        if node.interrupt_after:
+            return await self._interrupt(
+                i, node_id, "interrupt_after", {"reason": node.interrupt_after}, None
+            )
+        return await self._commit(RunStatus.RUNNING, i, node_id)
+
+    async def _complete(self) -> bool:
+        definition = self.frames.definition(0)
+        frame = self.doc["frames"][0]
+        if definition.output is None:
+            output = frame["state"]
+        else:
+            try:
+                output = self.engine.templates.render(definition.output, self._scope(0, {}))
+            except TemplateError as exc:
+                return await self._fail(0, frame["last"], self._template_error(0, "output", exc))
+        self.events.append(NewEvent("run.completed", None, {"output": output}))
+        return await self._commit(RunStatus.COMPLETED, 0, frame["last"], output=output)
+
+    async def _fail(self, i: int, node_id: str, error: StepError) -> bool:
+        path = memory.node_path(self.doc, i, node_id)
+        body: dict[str, Any] = {"code": error.code, "message": error.message, "node": path}
+        if error.details:
+            body["details"] = error.details
+        self.events.append(NewEvent("node.failed", path, {"error": body}))
+        if i > 0:
+            parent = self.doc["frames"][i]["parent_node"]
+            self.doc = {**self.doc, "frames": self.doc["frames"][:i]}
+            msg = f"subgraph of node {parent!r} failed at {path!r}: {error.message}"
+            return await self._fail(i - 1, parent, _error("subgraph_failed", msg, error=body))
+        self.doc = memory.replace_frame(self.doc, 0, node=node_id)
+        self.events.append(NewEvent("run.failed", path, {"error": body}))
+        return await self._commit(RunStatus.FAILED, 0, node_id, error=body)
+
+    async def _interrupt(
+        self, i: int, node_id: str, kind: str, payload: Any, schema: dict[str, Any] | None
+    ) -> bool:
+        path = memory.node_path(self.doc, i, node_id)
+        interrupt = {
+            "id": str(uuid.uuid4()),
+            "node": path,
+            "kind": kind,
+            "payload": payload,
+            "created_at": utcnow().isoformat(),
+        }
+        self.doc = {**self.doc, "interrupt": interrupt, "interrupt_schema": schema}
+        self.events.append(NewEvent("run.interrupted", path, {"interrupt": interrupt}))
+        return await self._commit(RunStatus.INTERRUPTED, i, node_id)
+
+    # -- handoff ------------------------------------------------------------------------
+
+    async def _handoff(self, i: int, node_id: str, node: Node, handoff: dict[str, Any]) -> bool:
+        definition = self.frames.definition(i)
+        agents = definition.agent_map
+        target, source = handoff.get("to"), node.agent
+        targets = {n.agent: nid for nid, n in definition.nodes.items() if n.agent}
+        if not isinstance(target, str) or target not in agents or target not in targets:
+            return await self._fail(
+                i, node_id, _error("unknown_agent", f"handoff to unknown agent {target!r}")
+            )
+        allowed = agents[source].handoff_targets if source in agents else None
+        if allowed is not None and target not in allowed:
+            msg = f"agent {source!r} may not hand off to {target!r} (allowed: {allowed})"
+            return await self._fail(i, node_id, _error("handoff_not_allowed", msg))
+        frame = self.doc["frames"][i]
+        if frame["handoff_depth"] + 1 > definition.max_handoff_depth:
+            msg = f"more than max_handoff_depth ({definition.max_handoff_depth}) handoffs"
+            return await self._fail(i, node_id, _error("max_handoff_depth_exceeded", msg))
+        obj = {
+            "from_agent": source,
+            "to_agent": target,
+            "payload": self.engine.redactor.json(handoff.get("payload")),
+        }
+        self._record_output(i, node_id, obj)
+        self.step_count += 1
+        route = {**obj, "from_node": node_id, "to_node": targets[target]}
+        needs_approval = (
+            node.handoff_approval
+            or agents[target].handoff_approval
+            or (source in agents and agents[source].handoff_approval)
+        )
+        if needs_approval:
+            self.doc = memory.replace_frame({**self.doc, "pending_handoff": route}, i, last=node_id)
+            return await self._interrupt(i, node_id, "handoff_approval", obj, None)
+        if not self._route_handoff(i, route):
+            return await self._too_many_visits(i, node_id, route["to_node"])
+        return await self._commit(RunStatus.RUNNING, i, node_id)
+
+    def _route_handoff(self, i: int, route: dict[str, Any]) -> bool:
+        obj = {k: route[k] for k in ("from_agent", "to_agent", "payload")}
+        frame = self.doc["frames"][i]
+        self.doc = memory.replace_frame(
+            self.doc,
+            i,
+            state={**frame["state"], "handoff": obj},
+            handoff=obj,
+            handoff_depth=frame["handoff_depth"] + 1,
+            last=route["from_node"],
+            node=route["to_node"],
+        )
+        path = memory.node_path(self.doc, i, route["from_node"])
+        self.events.append(
+            NewEvent(
+                "run.handoff",
+                path,
+                {**obj, "from_node": route["from_node"], "to_node": route["to_node"]},
+            )
+        )
+        return self._enter(i, route["to_node"])
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _enter(self, i: int, node_id: str) -> bool:
+        """Count a visit; False when it passes the node's max_iterations."""
+        frame = self.doc["frames"][i]
+        definition = self.frames.definition(i)
+        visits = frame["visits"].get(node_id, 0) + 1
+        self.doc = memory.replace_frame(self.doc, i, visits={**frame["visits"], node_id: visits})
+        limit = definition.nodes[node_id].max_iterations or definition.max_node_iterations
+        return bool(visits <= limit)
+
+    async def _too_many_visits(self, i: int, node_id: str, target: str) -> bool:
+        definition = self.frames.definition(i)
+        limit = definition.nodes[target].max_iterations or definition.max_node_iterations
+        path = memory.node_path(self.doc, i, target)
+        msg = f"node {path!r} was entered more than {limit} times"
+        self.doc = memory.replace_frame(self.doc, i, node=node_id)
+        return await self._fail(i, node_id, _error("max_node_iterations_exceeded", msg, node=path))
+
+    def _inputs(self, i: int) -> dict[str, Any]:
+        inputs: dict[str, Any] = self.inputs if i == 0 else self.doc["frames"][i]["inputs"]
+        return inputs
+
+    def _record_output(self, i: int, node_id: str, output: Any) -> None:
+        frame = self.doc["frames"][i]
+        self.doc = memory.replace_frame(
+            self.doc, i, nodes={**frame["nodes"], node_id: {"output": output}}
+        )
+
+    def _context(self, i: int, node_id: str, node: Node, inject: dict[str, Any]) -> dict[str, Any]:
+        frame = self.doc["frames"][i]
+        context: dict[str, Any] = {
+            "run_id": self.run_id,
+            "node": node_id,
+            "agent_id": node.agent,
+            "visit": frame["visits"].get(node_id, 1),
+            "messages": frame["messages"],
+        }
+        if frame.get("handoff") is not None:
+            context["handoff"] = frame["handoff"]
+        if i > 0:
+            context["subgraph_id"] = frame["subgraph_id"]
+        context.update({k: v for k, v in inject.items() if k != "skip_before"})
+        return context
+
+    def _scope(self, i: int, context: dict[str, Any]) -> dict[str, Any]:
+        frame = self.doc["frames"][i]
+        return {
+            "inputs": self._inputs(i),
+            "state": frame["state"],
+            "nodes": frame["nodes"],
+            "context": context,
+        }
+
+    def _template_error(self, i: int, node_id: str, exc: TemplateError) -> StepError:
+        path = memory.node_path(self.doc, i, node_id)
+        message = self.engine.redactor.text(f"node {path!r}: {exc.message} (in {exc.expression!r})")
+        return _error("expression_error", message, expression=exc.expression)
+
+    def _output_event(self, output: Any) -> dict[str, Any]:
+        encoded = json.dumps(output, default=str)
+        if len(encoded) > MAX_EVENT_OUTPUT_BYTES:
+            return {"output_bytes": len(encoded), "output_truncated": True}
+        return {"output": output}
+
+    async def _progress(self, path: str | None, data: dict[str, Any]) -> None:
+        self.events.append(NewEvent("step.progress", path, self.engine.redactor.json(data)))
+        await self._flush()
+
+    async def _retrying(self, attempt: int, delay: float, error: StepError, node: str) -> None:
+        self.attempt = attempt
+        info = {
+            "attempt": attempt,
+            "delay_s": delay,
+            "error": {"code": error.code, "message": self.engine.redactor.text(error.message)},
+        }
+        self.events.append(NewEvent("node.retrying", node, info))
+        await self._flush(attempt=attempt)
+
+    async def _flush(self, **values: Any) -> None:
+        """Write buffered events (and counters) without a checkpoint."""
+        if not self.events and not values:
+            return
+        lease_until = utcnow() + timedelta(seconds=self.engine.settings.lease_s)
+        async with transaction(self.engine.sessions) as session:
+            recorded = await record_step(
+                session,
+                self.run_id,
+                guard=self.guard,
+                values={"lease_expires_at": lease_until, **values},
+                events=self.events,
+            )
+        if recorded is None:
+            raise LeaseLost
+        self.events = []
+        self.engine.on_events(self.run_id, recorded.last_event_seq)
+
+    async def _commit(
+        self,
+        status: RunStatus,
+        i: int,
+        last_node: str | None,
+        *,
+        due_at: datetime | None = None,
+        error: dict[str, Any] | None = None,
+        output: Any = None,
+    ) -> bool:
+        """Checkpoint the document with the step's events; True while the run goes on."""
+        check_transition(RunStatus.RUNNING, status)
+        checkpoint_id = str(uuid.uuid4())
+        inner = len(self.doc["frames"]) - 1
+        next_node = memory.node_path(self.doc, inner, self.doc["frames"][inner]["node"])
+        if status is RunStatus.COMPLETED:
+            next_node = None
+        base_id, data, chain = self.chain.encode(checkpoint_id, self.doc)
+        row = CheckpointRow(
+            checkpoint_id,
+            self.run_id,
+            self.head_id,
+            0,
+            memory.node_path(self.doc, i, last_node),
+            next_node,
+            str(status),
+            self.step_count,
+        )
+        running = status is RunStatus.RUNNING
+        values: dict[str, Any] = {
+            "status": str(status),
+            "current_node": next_node,
+            "step_count": self.step_count,
+            "attempt": 0,
+            "resume_data": None,
+            "interrupt": self.doc.get("interrupt"),
+            "awaiting": self.doc.get("awaiting"),
+            "error": error,
+            "output": output,
+            "due_at": due_at,
+            "lease_expires_at": utcnow() + timedelta(seconds=self.engine.settings.lease_s)
+            if running
+            else None,
+        }
+        if not running:
+            values["lease_owner"] = None
+        async with transaction(self.engine.sessions) as session:
+            recorded = await record_step(
+                session,
+                self.run_id,
+                guard=self.guard,
+                values=values,
+                events=self.events,
+                checkpoint=row,
+                base_id=base_id,
+                data=data,
+            )
+        if recorded is None:
+            raise LeaseLost
+        self.chain = chain
+        self.head_id = checkpoint_id
+        self.attempt = 0
+        self.events = []
+        self.engine.on_events(self.run_id, recorded.last_event_seq)
+        if status is RunStatus.SUSPENDED and due_at is not None:
+            self.engine.on_work()
+        return running

@@ -1,0 +1,163 @@
+"""What the engine needs from the outside world, built once by the app's lifespan."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.engine.templates import TemplateEngine
+from app.engine.validation import DefinitionLimits, DefinitionValidator
+from app.errors import NotFound
+from app.schemas.definition import WorkflowDefinition
+from app.settings import Settings
+from app.steps.outbound import OutboundPolicy
+from app.steps.registry import StepRegistry
+from app.store import workflows as workflow_store
+from app.store.models import Run
+
+SECRET_PREFIX = "STEPWISE_SECRET_"
+REDACTED = "***"
+
+
+def load_secrets(settings: Settings, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """``STEPWISE_SECRET_<NAME>`` variables, then ``NAME=value`` lines of the secrets file."""
+    secrets = {
+        k[len(SECRET_PREFIX) :]: v for k, v in environ.items() if k.startswith(SECRET_PREFIX) and v
+    }
+    if settings.secrets_file:
+        for line in Path(settings.secrets_file).read_text().splitlines():
+            name, sep, value = line.partition("=")
+            if sep and name.strip() and not name.lstrip().startswith("#") and value:
+                secrets.setdefault(name.strip(), value.strip())
+    return secrets
+
+
+class Redactor:
+    """Replaces every secret value inside strings of a JSON value."""
+
+    def __init__(self, secrets: Mapping[str, str]) -> None:
+        # longest first, so a secret containing another is redacted whole
+        self._values = sorted({v for v in secrets.values() if len(v) >= 1}, key=len, reverse=True)
+
+    def __bool__(self) -> bool:
+        return bool(self._values)
+
+    def text(self, value: str) -> str:
+        for secret in self._values:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        return value
+
+    def json(self, value: Any) -> Any:
+        if not self._values:
+            return value
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.text(k): self.json(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.json(v) for v in value]
+        return value
+
+
+class DefinitionCache:
+    """Parsed definitions by content hash: a definition is validated once per process."""
+
+    def __init__(self, validator: DefinitionValidator) -> None:
+        self._validator = validator
+        self._by_hash: dict[str, WorkflowDefinition] = {}
+
+    def parse(self, digest: str, raw: dict[str, Any]) -> WorkflowDefinition:
+        found = self._by_hash.get(digest)
+        if found is None:
+            found = self._validator.parse(raw)
+            if len(self._by_hash) > 10_000:
+                self._by_hash.clear()
+            self._by_hash[digest] = found
+        return found
+
+    async def for_run(self, session: AsyncSession, run: Run) -> WorkflowDefinition:
+        found = self._by_hash.get(run.definition_hash)
+        if found is not None:
+            return found
+        if run.inline_definition is not None:
+            return self.parse(run.definition_hash, run.inline_definition)
+        row = await workflow_store.get_by_hash(session, run.definition_hash)
+        if row is None:
+            raise NotFound(f"the definition of run {run.id} is gone", code="workflow_not_found")
+        return self.parse(row.hash, row.definition)
+
+    async def stored(
+        self, session: AsyncSession, name: str, version: int | None
+    ) -> tuple[WorkflowDefinition, int, str]:
+        """A stored workflow (latest version unless pinned): definition, version, hash."""
+        if version is None:
+            row = await workflow_store.latest(session, name)
+        else:
+            row = await workflow_store.get_version(session, name, version)
+        if row is None:
+            which = f"{name!r}" if version is None else f"{name!r} version {version}"
+            raise NotFound(f"workflow {which} not found", code="workflow_not_found")
+        return self.parse(row.hash, row.definition), row.version, row.hash
+
+
+@dataclass(slots=True)
+class Engine:
+    """Everything a runner and the API's run commands share."""
+
+    settings: Settings
+    sessions: async_sessionmaker[AsyncSession]
+    templates: TemplateEngine
+    registry: StepRegistry
+    validator: DefinitionValidator
+    definitions: DefinitionCache
+    http: httpx.AsyncClient
+    outbound_policy: OutboundPolicy
+    secrets: dict[str, str]
+    redactor: Redactor
+    # called after a commit that appended events: (run_id, last_seq)
+    on_events: Callable[[str, int], None] = field(default=lambda run_id, seq: None)
+    # called after a commit that made a run claimable
+    on_work: Callable[[], None] = field(default=lambda: None)
+    # called after a commit that cancelled a run, to stop it where it executes
+    on_cancel: Callable[[str], None] = field(default=lambda run_id: None)
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        http: httpx.AsyncClient,
+        registry: StepRegistry | None = None,
+    ) -> Engine:
+        templates = TemplateEngine(
+            max_output_bytes=settings.template_max_output_bytes,
+            timeout_s=settings.template_timeout_s,
+        )
+        registry = registry or StepRegistry.load()
+        validator = DefinitionValidator(
+            registry, templates, DefinitionLimits(settings.max_definition_bytes, settings.max_nodes)
+        )
+        secrets = load_secrets(settings)
+        return cls(
+            settings=settings,
+            sessions=sessions,
+            templates=templates,
+            registry=registry,
+            validator=validator,
+            definitions=DefinitionCache(validator),
+            http=http,
+            outbound_policy=OutboundPolicy(
+                allow_private_networks=settings.allow_private_networks,
+                allowed_hosts=frozenset(settings.http_allowed_hosts),
+                max_response_bytes=settings.http_max_response_bytes,
+            ),
+            secrets=secrets,
+            redactor=Redactor(secrets),
+        )

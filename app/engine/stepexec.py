@@ -1,0 +1,62 @@
+"""Executing one step: its timeout, its retry policy, and exceptions turned into results."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from app.schemas.definition import Node
+from app.steps.base import Step, StepContext, StepError, StepResult, StepStatus
+
+log = logging.getLogger(__name__)
+
+OnRetry = Callable[[int, float, StepError, str], Awaitable[None]]
+
+
+async def _attempt(step: Step, ctx: StepContext, timeout_s: float | None) -> StepResult:
+    try:
+        if timeout_s is None:
+            result = await step.execute(ctx)
+        else:
+            result = await asyncio.wait_for(step.execute(ctx), timeout_s)
+    except TimeoutError:
+        return StepResult.failed(
+            "timeout", f"node {ctx.node!r} timed out after {timeout_s}s", retryable=True
+        )
+    except Exception as exc:  # a step's bug must fail its node, not the runner
+        log.exception("step %r of node %r raised", ctx.step, ctx.node)
+        return StepResult.failed(
+            "step_error", f"step {ctx.step!r} raised {type(exc).__name__}: {exc}"
+        )
+    if not isinstance(result, StepResult):
+        return StepResult.failed(
+            "bad_step_result",
+            f"step {ctx.step!r} returned {type(result).__name__}, not a StepResult",
+        )
+    return result
+
+
+async def execute_with_retry(
+    step: Step, ctx: StepContext, node: Node, on_retry: OnRetry
+) -> StepResult:
+    """Run the step; retry retryable failures per the node's policy (once without one).
+
+    ``on_retry`` records the failed attempt durably before the backoff sleep, so a
+    restart neither loses nor repeats an attempt count.
+    """
+    max_attempts = node.retry.max_attempts if node.retry else 1
+    while True:
+        result = await _attempt(step, ctx, node.timeout_s)
+        if result.status is not StepStatus.FAILED:
+            return result
+        error = result.error
+        assert error is not None
+        if not error.retryable or ctx.attempt >= max_attempts or node.retry is None:
+            return result
+        delay = node.retry.delay_s(ctx.attempt)
+        if error.retry_after_s is not None:
+            delay = max(delay, min(error.retry_after_s, node.retry.max_delay_s))
+        await on_retry(ctx.attempt, delay, error, ctx.node)
+        await asyncio.sleep(delay)
+        ctx.attempt += 1

@@ -1,0 +1,1 @@
+"""Event delivery: the wake-up bus (in-process, and Postgres LISTEN/NOTIFY) and SSE."""

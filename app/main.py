@@ -1,0 +1,50 @@
+"""``create_app()``: the ASGI application, its lifespan, routers and error handlers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import __version__
+from app.api import events, health, problems, runs, workflows
+from app.api.guards import RequestGuards
+from app.runtime import Runtime
+from app.settings import Settings
+from app.steps.registry import StepRegistry
+
+DESCRIPTION = """Stepwise executes workflow graphs durably: every step is checkpointed,
+runs pause for people and timers, and can be resumed, rewound, forked and watched live."""
+
+
+def create_app(
+    settings: Settings | None = None, *, registry: StepRegistry | None = None
+) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime(settings, registry=registry)
+        await runtime.start()
+        app.state.runtime = runtime
+        app.state.engine = runtime.engine
+        app.state.commands = runtime.commands
+        app.state.bus = runtime.bus
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title="Stepwise", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    problems.install(app)
+    for module in (workflows, runs, events, health):
+        app.include_router(module.router)
+    app.add_middleware(
+        RequestGuards,
+        api_keys=settings.api_keys,
+        max_body_bytes=settings.max_body_bytes,
+        max_json_depth=settings.max_json_depth,
+    )
+    return app

@@ -1,0 +1,74 @@
+"""The process runtime: database, engine, event bus, listener and runner pool.
+
+Built and torn down by the app's lifespan (``stepwise serve``) or by ``stepwise worker``;
+nothing here exists at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.engine.commands import RunCommands
+from app.engine.pool import RunnerPool
+from app.engine.services import Engine
+from app.events.bus import EventBus, PostgresListener
+from app.settings import Settings
+from app.steps.outbound import make_http_client
+from app.steps.registry import StepRegistry
+from app.store.database import create_engine, create_sessionmaker, migrate
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(
+        self, settings: Settings, *, run_workers: bool = True, registry: StepRegistry | None = None
+    ) -> None:
+        self.settings = settings
+        self.run_workers = run_workers and settings.workers > 0
+        self._registry = registry
+        self.db: AsyncEngine | None = None
+        self.listener: PostgresListener | None = None
+        self.pool: RunnerPool | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        if settings.migrate_on_start:
+            await migrate(settings.database_url)
+        self.db = create_engine(settings)
+        self.bus = EventBus()
+        self.http = make_http_client()
+        self.engine = Engine.build(
+            settings, create_sessionmaker(self.db), self.http, self._registry
+        )
+        self.engine.on_events = self.bus.publish
+        self.commands = RunCommands(self.engine)
+        if not settings.is_sqlite:
+            self.listener = PostgresListener(settings.database_url, self.bus)
+            await self.listener.start()
+        if self.run_workers:
+            self.pool = RunnerPool(self.engine, workers=settings.workers)
+            pool = self.pool
+            self.engine.on_work = pool.wake
+            self.engine.on_cancel = pool.cancel
+            self.bus.on_work(pool.wake)
+            self.bus.on_control(
+                lambda action, run_id: pool.cancel(run_id) if action == "cancel" else None
+            )
+            await pool.start()
+        log.info(
+            "stepwise started (%s, %d runners)",
+            "sqlite" if settings.is_sqlite else "postgres",
+            settings.workers if self.run_workers else 0,
+        )
+
+    async def stop(self) -> None:
+        if self.pool is not None:
+            await self.pool.stop()
+        if self.listener is not None:
+            await self.listener.stop()
+        await self.http.aclose()
+        if self.db is not None:
+            await self.db.dispose()

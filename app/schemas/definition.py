@@ -1,0 +1,103 @@
+"""The workflow definition format (DESIGN §2) as pydantic models.
+
+Structure only: the graph rules (edges, reachability, cycles, templates, agents) are
+checked by ``app.engine.validation``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,99}$"
+NODE_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class RetryPolicy(_Strict):
+    max_attempts: int = Field(default=1, ge=1, le=100)
+    initial_delay_s: float = Field(default=1.0, ge=0, le=3600)
+    backoff: float = Field(default=2.0, ge=1.0, le=10.0)
+    max_delay_s: float = Field(default=60.0, ge=0, le=86400)
+    retry_on_4xx: bool = False
+
+    def delay_s(self, failed_attempts: int) -> float:
+        """Delay before the next attempt after ``failed_attempts`` failures (≥ 1)."""
+        delay = self.initial_delay_s * self.backoff ** (failed_attempts - 1)
+        return float(min(delay, self.max_delay_s))
+
+
+class Node(_Strict):
+    step: str = Field(min_length=1, max_length=100)
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    set: dict[str, Any] = Field(default_factory=dict)
+    agent: str | None = None
+    handoff_approval: bool = False
+    interrupt_before: str | None = None
+    interrupt_after: str | None = None
+    max_iterations: int | None = Field(default=None, ge=1)
+    retry: RetryPolicy | None = None
+    timeout_s: float | None = Field(default=None, gt=0, le=86400)
+    description: str | None = None
+
+
+class Edge(_Strict):
+    from_: str = Field(alias="from")
+    to: str
+    when: str | None = None
+    loop: bool = False
+
+
+class Agent(_Strict):
+    description: str | None = None
+    # None: may hand off to any declared agent
+    handoff_targets: list[str] | None = None
+    handoff_approval: bool = False
+
+
+class AgentItem(Agent):
+    id: str = Field(min_length=1, max_length=100)
+
+
+class WorkflowDefinition(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str | None = None
+    inputs: dict[str, Any] | None = None
+    state: dict[str, Any] = Field(default_factory=dict)
+    entry: str | None = None
+    max_node_iterations: int = Field(default=25, ge=1, le=100_000)
+    max_steps: int | None = Field(default=None, ge=1)
+    max_handoff_depth: int = Field(default=10, ge=0, le=1000)
+    output: Any = None
+    agents: dict[str, Agent] | list[AgentItem] = Field(default_factory=dict)
+    nodes: dict[str, Node] = Field(min_length=1)
+    edges: list[Edge] = Field(default_factory=list)
+
+    @field_validator("nodes")
+    @classmethod
+    def _node_ids(cls, nodes: dict[str, Node]) -> dict[str, Node]:
+        import re
+
+        for node_id in nodes:
+            if not re.match(NODE_ID_PATTERN, node_id):
+                raise ValueError(
+                    f"node id {node_id!r} must match {NODE_ID_PATTERN} "
+                    "(letters, digits, '_' and '-')"
+                )
+        return nodes
+
+    @property
+    def entry_node(self) -> str:
+        return self.entry if self.entry is not None else next(iter(self.nodes))
+
+    @property
+    def agent_map(self) -> dict[str, Agent]:
+        if isinstance(self.agents, dict):
+            return self.agents
+        return {
+            item.id: Agent.model_validate(item.model_dump(exclude={"id"})) for item in self.agents
+        }

@@ -1,0 +1,84 @@
+"""Configuration: environment variables prefixed ``STEPWISE_``, validated at start."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept the four forms of DESIGN §7 and return the async-driver form."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+    if url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite:///")):
+        return url
+    raise ValueError(
+        "database_url must start with postgresql://, postgresql+asyncpg://, "
+        "sqlite:/// or sqlite+aiosqlite:///"
+    )
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STEPWISE_", extra="ignore")
+
+    database_url: str = "sqlite+aiosqlite:///./stepwise.db"
+    migrate_on_start: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # runners
+    workers: int = Field(default_factory=lambda: max(4, 8 * (os.cpu_count() or 1)), ge=0)
+    lease_s: float = Field(default=30.0, gt=0)
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    sweep_interval_s: float = Field(default=5.0, gt=0)
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    db_pool_size: int = Field(default=10, ge=1)
+
+    # limits
+    max_body_bytes: int = Field(default=10 << 20, gt=0)
+    max_json_depth: int = Field(default=64, gt=0)
+    max_definition_bytes: int = Field(default=1 << 20, gt=0)
+    max_nodes: int = Field(default=1000, gt=0)
+    max_state_bytes: int = Field(default=16 << 20, gt=0)
+    max_steps: int = Field(default=10_000, gt=0)
+    max_subgraph_depth: int = Field(default=8, gt=0)
+    template_max_output_bytes: int = Field(default=1 << 20, gt=0)
+    template_timeout_s: float = Field(default=1.0, gt=0)
+    max_wait_s: float = Field(default=300.0, gt=0)
+
+    # security
+    api_keys: Annotated[list[str], NoDecode] = []
+    allow_private_networks: bool = False
+    http_allowed_hosts: Annotated[list[str], NoDecode] = []
+    http_max_response_bytes: int = Field(default=10 << 20, gt=0)
+    secrets_file: str | None = None
+
+    # events
+    sse_keepalive_s: float = Field(default=15.0, gt=0)
+    sse_max_connections: int = Field(default=10_000, gt=0)
+    sse_max_stream_s: float = Field(default=3600.0, gt=0)
+
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    _split = field_validator("api_keys", "http_allowed_hosts", mode="before")(_split_csv)
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalize_url(cls, value: str) -> str:
+        return normalize_database_url(value)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

@@ -1,0 +1,1 @@
+"""Step types: the Step protocol, the built-in steps and the plugin registry."""

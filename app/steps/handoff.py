@@ -1,0 +1,11 @@
+"""``handoff``: hands the run to another agent, ``with: {to, payload}``."""
+
+from app.steps.base import StepContext, StepResult
+
+
+class HandoffStep:
+    async def execute(self, ctx: StepContext) -> StepResult:
+        target = ctx.config.get("to")
+        if not isinstance(target, str) or not target:
+            return StepResult.failed("invalid_step_config", "handoff needs `with.to`: an agent id")
+        return StepResult.handoff_to(target, ctx.config.get("payload"))

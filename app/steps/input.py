@@ -1,0 +1,11 @@
+"""``input``: waits for a session message; succeeds with the message."""
+
+from app.steps.base import StepContext, StepResult
+
+
+class InputStep:
+    async def execute(self, ctx: StepContext) -> StepResult:
+        if "user_message" in ctx.context:
+            return StepResult.succeeded(ctx.context["user_message"])
+        prompt = ctx.config.get("prompt")
+        return StepResult.awaiting_input(str(prompt) if prompt is not None else None)

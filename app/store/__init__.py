@@ -1,0 +1,1 @@
+"""Persistence: ORM models, the database engine, and every query Stepwise makes."""

@@ -1,0 +1,111 @@
+"""Checkpoints: a tree per run (``parent_id``), each a full snapshot or a delta
+against its run's latest snapshot (see ``app.store.deltas``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased, defer
+
+from app.store import deltas
+from app.store.models import Checkpoint, utcnow
+
+# A new snapshot is written when the cumulative delta grows past this share of the
+# snapshot's size, so deltas stay small and a read needs at most two rows.
+SNAPSHOT_RATIO = 0.5
+MIN_SNAPSHOT_BYTES = 2048
+
+
+@dataclass(slots=True)
+class CheckpointChain:
+    """The snapshot that the next checkpoint's delta is taken against."""
+
+    base_id: str | None = None
+    base_doc: Any = None
+    base_bytes: int = 0
+
+    def encode(self, checkpoint_id: str, doc: Any) -> tuple[str | None, Any, CheckpointChain]:
+        """``(base_id, data)`` to store for ``doc``, and the chain to use after it is stored."""
+        if self.base_id is not None:
+            delta = deltas.diff(self.base_doc, doc)
+            size = len(json.dumps(delta, separators=(",", ":"))) if delta is not None else 2
+            if size <= max(MIN_SNAPSHOT_BYTES, self.base_bytes * SNAPSHOT_RATIO):
+                return self.base_id, delta, self
+        size = len(json.dumps(doc, separators=(",", ":")))
+        return None, doc, CheckpointChain(checkpoint_id, doc, size)
+
+
+@dataclass(slots=True)
+class CheckpointRow:
+    id: str
+    run_id: str
+    parent_id: str | None
+    seq: int
+    last_node: str | None
+    next_node: str | None
+    status: str
+    steps_completed: int
+    created_at: datetime = field(default_factory=utcnow)
+
+
+async def insert_checkpoint(
+    session: AsyncSession, row: CheckpointRow, base_id: str | None, data: Any
+) -> None:
+    await session.execute(
+        insert(Checkpoint).values(
+            id=row.id,
+            run_id=row.run_id,
+            parent_id=row.parent_id,
+            seq=row.seq,
+            last_node=row.last_node,
+            next_node=row.next_node,
+            status=row.status,
+            steps_completed=row.steps_completed,
+            base_id=base_id,
+            data=data,
+            created_at=row.created_at,
+        )
+    )
+
+
+async def load(
+    session: AsyncSession, checkpoint_id: str
+) -> tuple[Checkpoint, Any, CheckpointChain] | None:
+    """The checkpoint, its full document, and the chain to continue writing after it."""
+    base = aliased(Checkpoint)
+    stmt = (
+        select(Checkpoint, base.data)
+        .outerjoin(base, base.id == Checkpoint.base_id)
+        .where(Checkpoint.id == checkpoint_id)
+    )
+    found = (await session.execute(stmt)).first()
+    if found is None:
+        return None
+    checkpoint, base_data = found
+    if checkpoint.base_id is None:
+        doc = checkpoint.data
+        chain = CheckpointChain(checkpoint.id, doc, len(json.dumps(doc, separators=(",", ":"))))
+    else:
+        doc = deltas.apply(base_data, checkpoint.data)
+        chain = CheckpointChain(
+            checkpoint.base_id, base_data, len(json.dumps(base_data, separators=(",", ":")))
+        )
+    return checkpoint, doc, chain
+
+
+async def list_for_run(
+    session: AsyncSession, run_id: str, *, after: int, limit: int
+) -> list[Checkpoint]:
+    stmt = (
+        select(Checkpoint)
+        .options(defer(Checkpoint.data, raiseload=True))
+        .where(Checkpoint.run_id == run_id, Checkpoint.seq > after)
+        .order_by(Checkpoint.seq)
+        .limit(limit)
+    )
+    return list((await session.execute(stmt)).scalars())

@@ -1,0 +1,74 @@
+"""Event storage: each run's events with a gapless ``seq``, appended in the writer's
+transaction after the run row's ``event_seq`` counter was advanced."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, insert, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.store.models import Event, utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    type: str
+    node: str | None = None
+    data: dict[str, Any] | None = None
+
+
+async def insert_events(
+    session: AsyncSession,
+    run_id: str,
+    last_seq: int,
+    events: Sequence[NewEvent],
+    ts: datetime | None = None,
+) -> None:
+    """Insert ``events`` numbered so that the last one gets ``last_seq``."""
+    if not events:
+        return
+    ts = ts or utcnow()
+    first = last_seq - len(events) + 1
+    rows = [
+        {
+            "run_id": run_id,
+            "seq": first + i,
+            "type": e.type,
+            "node": e.node,
+            "ts": ts,
+            "data": e.data or {},
+        }
+        for i, e in enumerate(events)
+    ]
+    await session.execute(insert(Event), rows)
+
+
+def _type_filter(stmt: Select[Any], types: Sequence[str]) -> Select[Any]:
+    conditions = []
+    for pattern in types:
+        if pattern.endswith("*"):
+            conditions.append(Event.type.startswith(pattern[:-1], autoescape=True))
+        else:
+            conditions.append(Event.type == pattern)
+    return stmt.where(or_(*conditions)) if conditions else stmt
+
+
+async def list_events(
+    session: AsyncSession,
+    run_id: str,
+    *,
+    after: int = 0,
+    limit: int = 500,
+    types: Sequence[str] = (),
+) -> list[Event]:
+    stmt = (
+        select(Event)
+        .where(Event.run_id == run_id, Event.seq > after)
+        .order_by(Event.seq)
+        .limit(limit)
+    )
+    return list((await session.execute(_type_filter(stmt, types))).scalars())

@@ -1,0 +1,166 @@
+"""ORM models: workflows, runs, checkpoints, events.
+
+These classes are the storage shape only; API schemas live in ``app.schemas``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Workflow(Base):
+    __tablename__ = "workflows"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    description: Mapped[str | None] = mapped_column(Text)
+    definition: Mapped[dict[str, Any]] = mapped_column(Json)
+    hash: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        # claimable work: queued or suspended runs by due time
+        Index(
+            "ix_runs_claim_due",
+            "status",
+            "due_at",
+            postgresql_where=text("status IN ('queued', 'suspended')"),
+            sqlite_where=text("status IN ('queued', 'suspended')"),
+        ),
+        # running runs by lease expiry, for recovery
+        Index(
+            "ix_runs_lease",
+            "lease_expires_at",
+            postgresql_where=text("status = 'running'"),
+            sqlite_where=text("status = 'running'"),
+        ),
+        Index("ix_runs_list", "created_at", "id"),
+        Index("ix_runs_workflow_created", "workflow_name", "created_at"),
+        Index("ix_runs_status_created", "status", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    workflow_name: Mapped[str] = mapped_column(String(100))
+    workflow_version: Mapped[int | None] = mapped_column(Integer)
+    definition_hash: Mapped[str] = mapped_column(String(64))
+    inline_definition: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    status: Mapped[str] = mapped_column(String(20))
+    inputs: Mapped[dict[str, Any]] = mapped_column(Json)
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", Json)
+    output: Mapped[Any] = mapped_column(Json, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    current_node: Mapped[str | None] = mapped_column(String(200))
+    interrupt: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    awaiting: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    # what a response, message, resume or state edit left for the runner to pick up
+    resume_data: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    due_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    parent_run_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("runs.id", ondelete="SET NULL"), index=True
+    )
+    forked_from_checkpoint_id: Mapped[str | None] = mapped_column(String(36))
+    step_count: Mapped[int] = mapped_column(Integer, default=0)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    head_checkpoint_id: Mapped[str | None] = mapped_column(String(36))
+    event_seq: Mapped[int] = mapped_column(Integer, default=0)
+    checkpoint_seq: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(100))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    lease_token: Mapped[int] = mapped_column(Integer, default=0)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    webhook: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("run_id", "seq"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(36), ForeignKey("runs.id", ondelete="CASCADE"))
+    parent_id: Mapped[str | None] = mapped_column(String(36))
+    seq: Mapped[int] = mapped_column(Integer)
+    last_node: Mapped[str | None] = mapped_column(String(200))
+    next_node: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20))
+    steps_completed: Mapped[int] = mapped_column(Integer)
+    # null: `data` is a full snapshot; else `data` is a delta against that snapshot
+    base_id: Mapped[str | None] = mapped_column(String(36))
+    data: Mapped[Any] = mapped_column(Json)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class Event(Base):
+    __tablename__ = "events"
+
+    run_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    type: Mapped[str] = mapped_column(String(40))
+    node: Mapped[str | None] = mapped_column(String(200))
+    ts: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    data: Mapped[Any] = mapped_column(Json)

@@ -1,0 +1,178 @@
+"""Queries over runs: create, read, list, claim and lease, guarded updates, delete.
+
+Every write that a runner makes is fenced: it names the lease (owner and token) it
+holds, and a run whose lease moved on refuses the write in the same statement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.store.models import Run, utcnow
+
+PAUSED = ("interrupted", "awaiting_input", "suspended")
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    owner: str
+    token: int
+
+
+def _is_postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+async def notify(session: AsyncSession, channel: str, payload: str) -> None:
+    """Queue a Postgres notification; it is delivered only when the transaction commits."""
+    if _is_postgres(session):
+        await session.execute(text("SELECT pg_notify(:c, :p)"), {"c": channel, "p": payload})
+
+
+async def insert_run(session: AsyncSession, values: dict[str, Any]) -> Run:
+    run = Run(**values)
+    session.add(run)
+    await session.flush()
+    return run
+
+
+async def get(session: AsyncSession, run_id: str, *, lock: bool = False) -> Run | None:
+    stmt = select(Run).where(Run.id == run_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def get_by_idempotency_key(session: AsyncSession, key: str) -> Run | None:
+    return (
+        await session.execute(select(Run).where(Run.idempotency_key == key))
+    ).scalar_one_or_none()
+
+
+async def list_runs(
+    session: AsyncSession,
+    *,
+    statuses: Sequence[str],
+    workflow: str | None,
+    before: tuple[datetime, str] | None,
+    limit: int,
+) -> list[Run]:
+    """Newest first; ``before`` is the (created_at, id) of the last row of the previous page."""
+    stmt = select(Run).order_by(Run.created_at.desc(), Run.id.desc()).limit(limit)
+    if statuses:
+        stmt = stmt.where(Run.status.in_(statuses))
+    if workflow is not None:
+        stmt = stmt.where(Run.workflow_name == workflow)
+    if before is not None:
+        created, run_id = before
+        stmt = stmt.where(
+            or_(Run.created_at < created, and_(Run.created_at == created, Run.id < run_id))
+        )
+    return list((await session.execute(stmt)).scalars())
+
+
+def lease_guard(lease: Lease) -> ColumnElement[bool]:
+    return and_(
+        Run.status == "running", Run.lease_owner == lease.owner, Run.lease_token == lease.token
+    )
+
+
+def _claimable(now: datetime) -> ColumnElement[bool]:
+    return or_(
+        and_(Run.status == "queued", or_(Run.due_at.is_(None), Run.due_at <= now)),
+        and_(Run.status == "suspended", Run.due_at <= now),
+        and_(Run.status == "running", Run.lease_expires_at < now),
+    )
+
+
+async def claim(
+    session: AsyncSession, owner: str, limit: int, lease_s: float, *, run_id: str | None = None
+) -> list[tuple[str, int]]:
+    """Claim up to ``limit`` runnable runs: queued ones, due timers and lapsed leases.
+
+    Candidates are locked with ``FOR UPDATE SKIP LOCKED`` (Postgres), then taken with a
+    status-guarded ``UPDATE … RETURNING``, so two workers never claim the same run.
+    """
+    now = utcnow()
+    candidates = select(Run.id).where(_claimable(now)).order_by(Run.due_at).limit(limit)
+    if run_id is not None:
+        candidates = candidates.where(Run.id == run_id)
+    if _is_postgres(session):
+        candidates = candidates.with_for_update(skip_locked=True)
+    ids = list((await session.execute(candidates)).scalars())
+    if not ids:
+        return []
+    stmt = (
+        update(Run)
+        .where(Run.id.in_(ids), _claimable(now))
+        .values(
+            status="running",
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            lease_token=Run.lease_token + 1,
+            due_at=None,
+            updated_at=now,
+        )
+        .returning(Run.id, Run.lease_token)
+        .execution_options(synchronize_session=False)
+    )
+    return [(row[0], int(row[1])) for row in (await session.execute(stmt)).all()]
+
+
+async def extend_leases(
+    session: AsyncSession, owner: str, ids: Sequence[str], lease_s: float
+) -> set[str]:
+    """Extend the leases ``owner`` still holds; returns the ids it still holds."""
+    if not ids:
+        return set()
+    stmt = (
+        update(Run)
+        .where(Run.id.in_(ids), Run.lease_owner == owner, Run.status == "running")
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+        .returning(Run.id)
+        .execution_options(synchronize_session=False)
+    )
+    return set((await session.execute(stmt)).scalars())
+
+
+async def release(session: AsyncSession, owner: str, ids: Sequence[str]) -> list[str]:
+    """Give runs back to the queue (graceful shutdown): another worker takes them at once."""
+    if not ids:
+        return []
+    stmt = (
+        update(Run)
+        .where(Run.id.in_(ids), Run.lease_owner == owner, Run.status == "running")
+        .values(status="queued", lease_owner=None, lease_expires_at=None, updated_at=utcnow())
+        .returning(Run.id)
+        .execution_options(synchronize_session=False)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def next_due_at(session: AsyncSession) -> datetime | None:
+    """The earliest future time at which some run becomes claimable."""
+    stmt = select(func.min(Run.due_at)).where(
+        Run.status.in_(("queued", "suspended")), Run.due_at.is_not(None)
+    )
+    due = (await session.execute(stmt)).scalar_one_or_none()
+    leases = select(func.min(Run.lease_expires_at)).where(Run.status == "running")
+    lease = (await session.execute(leases)).scalar_one_or_none()
+    candidates = [t for t in (due, lease) if t is not None]
+    return min(candidates) if candidates else None
+
+
+async def delete_run(session: AsyncSession, run_id: str) -> None:
+    # Events and checkpoints go with it (ON DELETE CASCADE; SQLite enforces it with
+    # foreign_keys=ON). Explicit deletes keep it true whatever the backend's settings.
+    from app.store.models import Checkpoint, Event
+
+    await session.execute(delete(Event).where(Event.run_id == run_id))
+    await session.execute(delete(Checkpoint).where(Checkpoint.run_id == run_id))
+    await session.execute(update(Run).where(Run.parent_run_id == run_id).values(parent_run_id=None))
+    await session.execute(delete(Run).where(Run.id == run_id))

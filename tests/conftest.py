@@ -1,0 +1,199 @@
+"""Test fixtures: real databases (SQLite and Postgres), the app over ASGI, live servers.
+
+Every API test runs on both backends. Postgres tests need a server (STEPWISE_TEST_PG,
+default postgresql://postgres@127.0.0.1:5432/postgres); without one they are skipped
+with a loud warning — and CI (STEPWISE_REQUIRE_POSTGRES=1) fails instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app.main import create_app
+from app.settings import Settings
+from app.store.database import migrate
+
+PG_ADMIN_URL = os.environ.get("STEPWISE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REQUIRE_PG = os.environ.get("STEPWISE_REQUIRE_POSTGRES") == "1"
+TABLES = ("events", "checkpoints", "runs", "workflows")
+
+
+def _pg_url(database: str) -> str:
+    base = PG_ADMIN_URL.replace("postgresql://", "postgresql+asyncpg://", 1)
+    return base.rsplit("/", 1)[0] + "/" + database
+
+
+async def _pg_admin(sql: str) -> None:
+    engine = create_async_engine(
+        _pg_url(PG_ADMIN_URL.rsplit("/", 1)[1]), isolation_level="AUTOCOMMIT"
+    )
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(sql))
+    finally:
+        await engine.dispose()
+
+
+async def _pg_available() -> bool:
+    try:
+        await asyncio.wait_for(_pg_admin("SELECT 1"), 5)
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+async def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'stepwise.db'}"
+        await migrate(url)
+        yield url
+        return
+    if not await _pg_available():
+        message = f"Postgres is not reachable at {PG_ADMIN_URL}: Postgres tests are SKIPPED"
+        if REQUIRE_PG:
+            pytest.fail(message + " (STEPWISE_REQUIRE_POSTGRES=1)")
+        warnings.warn(message, stacklevel=1)
+        pytest.skip(message)
+    name = f"stepwise_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    await _pg_admin(f'CREATE DATABASE "{name}"')
+    url = _pg_url(name)
+    await migrate(url)
+    yield url
+    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def backend(database_url: str) -> str:
+    return "sqlite" if database_url.startswith("sqlite") else "postgres"
+
+
+async def truncate(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            for table in TABLES:
+                await conn.execute(text(f"DELETE FROM {table}"))
+    finally:
+        await engine.dispose()
+
+
+def settings_for(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "migrate_on_start": False,
+        "workers": 8,
+        "poll_interval_s": 0.2,
+        "lease_s": 10.0,
+        "allow_private_networks": True,
+        "shutdown_grace_s": 2.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+AppFactory = Callable[..., Awaitable[httpx.AsyncClient]]
+
+
+@pytest.fixture
+async def make_client(database_url: str) -> AsyncIterator[AppFactory]:
+    """Build the app (lifespan running) with settings overrides; an httpx client over ASGI."""
+    await truncate(database_url)
+    stack: list[tuple[Any, httpx.AsyncClient]] = []
+
+    async def make(**overrides: Any) -> httpx.AsyncClient:
+        app = create_app(settings_for(database_url, **overrides))
+        lifespan = app.router.lifespan_context(app)
+        await lifespan.__aenter__()
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://stepwise.test", timeout=30
+        )
+        client.app = app  # type: ignore[attr-defined]
+        stack.append((lifespan, client))
+        return client
+
+    yield make
+    for lifespan, client in reversed(stack):
+        await client.aclose()
+        await lifespan.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def client(make_client: AppFactory) -> httpx.AsyncClient:
+    return await make_client()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def live_server(database_url: str) -> AsyncIterator[str]:
+    """The app served by uvicorn on a real port, in this event loop (for SSE)."""
+    await truncate(database_url)
+    port = free_port()
+    app = create_app(settings_for(database_url))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
+
+
+# -- helpers used across tests -----------------------------------------------------------------
+
+
+async def store(client: httpx.AsyncClient, definition: dict[str, Any]) -> dict[str, Any]:
+    response = await client.post("/workflows", json=definition)
+    assert response.status_code in (200, 201), response.text
+    return dict(response.json())
+
+
+async def run_and_wait(
+    client: httpx.AsyncClient, body: dict[str, Any], timeout_s: float = 20
+) -> dict[str, Any]:
+    response = await client.post("/runs/wait", json=body, params={"timeout_s": timeout_s})
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+async def wait_run(client: httpx.AsyncClient, run_id: str, timeout_s: float = 20) -> dict[str, Any]:
+    response = await client.get(f"/runs/{run_id}/wait", params={"timeout_s": timeout_s})
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+async def events_of(client: httpx.AsyncClient, run_id: str, **params: Any) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        query = {"limit": 500, **params, **({"cursor": cursor} if cursor else {})}
+        response = await client.get(
+            f"/runs/{run_id}/events", params=query, headers={"Accept": "application/json"}
+        )
+        assert response.status_code == 200, response.text
+        page = response.json()
+        items += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return items
