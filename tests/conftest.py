@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.main import create_app
 from app.settings import Settings
+from app.steps.registry import StepRegistry
 from app.store.database import migrate
 
 PG_ADMIN_URL = os.environ.get("STEPWISE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -113,23 +114,33 @@ AppFactory = Callable[..., Awaitable[httpx.AsyncClient]]
 async def make_client(database_url: str) -> AsyncIterator[AppFactory]:
     """Build the app (lifespan running) with settings overrides; an httpx client over ASGI."""
     await truncate(database_url)
-    stack: list[tuple[Any, httpx.AsyncClient]] = []
+    stack: list[httpx.AsyncClient] = []
 
-    async def make(**overrides: Any) -> httpx.AsyncClient:
-        app = create_app(settings_for(database_url, **overrides))
+    async def make(registry: StepRegistry | None = None, **overrides: Any) -> httpx.AsyncClient:
+        app = create_app(settings_for(database_url, **overrides), registry=registry)
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
         client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://stepwise.test", timeout=30
         )
+        stopped = False
+
+        async def stop() -> None:
+            """Shut the app down (its lifespan), as a process would on SIGTERM."""
+            nonlocal stopped
+            if not stopped:
+                stopped = True
+                await lifespan.__aexit__(None, None, None)
+
         client.app = app  # type: ignore[attr-defined]
-        stack.append((lifespan, client))
+        client.stop = stop  # type: ignore[attr-defined]
+        stack.append(client)
         return client
 
     yield make
-    for lifespan, client in reversed(stack):
+    for client in reversed(stack):
         await client.aclose()
-        await lifespan.__aexit__(None, None, None)
+        await client.stop()  # type: ignore[attr-defined]
 
 
 @pytest.fixture

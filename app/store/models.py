@@ -21,7 +21,6 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -33,7 +32,9 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-Json = JSON().with_variant(JSONB(), "postgresql")
+# Plain JSON (text), not JSONB: key order is kept (a definition's first node is its
+# default entry; states read back as written) and nothing here queries inside documents.
+Json = JSON()
 
 
 class UtcDateTime(TypeDecorator[datetime]):
