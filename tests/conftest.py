@@ -194,6 +194,18 @@ async def wait_run(client: httpx.AsyncClient, run_id: str, timeout_s: float = 20
     return dict(response.json())
 
 
+async def until_status(
+    client: httpx.AsyncClient, run_id: str, *statuses: str, within_s: float = 20
+) -> dict[str, Any]:
+    """Poll until the run reaches one of ``statuses`` (for pauses that /wait returns at once)."""
+    for _ in range(int(within_s / 0.05)):
+        run = dict((await client.get(f"/runs/{run_id}")).json())
+        if run["status"] in statuses:
+            return run
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"run {run_id} never reached {statuses}: {run}")
+
+
 async def events_of(client: httpx.AsyncClient, run_id: str, **params: Any) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     cursor = None

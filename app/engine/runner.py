@@ -132,6 +132,9 @@ class RunExecution:
         definition = self.frames.definition(i)
         node = definition.nodes[node_id]
         inject, self.inject = self.inject, {}
+        self.node_inject = (
+            inject  # the context of this node's step is also the context of its `set`
+        )
         if self.step_count >= self.max_steps:
             msg = f"the run passed max_steps ({self.max_steps})"
             return await self._fail(i, node_id, _error("max_steps_exceeded", msg))
@@ -224,7 +227,8 @@ class RunExecution:
         self._record_output(i, node_id, output)
         frame = self.doc["frames"][i]
         if node.set:
-            scope = {**self._scope(i, self._context(i, node_id, node, {})), "output": output}
+            context = self._context(i, node_id, node, getattr(self, "node_inject", {}))
+            scope = {**self._scope(i, context), "output": output}
             try:
                 updates = self.engine.templates.render(node.set, scope)
             except TemplateError as exc:
