@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse
 
 from app.api import deps
-from app.api.views import run_out
+from app.engine.resources import run_out
 from app.engine.commands import RunCommands
 from app.engine.lifecycle import RunStatus
 from app.engine.services import Engine

@@ -110,6 +110,8 @@ class RunCommands:
         self.engine.on_events(run.id, run.event_seq)
         if work:
             self.engine.on_work()
+        if run.webhook and run.status in TERMINAL:
+            self.engine.on_settled(run.id)
 
     # -- start ------------------------------------------------------------------------------
 

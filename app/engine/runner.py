@@ -79,6 +79,7 @@ class RunExecution:
             self.frames = SubgraphFrames(self.engine)
             await self.frames.load(session, run, doc)
         self.inputs = run.inputs
+        self.webhook = run.webhook
         self.head_id = checkpoint.id
         self.step_count = run.step_count
         self.attempt = run.attempt
@@ -539,4 +540,6 @@ class RunExecution:
         self.engine.on_events(self.run_id, recorded.last_event_seq)
         if status is RunStatus.SUSPENDED and due_at is not None:
             self.engine.on_work()
+        if not running and self.webhook:
+            self.engine.on_settled(self.run_id)
         return running

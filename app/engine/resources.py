@@ -1,4 +1,4 @@
-"""Building response resources from stored rows."""
+"""The run resource (API responses and webhook bodies), built from stored rows."""
 
 from __future__ import annotations
 
