@@ -4,6 +4,8 @@ from app.steps.base import StepContext, StepResult
 
 
 class HandoffStep:
+    pure = True  # instant, no I/O: its node.started need not be written before it runs
+
     async def execute(self, ctx: StepContext) -> StepResult:
         target = ctx.config.get("to")
         if not isinstance(target, str) or not target:

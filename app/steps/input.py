@@ -4,6 +4,8 @@ from app.steps.base import StepContext, StepResult
 
 
 class InputStep:
+    pure = True  # instant, no I/O: its node.started need not be written before it runs
+
     async def execute(self, ctx: StepContext) -> StepResult:
         if "user_message" in ctx.context:
             return StepResult.succeeded(ctx.context["user_message"])

@@ -4,6 +4,8 @@ from app.steps.base import StepContext, StepResult
 
 
 class InterruptStep:
+    pure = True  # instant, no I/O: its node.started need not be written before it runs
+
     async def execute(self, ctx: StepContext) -> StepResult:
         response = ctx.context.get("response")
         if response is not None:

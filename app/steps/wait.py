@@ -6,6 +6,8 @@ from app.steps.base import StepContext, StepResult
 
 
 class WaitStep:
+    pure = True  # instant, no I/O: its node.started need not be written before it runs
+
     async def execute(self, ctx: StepContext) -> StepResult:
         if ctx.context.get("continuation") is not None:
             return StepResult.succeeded(None)  # the wait is over (timer due, or resumed)

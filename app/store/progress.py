@@ -11,13 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, update
+from sqlalchemy import ColumnElement, String, cast, func, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.store.checkpoints import CheckpointRow, insert_checkpoint
 from app.store.events import NewEvent, insert_events
 from app.store.models import Run, utcnow
-from app.store.runs import notify
 
 STATUS_EVENT_TYPES = frozenset(
     {
@@ -64,11 +63,17 @@ async def record_step(
             "head_checkpoint_id": checkpoint.id,
             "checkpoint_seq": Run.checkpoint_seq + 1,
         }
+    returning: list[Any] = [Run.checkpoint_seq, Run.event_seq]
+    postgres = session.get_bind().dialect.name == "postgresql"
+    if postgres and all_events:
+        # the NOTIFY rides on the same statement (one round trip less); Postgres delivers
+        # it only when the transaction commits
+        returning.append(func.pg_notify("stepwise_events", Run.id + ":" + cast(Run.event_seq, String)))
     stmt = (
         update(Run)
         .where(Run.id == run_id)
         .values(**values, updated_at=now, event_seq=Run.event_seq + len(all_events))
-        .returning(Run.checkpoint_seq, Run.event_seq)
+        .returning(*returning)
         .execution_options(synchronize_session=False)
     )
     if guard is not None:
@@ -87,6 +92,4 @@ async def record_step(
         )
         await insert_checkpoint(session, checkpoint, base_id, data)
     await insert_events(session, run_id, last_seq, all_events, now)
-    if all_events:
-        await notify(session, "stepwise_events", f"{run_id}:{last_seq}")
     return Recorded(checkpoint_seq if checkpoint is not None else None, last_seq)
