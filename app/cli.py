@@ -7,8 +7,10 @@ import ipaddress
 import json
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import httpx
@@ -57,13 +59,45 @@ def serve(
         log.warning(
             "binding %s without STEPWISE_API_KEYS: anyone who reaches it can run workflows", bind
         )
-    uvicorn.run(
-        create_app(settings),
+    _claim_sqlite(settings)
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        """uvicorn drains HTTP connections before the lifespan shutdown; the runners
+        must stop claiming, and start giving their runs back, as soon as the signal comes."""
+
+        async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+            self._stepwise_loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            runtime = getattr(app.state, "runtime", None)
+            loop = getattr(self, "_stepwise_loop", None)
+            if runtime is not None and loop is not None:
+                loop.call_soon_threadsafe(runtime.begin_shutdown)
+
+    config = uvicorn.Config(
+        app,
         host=bind,
         port=port or settings.port,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )
+    Server(config).run()
+
+
+def _claim_sqlite(settings: Settings) -> None:
+    """Refuse, before anything starts, to run a second runner process on one SQLite file."""
+    if not settings.is_sqlite or settings.workers == 0:
+        return
+    from app.engine.pool import SqliteAlreadyServed, lock_sqlite
+
+    try:
+        lock_sqlite(settings.database_url)  # held (and shared with the pool) until exit
+    except SqliteAlreadyServed as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
 
 
 @cli.command()
@@ -73,6 +107,10 @@ def worker() -> None:
 
     settings = Settings()
     _setup_logging(settings)
+    if settings.workers == 0:
+        console.print("[red]error:[/red] STEPWISE_WORKERS=0: a worker with no runners does nothing")
+        raise typer.Exit(1)
+    _claim_sqlite(settings)
 
     async def main() -> None:
         runtime = Runtime(settings)
@@ -81,9 +119,11 @@ def worker() -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await runtime.start()
+        log.info("worker ready")
         await stop.wait()
         log.info("stopping: finishing runs in flight (grace %ss)", settings.shutdown_grace_s)
         await runtime.stop()
+        log.info("worker stopped")
 
     asyncio.run(main())
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
-from app import __version__
+from app import __version__, metrics
 from app.api import events, health, problems, runs, workflows
 from app.api.guards import RequestGuards
+from app.openapi import build_openapi
 from app.runtime import Runtime
 from app.settings import Settings
 from app.steps.registry import StepRegistry
@@ -31,6 +33,9 @@ def create_app(
         app.state.engine = runtime.engine
         app.state.commands = runtime.commands
         app.state.bus = runtime.bus
+        app.state.feeds = runtime.feeds
+        pool = runtime.pool
+        metrics.watch_executions((lambda: len(pool.active)) if pool is not None else (lambda: 0))
         try:
             yield
         finally:
@@ -41,10 +46,19 @@ def create_app(
     problems.install(app)
     for module in (workflows, runs, events, health):
         app.include_router(module.router)
+    # added last, runs first: HttpMetrics sees every answer, guards' refusals included
     app.add_middleware(
         RequestGuards,
         api_keys=settings.api_keys,
         max_body_bytes=settings.max_body_bytes,
         max_json_depth=settings.max_json_depth,
     )
+    app.add_middleware(metrics.HttpMetrics)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build_openapi(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

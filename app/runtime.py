@@ -13,7 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.engine.commands import RunCommands
 from app.engine.pool import RunnerPool
 from app.engine.services import Engine
+from app.engine.webhooks import WebhookSender
 from app.events.bus import EventBus, PostgresListener
+from app.events.feed import FeedHub
 from app.settings import Settings
 from app.steps.outbound import make_http_client
 from app.steps.registry import StepRegistry
@@ -45,6 +47,14 @@ class Runtime:
         )
         self.engine.on_events = self.bus.publish
         self.commands = RunCommands(self.engine)
+        self.webhooks = WebhookSender(self.engine)
+        self.feeds = FeedHub(
+            self.bus,
+            self.engine.sessions,
+            max_streams=settings.sse_max_connections,
+            poll_s=settings.poll_interval_s,
+        )
+        self.engine.on_settled = self.webhooks.notify
         if not settings.is_sqlite:
             self.listener = PostgresListener(settings.database_url, self.bus)
             await self.listener.start()
@@ -64,11 +74,22 @@ class Runtime:
             settings.workers if self.run_workers else 0,
         )
 
+    def begin_shutdown(self) -> None:
+        """Stop claiming and start draining the runs in flight, at once (SIGTERM).
+
+        The HTTP server may still be finishing its requests; the runs are given back
+        meanwhile, so they continue on other processes without waiting for it.
+        """
+        if self.pool is not None:
+            self.pool.begin_stop()
+
     async def stop(self) -> None:
+        await self.feeds.close()  # end the streams first: they hold no runs, only clients
         if self.pool is not None:
             await self.pool.stop()
         if self.listener is not None:
             await self.listener.stop()
+        await self.webhooks.close()
         await self.http.aclose()
         if self.db is not None:
             await self.db.dispose()

@@ -37,14 +37,32 @@ def encode_cursor(value: Any) -> str:
     )
 
 
+def bad_cursor() -> Invalid:
+    return Invalid(
+        "the cursor is not one this API gave out",
+        code="invalid_cursor",
+        errors=[error_item(["query", "cursor"], "malformed cursor")],
+    )
+
+
 def decode_cursor(cursor: str | None) -> Any:
+    """The value inside a cursor; callers check its type and range before using it."""
     if cursor is None:
         return None
     try:
         return json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, UnicodeDecodeError):
-        raise Invalid(
-            "the cursor is not one this API gave out",
-            code="invalid_cursor",
-            errors=[error_item(["query", "cursor"], "malformed cursor")],
-        ) from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise bad_cursor() from None
+
+
+MAX_SEQ = 2**31 - 1
+
+
+def decode_seq_cursor(cursor: str | None, default: int = 0) -> int:
+    """A cursor that carries a sequence number (events, checkpoints)."""
+    decoded = decode_cursor(cursor)
+    if decoded is None:
+        return default
+    if type(decoded) is not int or not 0 <= decoded <= MAX_SEQ:
+        raise bad_cursor()
+    return decoded

@@ -1,4 +1,9 @@
-"""A run's events: an SSE stream (stored, then live) or a JSON page."""
+"""A run's events: an SSE stream (stored, then live) or a JSON page.
+
+The stream reads from the process's shared per-run feed (``app.events.feed``), so any
+number of subscribers of one run cost one query per new batch of events, and none holds
+a database connection while it waits.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,14 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from app.api import deps
 from app.api.runs import CommandsDep, IdempotencyKey
-from app.engine.lifecycle import PAUSED, TERMINAL
 from app.engine.services import Engine
-from app.errors import Invalid, NotFound, error_item
-from app.events.bus import EventBus
+from app.errors import Invalid, NotFound, ServiceUnavailable, error_item
+from app.events.feed import SEP, FeedHub, StreamLimitReached, StreamSlot
 from app.schemas.runs import EventList, EventOut, RunCreate
 from app.store import events as event_store
 from app.store import runs as run_store
@@ -23,8 +28,27 @@ from app.store.models import Event
 router = APIRouter(tags=["events"])
 
 EngineDep = Annotated[Engine, Depends(deps.engine)]
-BusDep = Annotated[EventBus, Depends(deps.bus)]
-BATCH = 500
+Until = Annotated[
+    str | None,
+    Query(
+        pattern="^(paused|terminal)$",
+        description="`paused`: close the stream at the next pause too (or at once, after the "
+        "replay, when the run is paused already)",
+    ),
+]
+Types = Annotated[
+    str | None,
+    Query(description="comma-separated event types or prefix globs: `node.*,run.completed`"),
+]
+
+
+def feed_hub(request: Request) -> FeedHub:
+    """The process's FeedHub (made by the lifespan)."""
+    hub: FeedHub = request.app.state.feeds
+    return hub
+
+
+HubDep = Annotated[FeedHub, Depends(feed_hub)]
 
 
 def event_out(event: Event) -> EventOut:
@@ -42,40 +66,66 @@ def parse_types(types: str | None) -> list[str]:
     return [t.strip() for t in (types or "").split(",") if t.strip()]
 
 
-async def stream_events(
+def reserve(hub: FeedHub) -> StreamSlot:
+    try:
+        return hub.reserve()
+    except StreamLimitReached:
+        raise ServiceUnavailable(
+            f"too many event streams are open on this server (at most {hub.max_streams}); "
+            "retry later",
+            code="too_many_streams",
+        ) from None
+
+
+def event_stream(
     engine: Engine,
-    bus: EventBus,
-    request: Request,
+    hub: FeedHub,
+    slot: StreamSlot,
     run_id: str,
     after: int,
     until: str | None,
     types: list[str],
-) -> AsyncIterator[ServerSentEvent]:
-    cursor = after
-    async with bus.subscribe(run_id) as signal:
-        while True:
-            async with transaction(engine.sessions) as session:
-                # status first: events read afterwards include everything up to it
-                run = await run_store.get(session, run_id)
-                if run is None:
-                    return
-                batch = await event_store.list_events(session, run_id, after=cursor, limit=BATCH)
-            for event in batch:
-                cursor = event.seq
-                if types and not any(
-                    event.type.startswith(t[:-1]) if t.endswith("*") else event.type == t
-                    for t in types
-                ):
-                    continue
-                data = event_out(event).model_dump_json()
-                yield ServerSentEvent(data=data, event=event.type, id=str(event.seq))
-            if len(batch) == BATCH:
-                continue
-            if run.status in TERMINAL or (until == "paused" and run.status in PAUSED):
-                return
-            if await request.is_disconnected():
-                return
-            await signal.wait_past(cursor, 1.0)
+    headers: dict[str, str] | None = None,
+) -> EventSourceResponse:
+    async def frames() -> AsyncIterator[bytes]:
+        try:
+            async for batch in hub.stream(
+                run_id,
+                after,
+                types=types,
+                until_paused=until == "paused",
+                max_s=engine.settings.sse_max_stream_s,
+            ):
+                yield b"".join(event.frame for event in batch)
+        finally:
+            slot.release()
+
+    async def release() -> None:
+        slot.release()
+
+    settings = engine.settings
+    return EventSourceResponse(
+        frames(),
+        ping=settings.sse_keepalive_s,
+        sep=SEP,
+        headers=headers,
+        # a client that stops reading is dropped instead of holding the stream open
+        send_timeout=max(30.0, settings.sse_keepalive_s * 2),
+        # released here too: a stream that never starts (HEAD) must not keep its slot
+        background=BackgroundTask(release),
+    )
+
+
+def start_cursor(after: int | None, last_event_id: str | None) -> int:
+    if last_event_id is not None and last_event_id.strip():
+        if not last_event_id.strip().isdigit() or int(last_event_id) > deps.MAX_SEQ:
+            raise Invalid(
+                "Last-Event-ID must be an event seq",
+                code="validation_error",
+                errors=[error_item(["header", "Last-Event-ID"], "not a non-negative integer")],
+            )
+        return int(last_event_id)  # a reconnecting client: it wins over the URL's ?after
+    return after or 0
 
 
 @router.get(
@@ -85,19 +135,22 @@ async def stream_events(
         200: {
             "content": {"text/event-stream": {}, "application/json": {}},
             "description": "SSE stream by default; a JSON page with Accept: application/json",
-        }
+        },
+        503: {"description": "too many event streams are open (`too_many_streams`)"},
     },
 )
 async def run_events(
     run_id: str,
     request: Request,
     engine: EngineDep,
-    bus: BusDep,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    hub: HubDep,
+    after: Annotated[
+        int | None, Query(ge=0, le=2**31 - 1, description="events after this seq")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
-    until: Annotated[str | None, Query(pattern="^(paused|terminal)$")] = None,
-    types: str | None = None,
+    until: Until = None,
+    types: Types = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> Any:
     async with transaction(engine.sessions) as session:
@@ -106,48 +159,64 @@ async def run_events(
     filters = parse_types(types)
     accept = request.headers.get("accept", "")
     if "application/json" in accept and "text/event-stream" not in accept:
-        start = after or 0
-        if cursor is not None:
-            decoded = deps.decode_cursor(cursor)
-            start = decoded if isinstance(decoded, int) else start
-        async with transaction(engine.sessions) as session:
-            rows = await event_store.list_events(
-                session, run_id, after=start, limit=limit + 1, types=filters
-            )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return EventList(
-            items=[event_out(r) for r in rows],
-            next_cursor=deps.encode_cursor(rows[-1].seq) if more else None,
+        return await event_page(engine, run_id, after, limit, cursor, filters)
+    start = start_cursor(after, last_event_id)
+    return event_stream(engine, hub, reserve(hub), run_id, start, until, filters)
+
+
+async def event_page(
+    engine: Engine,
+    run_id: str,
+    after: int | None,
+    limit: int,
+    cursor: str | None,
+    types: list[str],
+) -> EventList:
+    start = deps.decode_seq_cursor(cursor, after or 0)
+    async with transaction(engine.sessions) as session:
+        rows = await event_store.list_events(
+            session, run_id, after=start, limit=limit + 1, types=types
         )
-    start = after or 0
-    if last_event_id is not None:
-        if not last_event_id.strip().isdigit():
-            raise Invalid(
-                "Last-Event-ID must be an event seq",
-                code="validation_error",
-                errors=[error_item(["header", "Last-Event-ID"], "not an integer")],
-            )
-        start = int(last_event_id)
-    return EventSourceResponse(
-        stream_events(engine, bus, request, run_id, start, until, filters),
-        ping=int(engine.settings.sse_keepalive_s),
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return EventList(
+        items=[event_out(r) for r in rows],
+        next_cursor=deps.encode_cursor(rows[-1].seq) if more else None,
     )
 
 
-@router.post("/runs/stream", responses={200: {"content": {"text/event-stream": {}}}})
+@router.post(
+    "/runs/stream",
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "the new run's event stream; its id is in the X-Run-Id header",
+        },
+        503: {"description": "too many event streams are open (`too_many_streams`)"},
+    },
+)
 async def start_and_stream(
     body: RunCreate,
-    request: Request,
     commands: CommandsDep,
     engine: EngineDep,
-    bus: BusDep,
+    hub: HubDep,
     idempotency_key: IdempotencyKey = None,
-    until: Annotated[str | None, Query(pattern="^(paused|terminal)$")] = None,
+    until: Until = None,
+    types: Types = None,
 ) -> Any:
-    started = await commands.start(body, idempotency_key)
-    return EventSourceResponse(
-        stream_events(engine, bus, request, started.run.id, 0, until, []),
-        ping=int(engine.settings.sse_keepalive_s),
+    slot = reserve(hub)  # before the run starts: a refused stream starts nothing
+    try:
+        started = await commands.start(body, idempotency_key)
+    except BaseException:
+        slot.release()
+        raise
+    return event_stream(
+        engine,
+        hub,
+        slot,
+        started.run.id,
+        0,
+        until,
+        parse_types(types),
         headers={"X-Run-Id": started.run.id},
     )

@@ -9,17 +9,26 @@ import json
 import re
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.bodies import unstorable_json
+
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# A string literal, or an unterminated one running to the end: every match attempt from a
+# quote succeeds, so the scan stays linear whatever the body holds.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,100}\Z")
 _NOT_BRACKET = re.compile(rb"[^\[\]{}]")
 _DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
-def json_depth(body: bytes) -> int:
-    """Maximum nesting depth of a JSON text, without parsing it."""
+def json_depth(body: bytes, at_most: int | None = None) -> int:
+    """Maximum nesting depth of a JSON text, without parsing it. With ``at_most``, a body
+    with no more opening brackets than that returns at once (its depth cannot be more)."""
+    if at_most is not None and body.count(b"[") + body.count(b"{") <= at_most:
+        return 0
     brackets = _NOT_BRACKET.sub(b"", _STRING.sub(b"", body))
     if not brackets:
         return 0
@@ -27,18 +36,24 @@ def json_depth(body: bytes) -> int:
 
 
 async def _send_problem(
-    send: Send, status: int, code: str, detail: str, headers: Sequence[tuple[bytes, bytes]] = ()
+    send: Send,
+    status: int,
+    code: str,
+    detail: str,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    errors: list[dict[str, Any]] | None = None,
 ) -> None:
     titles = {401: "Unauthorized", 413: "Payload too large", 422: "Unprocessable content"}
-    body = json.dumps(
-        {
-            "type": f"https://stepwise.dev/problems/{code}",
-            "title": titles.get(status, "Error"),
-            "status": status,
-            "detail": detail,
-            "code": code,
-        }
-    ).encode()
+    problem: dict[str, Any] = {
+        "type": f"https://stepwise.dev/problems/{code}",
+        "title": titles.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    if errors is not None:
+        problem["errors"] = errors
+    body = json.dumps(problem).encode()
     await send(
         {
             "type": "http.response.start",
@@ -67,7 +82,9 @@ class RequestGuards:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:100] or uuid.uuid4().hex
+        sent_id = headers.get(b"x-request-id", b"")
+        # a client's id is kept when it is plain (it ends up in logs and headers)
+        request_id = sent_id.decode() if _REQUEST_ID.match(sent_id) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         id_header = (b"x-request-id", request_id.encode())
 
@@ -92,14 +109,20 @@ class RequestGuards:
         if body is None:
             return
         content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
-        if ("json" in content_type or not content_type) and json_depth(body) > self.max_json_depth:
-            await _send_problem(
-                send_with_id,
-                422,
-                "json_too_deep",
-                f"the JSON body nests deeper than {self.max_json_depth} levels",
-            )
-            return
+        if body and ("json" in content_type or not content_type):
+            limit = self.max_json_depth
+            if json_depth(body, at_most=limit) > limit:
+                message = f"the JSON body nests deeper than {limit} levels"
+                errors = [{"loc": ["body"], "msg": message, "type": "too_deep"}]
+                await _send_problem(send_with_id, 422, "json_too_deep", message, errors=errors)
+                return
+            # Values no database stores (NaN, 1e999, NUL, lone surrogates) are refused here,
+            # once for every endpoint, rather than failing later inside a transaction.
+            errors = unstorable_json(body)
+            if errors:
+                message = f"the JSON body holds a value that cannot be stored: {errors[0]['msg']}"
+                await _send_problem(send_with_id, 422, "invalid_body", message, errors=errors)
+                return
         await self.app(scope, _replay(body, receive), send_with_id)
 
     def _authorized(self, headers: dict[bytes, bytes]) -> bool:

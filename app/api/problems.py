@@ -8,6 +8,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import StepwiseError
@@ -15,6 +18,34 @@ from app.errors import StepwiseError
 log = logging.getLogger("app.api")
 
 PROBLEM = "application/problem+json"
+
+
+class ProblemError(BaseModel):
+    loc: list[str | int] = Field(description="Path to the offending value, as segments.")
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """An error, as RFC 9457 problem details with a stable ``code``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(examples=["https://stepwise.dev/problems/workflow_not_found"])
+    title: str
+    status: int
+    detail: str
+    code: str = Field(description="Stable, machine-readable error code.")
+    errors: list[ProblemError] | None = Field(
+        default=None, description="For validation errors: each offending value."
+    )
+
+
+# ``responses=`` entry for a route; ``app.openapi`` rewrites every error response this way.
+PROBLEM_RESPONSE: dict[str, Any] = {
+    "description": "Problem details",
+    "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
 
 _HTTP_CODES = {
     400: ("bad_request", "Bad request"),
@@ -68,6 +99,14 @@ def _jsonable_errors(errors: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _lost_connection(exc: DBAPIError) -> bool:
+    """The database went away (as opposed to a query it refused: a bug, so a 500)."""
+    if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+        return True
+    text = str(exc.orig)
+    return any(hint in text for hint in ("shutting down", "starting up", "connection"))
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(StepwiseError)
     async def _domain(request: Request, exc: StepwiseError) -> JSONResponse:
@@ -101,9 +140,32 @@ def install(app: FastAPI) -> None:
             exc.status_code, code, detail, title=title, headers=getattr(exc, "headers", None)
         )
 
+    async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, DBAPIError) and not _lost_connection(exc):
+            return await _unexpected(request, exc)
+        log.warning(
+            "database unavailable on %s %s (request %s): %s",
+            request.method,
+            request.url.path,
+            getattr(request.state, "request_id", "-"),
+            type(exc).__name__,
+        )
+        return problem(
+            503,
+            "database_unavailable",
+            "the database is not reachable; retry later",
+            headers={"Retry-After": "5"},
+        )
+
+    # asyncpg raises a refused connection as the bare OSError
+    for db_error in (DBAPIError, PoolTimeout, ConnectionError):
+        app.add_exception_handler(db_error, _database_unavailable)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        request_id = getattr(request.state, "request_id", None)
+        # Runs outside the middleware stack (Starlette's ServerErrorMiddleware): the request
+        # id header is added here. Nothing of the exception reaches the client.
+        request_id = str(getattr(request.state, "request_id", None) or "-")
         log.error(
             "unhandled error on %s %s (request %s)",
             request.method,
@@ -116,5 +178,6 @@ def install(app: FastAPI) -> None:
             "internal_error",
             "an unexpected error occurred; it was logged",
             title="Internal server error",
+            headers={"X-Request-ID": request_id},
             request_id=request_id,
         )

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse
 
 from app.api import deps
-from app.engine.resources import run_out
 from app.engine.commands import RunCommands
 from app.engine.lifecycle import RunStatus
+from app.engine.resources import run_out
 from app.engine.services import Engine
 from app.errors import Invalid, NotFound, error_item
 from app.events.bus import EventBus
@@ -211,13 +211,11 @@ async def list_checkpoints(
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> CheckpointList:
-    after = deps.decode_cursor(cursor)
+    after = deps.decode_seq_cursor(cursor)
     async with transaction(engine.sessions) as session:
         if await run_store.get(session, run_id) is None:
             raise NotFound(f"run {run_id!r} not found", code="run_not_found")
-        rows = await checkpoint_store.list_for_run(
-            session, run_id, after=after if isinstance(after, int) else 0, limit=limit + 1
-        )
+        rows = await checkpoint_store.list_for_run(session, run_id, after=after, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     return CheckpointList(

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
+import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from sqlalchemy.exc import IntegrityError
 
+from app import metrics
 from app.api import deps
 from app.api.bodies import parse_document
+from app.api.problems import PROBLEM_RESPONSE
 from app.engine.services import Engine
 from app.engine.validation import definition_hash
-from app.errors import Conflict, Invalid, NotFound
+from app.errors import Conflict, Invalid, NotFound, error_item
+from app.schemas.definition import NAME_PATTERN
 from app.schemas.workflows import (
     ValidationResult,
     VersionList,
@@ -37,6 +43,21 @@ _DEFINITION_BODY: dict[str, Any] = {
 }
 
 EngineDep = Annotated[Engine, Depends(deps.engine)]
+Version = Annotated[int, Path(ge=1, le=2**31 - 1)]
+Limit = Annotated[int, Query(ge=1, le=500)]
+
+_NAME = re.compile(NAME_PATTERN)
+# A document may be this many times larger than the definition limit (which counts compact
+# JSON): room for indentation and comments, none for a document that could never pass.
+_DOCUMENT_SLACK = 4
+# Parsing (YAML is pure Python) and validating a large document leaves the event loop.
+_THREAD_ABOVE_BYTES = 64 << 10
+_STORE_ATTEMPTS = 20
+
+
+def _not_found(name: str, version: int | None = None) -> NotFound:
+    which = f"workflow {name!r}" if version is None else f"workflow {name!r} version {version}"
+    return NotFound(f"{which} not found", code="workflow_not_found")
 
 
 def _out(row: Workflow) -> WorkflowOut:
@@ -50,10 +71,24 @@ def _out(row: Workflow) -> WorkflowOut:
     )
 
 
-async def _document(request: Request, engine: Engine) -> Any:
-    return parse_document(
-        await request.body(), request.headers.get("content-type"), engine.settings.max_json_depth
-    )
+def _parse_and_validate(
+    engine: Engine, body: bytes, content_type: str | None
+) -> tuple[Any, list[dict[str, Any]]]:
+    """The document and its validation errors; a document that does not parse raises."""
+    limit = engine.settings.max_definition_bytes
+    if len(body) > _DOCUMENT_SLACK * limit:
+        msg = f"the document is {len(body)} bytes; a definition may be at most {limit} bytes"
+        raise Invalid(msg, code="invalid_definition", errors=[error_item([], msg, "too_large")])
+    raw = parse_document(body, content_type, engine.settings.max_json_depth)
+    return raw, engine.validator.validate(raw)[1]
+
+
+async def _document(request: Request, engine: Engine) -> tuple[Any, list[dict[str, Any]]]:
+    body = await request.body()
+    content_type = request.headers.get("content-type")
+    if len(body) > _THREAD_ABOVE_BYTES:
+        return await asyncio.to_thread(_parse_and_validate, engine, body, content_type)
+    return _parse_and_validate(engine, body, content_type)
 
 
 @router.post(
@@ -61,50 +96,95 @@ async def _document(request: Request, engine: Engine) -> Any:
     response_model=WorkflowOut,
     status_code=201,
     openapi_extra=_DEFINITION_BODY,
-    responses={200: {"model": WorkflowOut, "description": "identical to the latest version"}},
+    responses={
+        200: {"model": WorkflowOut, "description": "Identical to the latest version: that one"},
+        201: {"description": "Stored as a new version"},
+        409: PROBLEM_RESPONSE,
+        415: PROBLEM_RESPONSE,
+        422: PROBLEM_RESPONSE,
+    },
 )
 async def store_workflow(request: Request, response: Response, engine: EngineDep) -> WorkflowOut:
-    raw = await _document(request, engine)
-    definition = engine.validator.parse(raw)
+    """Store a definition: 201 with a new version, or 200 with the latest version when its
+    content is identical (compared as canonical JSON: key order and YAML versus JSON do
+    not matter)."""
+    raw, errors = await _document(request, engine)
+    if errors:
+        raise Invalid(
+            f"the workflow definition is invalid: {_first(errors)}",
+            code="invalid_definition",
+            errors=errors,
+        )
+    name: str = raw["name"]
     digest = definition_hash(raw)
-    for _ in range(3):
+    # Versions of one name are numbered by insert-or-retry: a concurrent store of the same
+    # name makes the insert fail on (name, version), and the next round sees its version.
+    for attempt in range(_STORE_ATTEMPTS):
+        if attempt:
+            await asyncio.sleep(random.uniform(0, 0.005 * attempt))
         try:
             async with transaction(engine.sessions) as session:
-                latest = await workflow_store.latest(session, definition.name)
+                latest = await workflow_store.latest(session, name)
                 if latest is not None and latest.hash == digest:
                     response.status_code = 200
                     return _out(latest)
                 version = 1 if latest is None else latest.version + 1
-                row = await workflow_store.add_version(
-                    session, definition.name, version, raw, digest
-                )
-            return _out(row)
+                row = await workflow_store.add_version(session, name, version, raw, digest)
         except IntegrityError:
-            continue  # another request stored a version of this name at the same time
+            continue
+        metrics.workflow_stored()
+        response.headers["Location"] = f"/workflows/{name}/versions/{version}"
+        return _out(row)
     raise Conflict("could not store the workflow under concurrent updates; retry", code="conflict")
 
 
-@router.post("/workflows/validate", response_model=ValidationResult, openapi_extra=_DEFINITION_BODY)
+@router.post(
+    "/workflows/validate",
+    response_model=ValidationResult,
+    openapi_extra=_DEFINITION_BODY,
+    responses={415: PROBLEM_RESPONSE},
+)
 async def validate_workflow(request: Request, engine: EngineDep) -> ValidationResult:
+    """Validate a definition without storing it: 200 with ``{valid, errors}``, also when
+    the document does not parse (a media type other than JSON or YAML is still a 415)."""
     try:
-        raw = await _document(request, engine)
+        _, errors = await _document(request, engine)
     except Invalid as exc:
-        return ValidationResult.model_validate({"valid": False, "errors": exc.errors})
-    _, errors = engine.validator.validate(raw)
+        errors = exc.errors
     return ValidationResult.model_validate({"valid": not errors, "errors": errors})
+
+
+def _first(errors: list[dict[str, Any]]) -> str:
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"])
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where + ': ' if where else ''}{first['msg']}{more}"
+
+
+def _cursor_name(cursor: str | None) -> str | None:
+    value = deps.decode_cursor(cursor)
+    if value is None or (isinstance(value, str) and _NAME.match(value)):
+        return value
+    raise deps.bad_cursor()
+
+
+def _cursor_version(cursor: str | None) -> int | None:
+    value = deps.decode_cursor(cursor)
+    if value is None or (type(value) is int and 1 <= value <= 2**31 - 1):
+        return value
+    raise deps.bad_cursor()
 
 
 @router.get("/workflows", response_model=WorkflowList)
 async def list_workflows(
     engine: EngineDep,
     cursor: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Limit = 50,
 ) -> WorkflowList:
-    after = deps.decode_cursor(cursor)
+    """The latest version of every workflow, by name."""
+    after = _cursor_name(cursor)
     async with transaction(engine.sessions) as session:
-        rows = await workflow_store.list_latest(
-            session, after=after if isinstance(after, str) else None, limit=limit + 1
-        )
+        rows = await workflow_store.list_latest(session, after=after, limit=limit + 1)
     items = [
         WorkflowSummary(
             name=row.name,
@@ -121,29 +201,35 @@ async def list_workflows(
     )
 
 
-@router.get("/workflows/{name}", response_model=WorkflowOut)
+@router.get("/workflows/{name}", response_model=WorkflowOut, responses={404: PROBLEM_RESPONSE})
 async def get_workflow(name: str, engine: EngineDep) -> WorkflowOut:
+    """The latest version of a workflow."""
+    if not _NAME.match(name):
+        raise _not_found(name)
     async with transaction(engine.sessions) as session:
         row = await workflow_store.latest(session, name)
     if row is None:
-        raise NotFound(f"workflow {name!r} not found", code="workflow_not_found")
+        raise _not_found(name)
     return _out(row)
 
 
-@router.get("/workflows/{name}/versions", response_model=VersionList)
+@router.get(
+    "/workflows/{name}/versions", response_model=VersionList, responses={404: PROBLEM_RESPONSE}
+)
 async def list_versions(
     name: str,
     engine: EngineDep,
     cursor: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Limit = 50,
 ) -> VersionList:
-    before = deps.decode_cursor(cursor)
+    """The versions of a workflow, newest first."""
+    if not _NAME.match(name):
+        raise _not_found(name)
+    before = _cursor_version(cursor)
     async with transaction(engine.sessions) as session:
-        rows = await workflow_store.list_versions(
-            session, name, before=before if isinstance(before, int) else None, limit=limit + 1
-        )
-        if not rows and before is None:
-            raise NotFound(f"workflow {name!r} not found", code="workflow_not_found")
+        rows = await workflow_store.list_versions(session, name, before=before, limit=limit + 1)
+        if not rows and (before is None or await workflow_store.latest(session, name) is None):
+            raise _not_found(name)
     more = len(rows) > limit
     rows = rows[:limit]
     return VersionList(
@@ -152,10 +238,17 @@ async def list_versions(
     )
 
 
-@router.get("/workflows/{name}/versions/{version}", response_model=WorkflowOut)
-async def get_version(name: str, version: int, engine: EngineDep) -> WorkflowOut:
+@router.get(
+    "/workflows/{name}/versions/{version}",
+    response_model=WorkflowOut,
+    responses={404: PROBLEM_RESPONSE},
+)
+async def get_version(name: str, version: Version, engine: EngineDep) -> WorkflowOut:
+    """One version of a workflow."""
+    if not _NAME.match(name):
+        raise _not_found(name, version)
     async with transaction(engine.sessions) as session:
         row = await workflow_store.get_version(session, name, version)
     if row is None:
-        raise NotFound(f"workflow {name!r} version {version} not found", code="workflow_not_found")
+        raise _not_found(name, version)
     return _out(row)

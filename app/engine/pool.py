@@ -4,7 +4,12 @@ Work is claimed, never handed over in memory, so a restart, a crash or another
 process picks up whatever is queued, due or left behind by a dead worker. The pool
 wakes at once when this process (or, through NOTIFY, another) makes work, and
 otherwise polls on a bounded interval; timers are met by sleeping until the next due
-time. A heartbeat extends the leases of the runs in flight and drops those it lost.
+time. A heartbeat extends the leases of the runs in flight and drops those it lost; a
+slower sweep repairs runs that no claim would ever take and wakes idle workers.
+
+Shutdown (``begin_stop``, then ``stop``): claiming stops at once, runs in flight get
+the grace period to finish or pause, and the leases of the rest are released so that
+another process takes them without waiting for the leases to lapse.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import uuid
 from pathlib import Path
 from typing import IO
 
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
+
 from app.engine.runner import RunExecution
 from app.engine.services import Engine
 from app.store import runs as run_store
@@ -27,27 +34,68 @@ from app.store.models import utcnow
 
 log = logging.getLogger(__name__)
 
+WORK_CHANNEL = "stepwise_work"
+# How often a run whose database writes failed (a restart, a dropped connection) is
+# retried in place, with the lease this pool still holds, before the lease is left to lapse.
+DB_RETRIES = 5
+DB_RETRY_FIRST_S = 0.5  # then doubling, up to half a lease
+# A failed claim is retried this soon (or at the poll interval, if shorter).
+CLAIM_RETRY_S = 1.0
+# Errors that say "the database is unreachable right now" (a restart, a killed or broken
+# connection: asyncpg reports these in several ways), not "this run has a bug".
+DB_ERRORS: tuple[type[BaseException], ...] = (DBAPIError, OSError)
+NOT_TRANSIENT: tuple[type[BaseException], ...] = (IntegrityError, ProgrammingError, DataError)
+
 
 class SqliteAlreadyServed(RuntimeError):
     pass
 
 
-def _lock_sqlite(database_url: str) -> IO[str] | None:
-    """The embedded SQLite store is single-process: hold an exclusive lock beside it."""
+# flock() locks belong to an open file description: two opens in one process would lock
+# each other out. Runtimes of one process (tests, the CLI's early check) share one lock.
+_sqlite_locks: dict[Path, tuple[IO[str], int]] = {}
+
+
+def sqlite_path(database_url: str) -> Path | None:
     path = database_url.split(":///", 1)[1]
     if not path or path == ":memory:":
         return None
-    lock_path = Path(path + ".runner.lock")
-    handle = lock_path.open("a+")
+    return Path(path).resolve()
+
+
+def lock_sqlite(database_url: str) -> Path | None:
+    """The embedded SQLite store is single-process: hold an exclusive lock beside it."""
+    path = sqlite_path(database_url)
+    if path is None:
+        return None
+    held = _sqlite_locks.get(path)
+    if held is not None:
+        _sqlite_locks[path] = (held[0], held[1] + 1)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = Path(f"{path}.runner.lock").open("a+")  # noqa: SIM115 - held until unlock
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
         raise SqliteAlreadyServed(
-            f"another Stepwise process is already running the runs of {path}; SQLite is "
-            "single-process — use Postgres (STEPWISE_DATABASE_URL=postgresql://…) to run several"
+            f"another Stepwise process is already running the runs of {path}. SQLite is "
+            "single-process: stop that process, or use Postgres "
+            "(STEPWISE_DATABASE_URL=postgresql://…) to run several processes"
         ) from None
-    return handle
+    _sqlite_locks[path] = (handle, 1)
+    return path
+
+
+def unlock_sqlite(path: Path) -> None:
+    held = _sqlite_locks.get(path)
+    if held is None:
+        return
+    if held[1] > 1:
+        _sqlite_locks[path] = (held[0], held[1] - 1)
+        return
+    del _sqlite_locks[path]
+    held[0].close()
 
 
 class RunnerPool:
@@ -58,16 +106,24 @@ class RunnerPool:
         self.active: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._stopping = False
-        self._tasks: list[asyncio.Task[None]] = []
-        self._lock: IO[str] | None = None
+        self._claim_task: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self._drain: asyncio.Task[None] | None = None
+        self._lock: Path | None = None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     async def start(self) -> None:
         if self.engine.settings.is_sqlite:
-            self._lock = _lock_sqlite(self.engine.settings.database_url)
-        self._tasks = [
-            asyncio.create_task(self._claim_loop(), name="stepwise-claim"),
+            self._lock = lock_sqlite(self.engine.settings.database_url)
+        self._claim_task = asyncio.create_task(self._claim_loop(), name="stepwise-claim")
+        self._background = [
             asyncio.create_task(self._heartbeat_loop(), name="stepwise-heartbeat"),
+            asyncio.create_task(self._sweep_loop(), name="stepwise-sweep"),
         ]
+        log.info("runner pool %s: up to %d runs at once", self.owner, self.workers)
 
     def wake(self) -> None:
         self._wake.set()
@@ -78,34 +134,58 @@ class RunnerPool:
         if task is not None:
             task.cancel()
 
-    async def stop(self, grace_s: float | None = None) -> None:
-        """Stop claiming, let runs in flight finish within the grace period, give back the rest."""
+    # -- shutdown ---------------------------------------------------------------------------
+
+    def begin_stop(self, grace_s: float | None = None) -> None:
+        """Stop claiming now and start draining the runs in flight (idempotent).
+
+        Safe to call from a signal handler's ``loop.call_soon_threadsafe``.
+        """
+        if self._drain is not None:
+            return
         self._stopping = True
         self._wake.set()
+        if self._claim_task is not None:
+            self._claim_task.cancel()
         grace = self.engine.settings.shutdown_grace_s if grace_s is None else grace_s
-        claim_task = self._tasks[0] if self._tasks else None
-        if claim_task is not None:
-            claim_task.cancel()
-        if self.active:
-            await asyncio.wait(list(self.active.values()), timeout=grace)
-        unfinished = list(self.active)
-        for task in list(self.active.values()):
+        self._drain = asyncio.create_task(self._drain_runs(grace), name="stepwise-drain")
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop claiming, let runs in flight finish within the grace period, give back the rest."""
+        self.begin_stop(grace_s)
+        assert self._drain is not None
+        await asyncio.shield(self._drain)
+        for task in self._background:
             task.cancel()
-        for task in self._tasks[1:]:
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self.active.values(), return_exceptions=True)
-        if unfinished:
-            try:
-                async with transaction(self.engine.sessions) as session:
-                    released = await run_store.release(session, self.owner, unfinished)
-                    await run_store.notify(session, "stepwise_work", "")
-                log.info("released %d run(s) for other workers", len(released))
-            except Exception:
-                log.exception(
-                    "could not release leases; they lapse in %ss", self.engine.settings.lease_s
-                )
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self._lock is not None:
-            self._lock.close()
+            unlock_sqlite(self._lock)
+            self._lock = None
+
+    async def _drain_runs(self, grace: float) -> None:
+        if self._claim_task is not None:
+            await asyncio.gather(self._claim_task, return_exceptions=True)
+        if self.active:
+            log.info("draining %d run(s) in flight (grace %ss)", len(self.active), grace)
+            await asyncio.wait(list(self.active.values()), timeout=grace)
+        tasks = list(self.active.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            # every run still held, including those given up after a database error
+            async with transaction(self.engine.sessions) as session:
+                released = await run_store.release(session, self.owner)
+                if released:
+                    await run_store.notify(session, WORK_CHANNEL, "")
+            if released:
+                log.info("released %d run(s) for other workers", len(released))
+        except Exception:
+            log.exception(
+                "could not release leases; they lapse in %ss", self.engine.settings.lease_s
+            )
+
+    # -- claiming ---------------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
         settings = self.engine.settings
@@ -120,9 +200,15 @@ class RunnerPool:
                             session, self.owner, capacity, settings.lease_s
                         )
                         due = None if claimed else await run_store.next_due_at(session)
+                except asyncio.CancelledError:
+                    raise
+                except DB_ERRORS as exc:
+                    log.warning("claiming runs failed (%s); retrying", _short(exc))
+                    await asyncio.sleep(min(settings.poll_interval_s, CLAIM_RETRY_S))
+                    continue
                 except Exception:
                     log.exception("claiming runs failed; retrying")
-                    await asyncio.sleep(settings.poll_interval_s)
+                    await asyncio.sleep(min(settings.poll_interval_s, CLAIM_RETRY_S))
                     continue
                 for run_id, token in claimed:
                     self._spawn(run_id, token)
@@ -135,8 +221,13 @@ class RunnerPool:
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _spawn(self, run_id: str, token: int) -> None:
-        execution = RunExecution(self.engine, run_id, run_store.Lease(self.owner, token))
-        task = asyncio.create_task(self._execute(execution), name=f"run-{run_id}")
+        stale = self.active.get(run_id)
+        if stale is not None:
+            # Our own lease on it lapsed (a heartbeat could not reach the database) and we
+            # claimed it again: the old execution's writes are refused, stop it now.
+            stale.cancel()
+        lease = run_store.Lease(self.owner, token)
+        task = asyncio.create_task(self._execute(run_id, lease), name=f"run-{run_id}")
         self.active[run_id] = task
 
         def done(_: asyncio.Task[None]) -> None:
@@ -146,20 +237,47 @@ class RunnerPool:
 
         task.add_done_callback(done)
 
-    async def _execute(self, execution: RunExecution) -> None:
-        try:
-            await execution.execute()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # The database or a bug: the lease lapses and the run is picked up again.
-            log.exception("run %s stopped unexpectedly", execution.run_id)
+    async def _execute(self, run_id: str, lease: run_store.Lease) -> None:
+        """Execute a claimed run; after a database failure, again in place while we hold it.
+
+        A new ``RunExecution`` reloads the run from its last checkpoint and first checks that
+        the lease is still ours, so a retry never overlaps another worker.
+        """
+        delay = DB_RETRY_FIRST_S
+        for attempt in range(DB_RETRIES + 1):
+            try:
+                await RunExecution(self.engine, run_id, lease).execute(stop=lambda: self._stopping)
+                return
+            except asyncio.CancelledError:
+                raise
+            except DB_ERRORS as exc:
+                if isinstance(exc, NOT_TRANSIENT):
+                    log.exception("run %s stopped unexpectedly", run_id)
+                    return
+                if attempt == DB_RETRIES or self._stopping:
+                    log.warning(
+                        "run %s: database unavailable (%s); its lease lapses for another worker",
+                        run_id,
+                        _short(exc),
+                    )
+                    return
+                log.warning(
+                    "run %s: database error (%s); resuming it in %.1fs", run_id, _short(exc), delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max(self.engine.settings.lease_s / 2, DB_RETRY_FIRST_S))
+            except Exception:
+                # A bug: the lease lapses and the run is picked up again (after lease_s).
+                log.exception("run %s stopped unexpectedly", run_id)
+                return
+
+    # -- leases -----------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
         interval = self.engine.settings.lease_s / 3
         while True:
             await asyncio.sleep(interval)
-            ids = list(self.active)
+            ids = [run_id for run_id, task in self.active.items() if not task.done()]
             if not ids:
                 continue
             try:
@@ -167,10 +285,45 @@ class RunnerPool:
                     held = await run_store.extend_leases(
                         session, self.owner, ids, self.engine.settings.lease_s
                     )
-            except Exception:
-                log.exception("lease heartbeat failed")
+            except Exception as exc:
+                log.warning("lease heartbeat failed (%s)", _short(exc))
                 continue
             for run_id in set(ids) - held:
-                if run_id in self.active:
+                task = self.active.get(run_id)
+                if task is not None and not task.done():
+                    # Cancelled, or our lease lapsed and another worker took the run.
                     log.warning("run %s: lease lost, stopping it here", run_id)
-                    self.active[run_id].cancel()
+                    task.cancel()
+
+    async def _sweep_loop(self) -> None:
+        """Requeue runs that nobody runs any more, and wake workers for work left lying.
+
+        Claims already take lapsed leases and due timers; the sweep makes such runs
+        visible as ``queued`` and NOTIFYs every process, so that work whose wake-up was
+        lost (a listener reconnecting, a worker that was full) never waits for long.
+        """
+        settings = self.engine.settings
+        while True:
+            await asyncio.sleep(settings.sweep_interval_s)
+            try:
+                async with transaction(self.engine.sessions) as session:
+                    requeued = await run_store.requeue_lapsed(session)
+                    waiting = await run_store.has_claimable(session)
+                    if waiting:
+                        await run_store.notify(session, WORK_CHANNEL, "")
+            except Exception as exc:
+                log.warning("sweep failed (%s)", _short(exc))
+                continue
+            if requeued:
+                log.warning(
+                    "sweep: requeued %d run(s) whose lease lapsed: %s",
+                    len(requeued),
+                    ", ".join(requeued[:10]),
+                )
+            if waiting:
+                self._wake.set()
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from app import metrics
 from app.engine import memory
 from app.engine.edges import choose_next
 from app.engine.lifecycle import RunStatus, check_transition
@@ -26,6 +29,7 @@ from app.engine.templates import TemplateError
 from app.schemas.definition import Node
 from app.steps.base import StepContext, StepError, StepResult, StepStatus
 from app.store import checkpoints as checkpoint_store
+from app.store import events as event_store
 from app.store import runs as run_store
 from app.store.checkpoints import CheckpointChain, CheckpointRow
 from app.store.database import transaction
@@ -56,10 +60,12 @@ class RunExecution:
         self.events: list[NewEvent] = []
         self.inject: dict[str, Any] = {}
 
-    async def execute(self) -> None:
+    async def execute(self, stop: Callable[[], bool] = lambda: False) -> None:
+        """Run until the run pauses or ends, or ``stop()`` says so at a step boundary
+        (a draining process), the run then staying claimable from its checkpoint."""
         try:
             if await self._load():
-                while await self._step():
+                while await self._step() and not stop():
                     pass
         except LeaseLost:
             log.info("run %s: lease lost, dropping it", self.run_id)
@@ -78,6 +84,10 @@ class RunExecution:
             self.chain: CheckpointChain = chain
             self.frames = SubgraphFrames(self.engine)
             await self.frames.load(session, run, doc)
+            # a worker may have died after writing run.started but before a checkpoint
+            started = checkpoint.status == "queued" and await event_store.has_event(
+                session, run.id, "run.started"
+            )
         self.inputs = run.inputs
         self.webhook = run.webhook
         self.head_id = checkpoint.id
@@ -88,7 +98,7 @@ class RunExecution:
             self.engine.settings.max_steps,
         )
         self.doc = doc
-        self._resume(checkpoint.status, run.resume_data or {})
+        self._resume("running" if started else checkpoint.status, run.resume_data or {})
         return True
 
     def _resume(self, status: str, resume: dict[str, Any]) -> None:
@@ -146,7 +156,9 @@ class RunExecution:
         scope = self._scope(i, context)
         try:
             config = self.engine.templates.render(
-                node.with_, {**scope, "secrets": self.engine.secrets}
+                # a subgraph's `with` becomes its stored inputs: no secrets in its scope
+                node.with_,
+                scope if node.step == "subgraph" else {**scope, "secrets": self.engine.secrets},
             )
         except TemplateError as exc:
             return await self._fail(i, node_id, self._template_error(i, node_id, exc))
@@ -173,7 +185,9 @@ class RunExecution:
             services=self.engine,
             emit=lambda data: self._progress(path, data),
         )
+        began = time.perf_counter()
         result = await execute_with_retry(step, ctx, node, self._retrying)
+        metrics.observe_step(node.step, result.status.value, time.perf_counter() - began)
         return await self._handle(i, node_id, node, result)
 
     async def _handle(self, i: int, node_id: str, node: Node, result: StepResult) -> bool:
@@ -206,14 +220,19 @@ class RunExecution:
         if result.status is StepStatus.INTERRUPTED:
             interrupt = result.interrupt or {}
             return await self._interrupt(
-                i, node_id, "interrupt", redact(interrupt.get("payload")), interrupt.get("schema")
+                i,
+                node_id,
+                "interrupt",
+                redact(interrupt.get("payload")),
+                redact(interrupt.get("schema")),
             )
         if result.status is StepStatus.AWAITING_INPUT:
             path = memory.node_path(self.doc, i, node_id)
-            awaiting = {"node": path, "prompt": result.prompt}
-            if result.prompt is not None:
+            prompt = None if result.prompt is None else self.engine.redactor.text(result.prompt)
+            awaiting = {"node": path, "prompt": prompt}
+            if prompt is not None:
                 frame = self.doc["frames"][i]
-                said = {"role": "assistant", "content": result.prompt, "ts": utcnow().isoformat()}
+                said = {"role": "assistant", "content": prompt, "ts": utcnow().isoformat()}
                 self.doc = memory.replace_frame(self.doc, i, messages=[*frame["messages"], said])
             self.doc = {**self.doc, "awaiting": awaiting}
             self.events.append(NewEvent("run.awaiting_input", path, awaiting))
@@ -291,6 +310,7 @@ class RunExecution:
         body: dict[str, Any] = {"code": error.code, "message": error.message, "node": path}
         if error.details:
             body["details"] = error.details
+        body = self.engine.redactor.json(body)  # a code or message may quote a secret
         self.events.append(NewEvent("node.failed", path, {"error": body}))
         if i > 0:
             parent = self.doc["frames"][i]["parent_node"]

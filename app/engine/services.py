@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -39,11 +43,20 @@ def load_secrets(settings: Settings, environ: Mapping[str, str] = os.environ) ->
 
 
 class Redactor:
-    """Replaces every secret value inside strings of a JSON value."""
+    """Replaces every secret value inside strings of a JSON value, and in log records.
 
-    def __init__(self, secrets: Mapping[str, str]) -> None:
+    A redactor with secrets also redacts every log record made while it is alive (see
+    :func:`_redact_log_records`): libraries log what they send and receive (httpx the
+    URL with its query, httpcore the response headers at DEBUG), and a step's exception
+    may quote what it was given.
+    """
+
+    def __init__(self, secrets: Mapping[str, str], *, logs: bool = True) -> None:
+        forms = {form for value in secrets.values() if value for form in _encoded_forms(value)}
         # longest first, so a secret containing another is redacted whole
-        self._values = sorted({v for v in secrets.values() if len(v) >= 1}, key=len, reverse=True)
+        self._values = sorted(forms, key=len, reverse=True)
+        if logs and self._values:
+            _redact_log_records(self)
 
     def __bool__(self) -> bool:
         return bool(self._values)
@@ -61,9 +74,71 @@ class Redactor:
             return self.text(value)
         if isinstance(value, dict):
             return {self.text(k): self.json(v) for k, v in value.items()}
-        if isinstance(value, list):
+        if isinstance(value, list | tuple):
             return [self.json(v) for v in value]
         return value
+
+    def log_record(self, record: logging.LogRecord) -> None:
+        """Redact a record in place: its message, its traceback and its stack."""
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: logging reports it when it is emitted
+            return
+        redacted = self.text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        if record.exc_info and record.exc_info[1] is not None:
+            trace = logging.Formatter().formatException(record.exc_info)
+            redacted = self.text(trace)
+            if redacted != trace:
+                # formatters print exc_text; the exception itself would show the value
+                record.exc_text, record.exc_info = redacted, None
+        if record.stack_info:
+            record.stack_info = self.text(record.stack_info)
+
+
+def _encoded_forms(value: str) -> set[str]:
+    """A secret as written, and as it shows once percent-encoded in a URL (by httpx, by
+    Jinja's ``urlencode``, as a form field) or escaped in JSON text: an echo of a request
+    carries the encoded form."""
+    forms = {
+        value,
+        quote(value, safe=""),
+        quote(value, safe="/"),
+        quote(value, safe="!$&'()*+,;=:@/?"),
+        quote_plus(value),
+        json.dumps(value)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1],
+    }
+    return {form for form in forms if form}
+
+
+# Redactors with secrets, alive in this process (an app's engine holds its redactor).
+_log_redactors: weakref.WeakSet[Redactor] = weakref.WeakSet()
+
+
+def _redact_log_records(redactor: Redactor) -> None:
+    """Have every log record made from now on pass through ``redactor``.
+
+    The process's log record factory is wrapped once; it asks every live redactor, so
+    several apps in one process (tests) each keep their own secrets out of the log.
+    """
+    if not _log_redactors:
+        factory = logging.getLogRecordFactory()
+        if not getattr(factory, "stepwise_redacting", False):
+            logging.setLogRecordFactory(_redacting_factory(factory))
+    _log_redactors.add(redactor)
+
+
+def _redacting_factory(make: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        for redactor in list(_log_redactors):
+            redactor.log_record(record)
+        return record
+
+    factory.stepwise_redacting = True  # type: ignore[attr-defined]
+    return factory
 
 
 class DefinitionCache:
@@ -127,6 +202,8 @@ class Engine:
     on_work: Callable[[], None] = field(default=lambda: None)
     # called after a commit that cancelled a run, to stop it where it executes
     on_cancel: Callable[[str], None] = field(default=lambda run_id: None)
+    # called after a commit that paused or ended a run that has a webhook
+    on_settled: Callable[[str], None] = field(default=lambda run_id: None)
 
     @classmethod
     def build(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +15,7 @@ from pydantic import ValidationError
 
 from app.engine.templates import TemplateEngine, TemplateError
 from app.errors import Invalid, error_item
-from app.schemas.definition import WorkflowDefinition
+from app.schemas.definition import AGENT_LIST, AGENT_MAPPING, NODE_ID_PATTERN, WorkflowDefinition
 from app.steps.registry import StepRegistry
 
 Loc = list[str | int]
@@ -34,8 +36,15 @@ def definition_hash(raw: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(raw).encode()).hexdigest()
 
 
-def pydantic_errors(exc: ValidationError, prefix: Loc = ()) -> list[dict[str, Any]]:  # type: ignore[assignment]
-    return [error_item([*prefix, *err["loc"]], err["msg"], err["type"]) for err in exc.errors()]
+def pydantic_errors(exc: ValidationError, prefix: Sequence[str | int] = ()) -> list[dict[str, Any]]:
+    errors = []
+    for err in exc.errors(include_url=False):
+        loc = list(err["loc"])
+        # the tag of the form ``agents`` took is no part of the document's path
+        if len(loc) > 1 and loc[0] == "agents" and loc[1] in (AGENT_MAPPING, AGENT_LIST):
+            del loc[1]
+        errors.append(error_item([*prefix, *loc], err["msg"], err["type"]))
+    return errors
 
 
 def schema_errors(schema: Any, loc: Loc) -> list[dict[str, Any]]:
@@ -49,6 +58,9 @@ def schema_errors(schema: Any, loc: Loc) -> list[dict[str, Any]]:
     return []
 
 
+_NODE_ID = re.compile(NODE_ID_PATTERN)
+
+
 class DefinitionValidator:
     def __init__(
         self, registry: StepRegistry, templates: TemplateEngine, limits: DefinitionLimits
@@ -58,6 +70,13 @@ class DefinitionValidator:
         self._limits = limits
 
     def validate(self, raw: Any) -> tuple[WorkflowDefinition | None, list[dict[str, Any]]]:
+        """The definition, or None and every error found.
+
+        ``raw`` is completed in place: without an ``entry`` it gets the id of its first
+        node, so that what is hashed and stored says which node that was. Neither the
+        content hash (canonical JSON sorts keys) nor every store (Postgres JSONB orders
+        keys its own way) keeps the order of ``nodes``.
+        """
         if not isinstance(raw, dict):
             return None, [error_item([], "a workflow definition must be an object")]
         size = len(canonical_json(raw).encode())
@@ -68,20 +87,21 @@ class DefinitionValidator:
         if isinstance(nodes, dict) and len(nodes) > self._limits.max_nodes:
             msg = f"{len(nodes)} nodes; the limit is {self._limits.max_nodes}"
             return None, [error_item(["nodes"], msg, "too_many_nodes")]
+        if isinstance(nodes, dict) and nodes and raw.get("entry") is None:
+            raw["entry"] = next(iter(nodes))
         try:
             definition = WorkflowDefinition.model_validate(raw)
         except ValidationError as exc:
             return None, pydantic_errors(exc)
         errors = [
-            *self._agent_errors(definition, raw),
+            *self._agent_errors(definition),
             *self._node_errors(definition),
             *self._edge_errors(definition),
             *self._template_errors(definition),
+            *self._graph_errors(definition),
         ]
         if definition.inputs is not None:
             errors += schema_errors(definition.inputs, ["inputs"])
-        if not errors:
-            errors += self._graph_errors(definition)
         return (None if errors else definition), errors
 
     def parse(self, raw: Any) -> WorkflowDefinition:
@@ -93,7 +113,7 @@ class DefinitionValidator:
             )
         return definition
 
-    def _agent_errors(self, d: WorkflowDefinition, raw: dict[str, Any]) -> list[dict[str, Any]]:
+    def _agent_errors(self, d: WorkflowDefinition) -> list[dict[str, Any]]:
         errors = []
         if isinstance(d.agents, list):
             seen: set[str] = set()
@@ -137,6 +157,9 @@ class DefinitionValidator:
                 error_item(["entry"], f"entry node {d.entry!r} does not exist", "unknown_node")
             )
         for node_id, node in d.nodes.items():
+            if not _NODE_ID.match(node_id):
+                msg = "a node id is 1-100 letters, digits, '_' or '-', not starting with '-'"
+                errors.append(error_item(["nodes", node_id], msg, "invalid_node_id"))
             if not self._registry.knows(node.step):
                 msg = f"unknown step type {node.step!r}; known: {', '.join(self._registry.names)}"
                 errors.append(error_item(["nodes", node_id, "step"], msg, "unknown_step"))
@@ -183,51 +206,59 @@ class DefinitionValidator:
         return errors
 
     def _graph_errors(self, d: WorkflowDefinition) -> list[dict[str, Any]]:
+        """Reachability and unmarked cycles, over the edges between known nodes."""
         errors = []
         outgoing: dict[str, list[tuple[int, str, bool]]] = {n: [] for n in d.nodes}
         for i, edge in enumerate(d.edges):
-            outgoing[edge.from_].append((i, edge.to, edge.loop))
+            if edge.from_ in d.nodes and edge.to in d.nodes:
+                outgoing[edge.from_].append((i, edge.to, edge.loop))
 
-        # Reachability: from the entry, and from every agent-bound node (a handoff can route there).
-        seen: set[str] = set()
-        todo = [d.entry_node, *(n for n, node in d.nodes.items() if node.agent is not None)]
-        while todo:
-            node_id = todo.pop()
-            if node_id not in seen:
-                seen.add(node_id)
-                todo.extend(to for _, to, _ in outgoing[node_id])
-        for node_id in d.nodes:
-            if node_id not in seen:
-                errors.append(
-                    error_item(
-                        ["nodes", node_id], f"node {node_id!r} is unreachable", "unreachable"
+        # Reachable: from the entry, and from every agent-bound node (a handoff can route
+        # there). With an unknown entry only the agent-bound roots are left; the entry error
+        # is reported on its own, so unreachability is then not reported at all.
+        roots = [n for n, node in d.nodes.items() if node.agent is not None]
+        if d.entry_node in d.nodes:
+            seen: set[str] = set()
+            todo = [d.entry_node, *roots]
+            while todo:
+                node_id = todo.pop()
+                if node_id not in seen:
+                    seen.add(node_id)
+                    todo.extend(to for _, to, _ in outgoing[node_id] if to not in seen)
+            for node_id in d.nodes:
+                if node_id not in seen:
+                    msg = (
+                        f"node {node_id!r} is unreachable: no edge leads to it from the entry "
+                        f"node {d.entry_node!r} and it is bound to no agent"
                     )
-                )
+                    errors.append(error_item(["nodes", node_id], msg, "unreachable"))
 
-        # Every cycle must be closed by an edge marked `loop: true`.
-        WHITE, GREY, BLACK = 0, 1, 2
-        color = dict.fromkeys(d.nodes, WHITE)
+        # Every cycle must be closed by an edge marked `loop: true`: without those edges the
+        # graph is acyclic. Depth-first, iterative, each edge looked at once.
+        forward = {n: [e for e in edges if not e[2]] for n, edges in outgoing.items()}
+        white, grey, black = 0, 1, 2
+        color = dict.fromkeys(d.nodes, white)
         for start in d.nodes:
-            if color[start] != WHITE:
+            if color[start] != white:
                 continue
+            color[start] = grey
             stack: list[tuple[str, int]] = [(start, 0)]
-            color[start] = GREY
             while stack:
                 node_id, k = stack[-1]
-                edges = [e for e in outgoing[node_id] if not e[2]]
-                if k < len(edges):
-                    stack[-1] = (node_id, k + 1)
-                    i, to, _ = edges[k]
-                    if color[to] == GREY:
-                        msg = (
-                            f"edge {node_id!r} → {to!r} closes a cycle; "
-                            "mark it `loop: true` if the revisit is intended"
-                        )
-                        errors.append(error_item(["edges", i], msg, "unmarked_cycle"))
-                    elif color[to] == WHITE:
-                        color[to] = GREY
-                        stack.append((to, 0))
-                else:
-                    color[node_id] = BLACK
+                edges = forward[node_id]
+                if k == len(edges):
+                    color[node_id] = black
                     stack.pop()
+                    continue
+                stack[-1] = (node_id, k + 1)
+                i, to, _ = edges[k]
+                if color[to] == grey:
+                    msg = (
+                        f"edge {node_id!r} -> {to!r} closes a cycle; mark it `loop: true` "
+                        "if the revisit is intended"
+                    )
+                    errors.append(error_item(["edges", i], msg, "unmarked_cycle"))
+                elif color[to] == white:
+                    color[to] = grey
+                    stack.append((to, 0))
         return errors

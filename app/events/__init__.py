@@ -1,1 +1,2 @@
-"""Event delivery: the wake-up bus (in-process, and Postgres LISTEN/NOTIFY) and SSE."""
+"""Event delivery: the wake-up bus (in-process, and Postgres LISTEN/NOTIFY) and the shared
+per-run feeds that SSE streams read from (``feed``)."""

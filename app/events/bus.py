@@ -133,8 +133,10 @@ class PostgresListener:
         while True:
             lost = asyncio.Event()
             try:
-                conn = await asyncpg.connect(self._dsn)
-            except (OSError, asyncpg.PostgresError) as exc:
+                conn = await asyncpg.connect(
+                    self._dsn, timeout=5, server_settings={"application_name": "stepwise-listener"}
+                )
+            except Exception as exc:  # any failure to connect: try again shortly
                 log.warning("event listener cannot connect (%s); retrying", exc)
                 await asyncio.sleep(self._retry_s)
                 continue
@@ -147,6 +149,7 @@ class PostgresListener:
                 for channel in (EVENTS_CHANNEL, WORK_CHANNEL, CONTROL_CHANNEL):
                     await conn.add_listener(channel, deliver)
                 self.connected.set()
+                log.info("event listener connected")
                 # Anything committed while we were away is found by the readers' fallback
                 # polls; wake the runners now so they look for work at once.
                 self._bus.wake_work()
@@ -158,10 +161,10 @@ class PostgresListener:
                     if not lost.is_set():
                         try:
                             await asyncio.wait_for(conn.execute("SELECT 1"), 5)
-                        except (OSError, asyncpg.PostgresError, TimeoutError):
+                        except Exception:  # asyncpg raises several kinds when a connection dies
                             break
                 log.warning("event listener connection lost; reconnecting")
-            except (OSError, asyncpg.PostgresError) as exc:
+            except Exception as exc:  # never let the listener die: reconnect
                 log.warning("event listener failed (%s); reconnecting", exc)
             finally:
                 self.connected.clear()

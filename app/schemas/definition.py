@@ -1,14 +1,14 @@
 """The workflow definition format (DESIGN §2) as pydantic models.
 
-Structure only: the graph rules (edges, reachability, cycles, templates, agents) are
-checked by ``app.engine.validation``.
+Structure only: node ids, the graph rules (edges, reachability, cycles), templates,
+schemas and agents are checked by ``app.engine.validation``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,99}$"
 NODE_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$"
@@ -37,8 +37,8 @@ class Node(_Strict):
     set: dict[str, Any] = Field(default_factory=dict)
     agent: str | None = None
     handoff_approval: bool = False
-    interrupt_before: str | None = None
-    interrupt_after: str | None = None
+    interrupt_before: str | None = Field(default=None, min_length=1)
+    interrupt_after: str | None = Field(default=None, min_length=1)
     max_iterations: int | None = Field(default=None, ge=1)
     retry: RetryPolicy | None = None
     timeout_s: float | None = Field(default=None, gt=0, le=86400)
@@ -46,8 +46,8 @@ class Node(_Strict):
 
 
 class Edge(_Strict):
-    from_: str = Field(alias="from")
-    to: str
+    from_: str = Field(alias="from", min_length=1)
+    to: str = Field(min_length=1)
     when: str | None = None
     loop: bool = False
 
@@ -63,6 +63,19 @@ class AgentItem(Agent):
     id: str = Field(min_length=1, max_length=100)
 
 
+def _agents_form(value: Any) -> str:
+    return AGENT_LIST if isinstance(value, list) else AGENT_MAPPING
+
+
+# ``agents`` is a mapping of id to agent, or a list of ``{id, ...}`` items. The tags name the
+# two forms in validation errors; ``app.engine.validation`` drops them from error paths.
+AGENT_MAPPING, AGENT_LIST = "mapping", "list"
+Agents = Annotated[
+    Annotated[dict[str, Agent], Tag(AGENT_MAPPING)] | Annotated[list[AgentItem], Tag(AGENT_LIST)],
+    Discriminator(_agents_form),
+]
+
+
 class WorkflowDefinition(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     description: str | None = None
@@ -73,22 +86,9 @@ class WorkflowDefinition(_Strict):
     max_steps: int | None = Field(default=None, ge=1)
     max_handoff_depth: int = Field(default=10, ge=0, le=1000)
     output: Any = None
-    agents: dict[str, Agent] | list[AgentItem] = Field(default_factory=dict)
+    agents: Agents = Field(default_factory=dict)
     nodes: dict[str, Node] = Field(min_length=1)
     edges: list[Edge] = Field(default_factory=list)
-
-    @field_validator("nodes")
-    @classmethod
-    def _node_ids(cls, nodes: dict[str, Node]) -> dict[str, Node]:
-        import re
-
-        for node_id in nodes:
-            if not re.match(NODE_ID_PATTERN, node_id):
-                raise ValueError(
-                    f"node id {node_id!r} must match {NODE_ID_PATTERN} "
-                    "(letters, digits, '_' and '-')"
-                )
-        return nodes
 
     @property
     def entry_node(self) -> str:

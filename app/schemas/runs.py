@@ -14,7 +14,9 @@ class _Action(BaseModel):
 
 class RunCreate(_Action):
     workflow: str | None = Field(default=None, description="name of a stored workflow")
-    version: int | None = Field(default=None, ge=1, description="pinned version (default: latest)")
+    version: int | None = Field(
+        default=None, ge=1, le=2**31 - 1, description="pinned version (default: latest)"
+    )
     definition: dict[str, Any] | None = Field(default=None, description="an inline definition")
     inputs: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] | None = None

@@ -70,6 +70,9 @@ class OutboundConfig(BaseModel):
                 raise ValueError(f"{name!r} is not a valid header name")
             if any(ch in str(value) for ch in "\r\n\0"):
                 raise ValueError(f"the value of header {name!r} contains a line break or NUL")
+            if not str(value).isascii():
+                # httpx sends header values as ASCII: refuse here rather than raise later
+                raise ValueError(f"the value of header {name!r} is not ASCII")
         return headers
 
     def header_values(self, idempotency_key: str) -> dict[str, str]:

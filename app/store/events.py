@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Select, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import metrics
 from app.store.models import Event, utcnow
 
 
@@ -45,6 +46,13 @@ async def insert_events(
         for i, e in enumerate(events)
     ]
     await session.execute(insert(Event), rows)
+    # counted when written (a transaction that then rolls back is rare: a lost lease)
+    metrics.observe_events(e.type for e in events)
+
+
+async def has_event(session: AsyncSession, run_id: str, type_: str) -> bool:
+    stmt = select(Event.seq).where(Event.run_id == run_id, Event.type == type_).limit(1)
+    return (await session.execute(stmt)).first() is not None
 
 
 def _type_filter(stmt: Select[Any], types: Sequence[str]) -> Select[Any]:

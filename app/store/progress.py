@@ -68,7 +68,9 @@ async def record_step(
     if postgres and all_events:
         # the NOTIFY rides on the same statement (one round trip less); Postgres delivers
         # it only when the transaction commits
-        returning.append(func.pg_notify("stepwise_events", Run.id + ":" + cast(Run.event_seq, String)))
+        returning.append(
+            func.pg_notify("stepwise_events", Run.id + ":" + cast(Run.event_seq, String))
+        )
     stmt = (
         update(Run)
         .where(Run.id == run_id)

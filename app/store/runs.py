@@ -49,6 +49,12 @@ async def get(session: AsyncSession, run_id: str, *, lock: bool = False) -> Run 
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+async def event_position(session: AsyncSession, run_id: str) -> tuple[str, int] | None:
+    """A run's status and last event seq (what a stream needs to know), or None."""
+    row = (await session.execute(select(Run.status, Run.event_seq).where(Run.id == run_id))).first()
+    return None if row is None else (str(row[0]), int(row[1]))
+
+
 async def get_by_idempotency_key(session: AsyncSession, key: str) -> Run | None:
     return (
         await session.execute(select(Run).where(Run.idempotency_key == key))
@@ -83,11 +89,18 @@ def lease_guard(lease: Lease) -> ColumnElement[bool]:
     )
 
 
+def _lapsed(now: datetime) -> ColumnElement[bool]:
+    """A running run nobody holds: its lease expired (or it never had one)."""
+    return and_(
+        Run.status == "running", or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < now)
+    )
+
+
 def _claimable(now: datetime) -> ColumnElement[bool]:
     return or_(
         and_(Run.status == "queued", or_(Run.due_at.is_(None), Run.due_at <= now)),
         and_(Run.status == "suspended", Run.due_at <= now),
-        and_(Run.status == "running", Run.lease_expires_at < now),
+        _lapsed(now),
     )
 
 
@@ -141,18 +154,45 @@ async def extend_leases(
     return set((await session.execute(stmt)).scalars())
 
 
-async def release(session: AsyncSession, owner: str, ids: Sequence[str]) -> list[str]:
-    """Give runs back to the queue (graceful shutdown): another worker takes them at once."""
-    if not ids:
+async def release(session: AsyncSession, owner: str, ids: Sequence[str] | None = None) -> list[str]:
+    """Give runs back to the queue (graceful shutdown): another worker takes them at once.
+
+    Only runs ``owner`` still holds and that are still running are released; ``ids=None``
+    releases every one of them.
+    """
+    if ids is not None and not ids:
         return []
     stmt = (
         update(Run)
-        .where(Run.id.in_(ids), Run.lease_owner == owner, Run.status == "running")
+        .where(Run.lease_owner == owner, Run.status == "running")
         .values(status="queued", lease_owner=None, lease_expires_at=None, updated_at=utcnow())
         .returning(Run.id)
         .execution_options(synchronize_session=False)
     )
+    if ids is not None:
+        stmt = stmt.where(Run.id.in_(ids))
     return list((await session.execute(stmt)).scalars())
+
+
+async def requeue_lapsed(session: AsyncSession) -> list[str]:
+    """The sweep: running runs whose lease lapsed (their worker died or froze) go back
+    to the queue, where any worker claims them. A frozen worker's late writes are refused
+    (they need status ``running`` and its lease token)."""
+    now = utcnow()
+    stmt = (
+        update(Run)
+        .where(_lapsed(now))
+        .values(status="queued", lease_owner=None, lease_expires_at=None, updated_at=now)
+        .returning(Run.id)
+        .execution_options(synchronize_session=False)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def has_claimable(session: AsyncSession) -> bool:
+    """Whether some run could be claimed right now."""
+    stmt = select(Run.id).where(_claimable(utcnow())).limit(1)
+    return (await session.execute(stmt)).first() is not None
 
 
 async def next_due_at(session: AsyncSession) -> datetime | None:

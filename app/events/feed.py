@@ -1,0 +1,312 @@
+"""Shared per-run event feeds: what SSE subscribers read from.
+
+One ``RunFeed`` exists per watched run per process. It alone reads the database when
+the bus says the run has new events (or, as a fallback, every ``poll_s``), keeps the
+run's most recent events in a small buffer, already encoded as SSE frames, and wakes
+its subscribers. A subscriber takes from the buffer by cursor; one that fell behind
+the buffer reads the database on its own until it catches up. So N subscribers of one
+run cost one query per new batch of events, not N, and none holds a database
+connection while it waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.events.bus import EventBus
+from app.schemas.runs import EventOut
+from app.store import events as event_store
+from app.store import runs as run_store
+from app.store.database import transaction
+from app.store.models import Event
+
+log = logging.getLogger(__name__)
+
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+PAUSED_STATUSES = frozenset({"interrupted", "awaiting_input", "suspended"})
+# the event each status change writes, last in its transaction
+TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled"})
+PAUSE_EVENTS = frozenset({"run.interrupted", "run.awaiting_input", "run.suspended"})
+
+READ_BATCH = 500
+SEP = "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEvent:
+    seq: int
+    type: str
+    frame: bytes  # the complete SSE frame, encoded once and shared by every subscriber
+
+
+@dataclass(frozen=True, slots=True)
+class RunPosition:
+    """The run's status and last event seq, read together from its row."""
+
+    status: str
+    event_seq: int
+
+
+def sse_frame(event: Event) -> FeedEvent:
+    payload = EventOut(
+        run_id=event.run_id,
+        seq=event.seq,
+        type=event.type,
+        node=event.node,
+        ts=event.ts,
+        data=event.data,
+    ).model_dump_json()
+    # the JSON has no raw newlines, so it is one data: line
+    frame = f"id: {event.seq}{SEP}event: {event.type}{SEP}data: {payload}{SEP}{SEP}"
+    return FeedEvent(event.seq, event.type, frame.encode())
+
+
+def matches(event_type: str, patterns: Sequence[str]) -> bool:
+    """``?types=``: exact types or prefix globs (``node.*``); no patterns match all."""
+    if not patterns:
+        return True
+    return any(
+        event_type.startswith(p[:-1]) if p.endswith("*") else event_type == p for p in patterns
+    )
+
+
+class _Changed:
+    """A broadcast wake-up: every waiter resumes on the next ``fire()``."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout_s: float) -> None:
+        event = self._event
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(timeout_s, 0)):
+                await event.wait()
+
+
+class RunFeed:
+    def __init__(self, hub: FeedHub, run_id: str) -> None:
+        self.hub = hub
+        self.run_id = run_id
+        self.buffer: deque[FeedEvent] = deque(maxlen=hub.buffer_size)
+        self.head = 0  # the highest seq read (the buffer ends there)
+        self.position: RunPosition | None = None  # None until the first read
+        self.gone = False  # the run was deleted
+        self.subscribers = 0
+        self.changed = _Changed()
+        self.task: asyncio.Task[None] | None = None
+
+    def since(self, cursor: int) -> list[FeedEvent] | None:
+        """Buffered events after ``cursor``; None when the buffer no longer reaches back
+        there (the caller then reads the database)."""
+        if cursor >= self.head:
+            return []
+        if not self.buffer or cursor < self.buffer[0].seq - 1:
+            return None
+        return list(itertools.islice(self.buffer, cursor - self.buffer[0].seq + 1, None))
+
+    async def run(self) -> None:
+        async with self.hub.bus.subscribe(self.run_id) as signal:
+            while not self.gone:
+                before = (self.head, self.position, self.gone)
+                try:
+                    more = await self._fetch()
+                except Exception:
+                    log.exception("event feed of run %s: read failed; retrying", self.run_id)
+                    more = False
+                if (self.head, self.position, self.gone) != before:
+                    self.changed.fire()
+                if not more:
+                    await signal.wait_past(self.head, self.hub.poll_s)
+
+    async def _fetch(self) -> bool:
+        """Read the run's position and its new events; True when there are more to read."""
+        async with transaction(self.hub.sessions) as session:
+            # the position first: the events read afterwards include all up to it
+            found = await run_store.event_position(session, self.run_id)
+            if found is None:
+                self.gone = True
+                return False
+            position = RunPosition(*found)
+            rows: list[Event] = []
+            if position.event_seq > self.head:
+                start = self.head
+                if self.position is None:  # first read: only the recent past
+                    start = max(0, position.event_seq - self.hub.buffer_size)
+                rows = await event_store.list_events(
+                    session, self.run_id, after=start, limit=READ_BATCH
+                )
+        if rows and self.buffer and rows[0].seq != self.head + 1:
+            self.buffer.clear()  # cannot happen with gapless seqs; stay correct anyway
+        for row in rows:
+            self.buffer.append(sse_frame(row))
+        if rows:
+            self.head = rows[-1].seq
+        self.position = position
+        return len(rows) == READ_BATCH
+
+
+class StreamLimitReached(Exception):
+    pass
+
+
+class FeedHub:
+    """The feeds of one process, and the bound on its open streams."""
+
+    def __init__(
+        self,
+        bus: EventBus,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        max_streams: int,
+        poll_s: float = 1.0,
+        buffer_size: int = 1024,
+    ) -> None:
+        self.bus = bus
+        self.sessions = sessions
+        self.max_streams = max_streams
+        self.poll_s = poll_s
+        self.buffer_size = buffer_size
+        self.streams = 0
+        self.closed = False
+        self._feeds: dict[str, RunFeed] = {}
+
+    # -- admission ---------------------------------------------------------------------
+
+    def reserve(self) -> StreamSlot:
+        """Count one more open stream, or raise StreamLimitReached."""
+        if self.closed or self.streams >= self.max_streams:
+            raise StreamLimitReached
+        self.streams += 1
+        return StreamSlot(self)
+
+    # -- feeds -------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def feed(self, run_id: str) -> AsyncIterator[RunFeed]:
+        feed = self._feeds.get(run_id)
+        if feed is None or feed.task is None or feed.task.done():
+            feed = self._feeds[run_id] = RunFeed(self, run_id)
+            feed.task = asyncio.create_task(feed.run(), name=f"stepwise-feed-{run_id}")
+        feed.subscribers += 1
+        try:
+            yield feed
+        finally:
+            feed.subscribers -= 1
+            if feed.subscribers == 0 and self._feeds.get(run_id) is feed:
+                del self._feeds[run_id]
+                assert feed.task is not None
+                feed.task.cancel()
+
+    @property
+    def feed_count(self) -> int:
+        return len(self._feeds)
+
+    async def read(self, run_id: str, after: int) -> list[FeedEvent]:
+        """A lagging subscriber's own read, past the feed's buffer."""
+        async with transaction(self.sessions) as session:
+            rows = await event_store.list_events(session, run_id, after=after, limit=READ_BATCH)
+        return [sse_frame(row) for row in rows]
+
+    async def stream(
+        self,
+        run_id: str,
+        after: int,
+        *,
+        types: Sequence[str] = (),
+        until_paused: bool = False,
+        max_s: float | None = None,
+    ) -> AsyncIterator[list[FeedEvent]]:
+        """The run's events after ``after``: stored, then live, each exactly once, in batches
+        (all that were ready at once: one write to the socket for each). Ends when
+        the run is terminal (or paused, with ``until_paused``), when it is deleted, after
+        ``max_s`` seconds, or when the hub closes."""
+        deadline = time.monotonic() + (max_s if max_s is not None else float("inf"))
+        async with self.feed(run_id) as feed:
+            cursor = after
+            live_from: int | None = None  # events past this one happened while we watch
+            while not self.closed:
+                position = feed.position
+                if position is None:  # the feed's first read is on its way
+                    if feed.gone:
+                        return
+                    await self._wait(feed, deadline)
+                    if time.monotonic() >= deadline:
+                        return
+                    continue
+                if live_from is None:
+                    live_from = position.event_seq
+                batch = feed.since(cursor)
+                lagging = batch is None
+                if batch is None:
+                    batch = await self.read(run_id, cursor)
+                out: list[FeedEvent] = []
+                ends = False
+                for event in batch:
+                    cursor = event.seq
+                    if matches(event.type, types):
+                        out.append(event)
+                    if event.seq > live_from and (
+                        event.type in TERMINAL_EVENTS
+                        or (until_paused and event.type in PAUSE_EVENTS)
+                    ):
+                        ends = True
+                        break
+                if out:
+                    yield out
+                if ends:
+                    return
+                if batch:
+                    continue
+                if feed.gone:
+                    return
+                if cursor >= position.event_seq and (
+                    position.status in TERMINAL_STATUSES
+                    or (until_paused and position.status in PAUSED_STATUSES)
+                ):
+                    return
+                if time.monotonic() >= deadline:
+                    return
+                if lagging or feed.head <= cursor:
+                    await self._wait(feed, deadline)
+
+    @staticmethod
+    async def _wait(feed: RunFeed, deadline: float) -> None:
+        # the feed fires on every read (new events, fallback poll, deletion) and on close
+        await feed.changed.wait(min(deadline - time.monotonic(), 60.0))
+
+    async def close(self) -> None:
+        """End every stream (server shutdown) and stop the feeds."""
+        self.closed = True
+        tasks = [f.task for f in self._feeds.values() if f.task is not None]
+        for feed in self._feeds.values():
+            feed.changed.fire()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class StreamSlot:
+    """One admitted stream; released once, however the stream ends."""
+
+    def __init__(self, hub: FeedHub) -> None:
+        self._hub: FeedHub | None = hub
+
+    def release(self) -> None:
+        if self._hub is not None:
+            self._hub.streams -= 1
+            self._hub = None

@@ -1,0 +1,436 @@
+"""Run the whole benchmark suite and write ``bench/RESULTS.md``.
+
+    python -m bench.run_all            # full: 15 s per throughput figure, 10,000 paused runs
+    python -m bench.run_all --quick    # short: 5 s per figure, 1,000 paused runs
+
+Each part runs in its own process (pgbench, Stepwise over HTTP, LangGraph, DBOS, the SSE
+fan-out, the profile), each on its own scratch database; every figure is measured twice.
+The raw figures go to ``bench/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import importlib.metadata
+import inspect
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import DEFAULTS, PG_ADMIN_URL, QUICK, log, query
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PARTS = ("pgbench", "stepwise", "langgraph", "dbos", "sse", "profile")
+SUITES = {
+    "pgbench": "bench.pgbench_limit",
+    "stepwise": "bench.stepwise_suite",
+    "langgraph": "bench.langgraph_suite",
+    "dbos": "bench.dbos_suite",
+    "profile": "bench.profile_w1",
+}
+PACKAGES = (
+    "stepwise", "fastapi", "uvicorn", "sqlalchemy", "asyncpg", "httpx", "langgraph",
+    "langgraph-checkpoint-postgres", "dbos", "psycopg", "py-spy",
+)  # fmt: skip
+
+
+def run_suite(module: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Run one suite in its own process; its figures are the last line of its stdout."""
+    log(f"running {module}")
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--params", json.dumps(params)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    if done.returncode != 0 or not lines:
+        return {"error": f"{module} exited {done.returncode}"}
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def run_sse(quick: bool) -> dict[str, Any]:
+    """W4 through bench/sse_fanout.py (written separately): ``async def main(args) -> dict``."""
+    try:
+        module = importlib.import_module("bench.sse_fanout")
+    except ImportError:
+        return {"error": "bench/sse_fanout.py is not there yet (hook: async def main(args))"}
+    entry = getattr(module, "main", None)
+    if not inspect.iscoroutinefunction(entry):
+        entry = getattr(module, "bench", None)  # the name it had before the agreed `main`
+    if not inspect.iscoroutinefunction(entry):
+        return {"error": "bench.sse_fanout has no `async def main(args) -> dict`"}
+    args = argparse.Namespace(
+        subscribers=1000, rounds=10 if quick else 20, wait_s=0.1, workers=4, json=False
+    )
+    log("running bench.sse_fanout")
+    try:
+        return dict(asyncio.run(entry(args)))
+    except Exception as exc:
+        return {"error": f"sse_fanout failed: {exc!r}"}
+
+
+PG_LOG = Path("/var/log/postgresql/postgresql-15-main.log")
+
+
+def pg_log_size() -> int | None:
+    return PG_LOG.stat().st_size if PG_LOG.exists() else None
+
+
+def pg_restarts_since(offset: int | None) -> int | None:
+    """Postgres shutdowns logged since ``offset`` (something else on the machine restarted it)."""
+    if offset is None or not PG_LOG.exists():
+        return None
+    with PG_LOG.open("rb") as handle:
+        handle.seek(offset)
+        return handle.read().count(b"received fast shutdown request")
+
+
+# -- machine and versions --------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as handle:
+        mem_kb = int(handle.readline().split()[1])
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "-"
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "app"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "host": platform.node(),
+        "os": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 2**20, 1),
+        "python": platform.python_version(),
+        "postgres": query(PG_ADMIN_URL, "SELECT version()")[0][0],
+        "commit": commit + (" (app/ has uncommitted changes)" if dirty else ""),
+        "versions": versions,
+    }
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+def pick(result: dict[str, Any], workload: str, key: str, **match: Any) -> list[float]:
+    """``key`` of every rep of ``workload`` whose fields equal ``match``."""
+    rows = result.get(workload) or []
+    found = []
+    for row in rows:
+        if all(row.get(k) == v for k, v in match.items()) and row.get(key) is not None:
+            found.append(float(row[key]))
+    return found
+
+
+def nested(result: dict[str, Any], workload: str, path: tuple[str, str]) -> list[float]:
+    return [
+        float(row[path[0]][path[1]])
+        for row in result.get(workload) or []
+        if row.get(path[0]) and row[path[0]].get(path[1]) is not None
+    ]
+
+
+def fmt(values: list[float], digits: int = 0) -> str:
+    if not values:
+        return "-"
+    return " / ".join(f"{v:,.{digits}f}" for v in values)
+
+
+def mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def ratio(a: list[float], b: list[float]) -> str:
+    ma, mb = mean(a), mean(b)
+    if ma is None or mb is None or mb == 0:
+        return "-"
+    return f"{ma / mb:.2f}"
+
+
+def write_results(data: dict[str, Any], path: Path) -> None:
+    m = data["machine"]
+    sw, lg, db = data.get("stepwise", {}), data.get("langgraph", {}), data.get("dbos", {})
+    pg, sse, prof = data.get("pgbench", {}), data.get("sse", {}), data.get("profile", {})
+    p = data["params"]
+    lines: list[str] = []
+    add = lines.append
+    add("# Stepwise benchmark results\n")
+    base = QUICK if data["quick"] else DEFAULTS
+    flags = " --quick" if data["quick"] else ""
+    if p["duration_s"] != base["duration_s"]:
+        flags += f" --duration {p['duration_s']:g}"
+    if p["paused_runs"] != base["paused_runs"]:
+        flags += f" --paused-runs {p['paused_runs']}"
+    add(f"Written by `python -m bench.run_all{flags}` on {m['date']}."
+        f"{' **Quick mode** (fewer samples and paused runs).' if data['quick'] else ''}\n")  # fmt: skip
+    add("| machine | |")
+    add("|---|---|")
+    for key in ("host", "os", "cpu", "cores", "memory_gib", "python", "postgres", "commit"):
+        add(f"| {key} | {m[key]} |")
+    add("| versions | " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + " |")
+    if pg.get("settings"):
+        add("| postgres settings | " + ", ".join(f"{k}={v}" for k, v in pg["settings"].items()) + " |")  # fmt: skip
+    add("")
+    add(
+        f"**The machine has {m['cores']} cores, shared by everything measured here:** the "
+        "Stepwise server process, the load generator (httpx in one Python process), the "
+        "Postgres backends, and — for the peers — the library and its Postgres backends. "
+        "Stepwise pays for HTTP (both ends) on the same cores; LangGraph and DBOS run "
+        "in-process with no HTTP. Every figure was measured twice (`rep 1 / rep 2`); "
+        "ratios use the mean of the two.\n"
+    )
+    if data.get("load_average"):
+        loads = ", ".join(f"{k} {v[0]:.1f}" for k, v in data["load_average"].items())
+        add(
+            "1-minute load average when each part started (anything above ~1 before a part "
+            f"means other work was running on the machine): {loads}.\n"
+        )
+    restarts = {k: v for k, v in (data.get("postgres_restarts") or {}).items() if v}
+    if restarts:
+        add(
+            "**Postgres was restarted by something else on the machine during: "
+            + ", ".join(f"{k} ({v}x)" for k, v in restarts.items())
+            + ".** Figures of those parts include an outage; see `errors` in results.json.\n"
+        )
+    add(
+        f"Parameters: {p['duration_s']:.0f} s per throughput or latency measurement, "
+        f"runs in flight {p['concurrency']}, {p['latency_samples']} W3 samples, "
+        f"{p['paused_runs']:,} paused runs (W5), {p['blob_bytes']:,}-byte state over "
+        f"{p['state_steps']} steps (W5).\n"
+    )
+
+    add("## Figures\n")
+    add("| figure | Stepwise | LangGraph | DBOS | Stepwise ÷ LangGraph | Stepwise ÷ DBOS |")
+    add("|---|---|---|---|---|---|")
+
+    def row(label: str, s: list[float], lgv: list[float], dbv: list[float], d: int = 0) -> None:
+        add(f"| {label} | {fmt(s, d)} | {fmt(lgv, d)} | {fmt(dbv, d)} | {ratio(s, lgv)} | {ratio(s, dbv)} |")  # fmt: skip
+
+    for c in p["concurrency"]:
+        for key, label in (("runs_per_s", "runs/s"), ("steps_per_s", "durable steps/s")):
+            row(f"W1 linear, {c} in flight: {label}",
+                *(pick(r, "W1", key, in_flight=c) for r in (sw, lg, db)))  # fmt: skip
+    for c in p["concurrency"]:
+        for key in ("p50_ms", "p95_ms"):
+            row(f"W2 interrupt round trip, {c} in flight: {key.replace('_', ' ')}",
+                *(pick(r, "W2", key, in_flight=c) for r in (sw, lg, db)), d=1)  # fmt: skip
+    for key in ("p50_ms", "p95_ms"):
+        row(f"W3 start → first node.started: {key.replace('_', ' ')}",
+            *(pick(r, "W3", key) for r in (sw, lg, db)), d=1)  # fmt: skip
+    row("W3 Stepwise: POST /runs answered (202), p50 ms",
+        nested(sw, "W3", ("post_runs_202", "p50_ms")), [], [], d=1)  # fmt: skip
+    row("W5 paused runs: process RSS growth per paused run (bytes)",
+        *(pick(r, "W5", "rss_delta_bytes_per_run") for r in (sw, lg, db)))  # fmt: skip
+    row("W5 paused runs: RSS after (MiB)",
+        *(pick(r, "W5", "rss_after_mb") for r in (sw, lg, db)), d=1)  # fmt: skip
+    row("W5 paused runs: database bytes per paused run",
+        *(pick(r, "W5", "db_bytes_per_run") for r in (sw, lg, db)))  # fmt: skip
+    row("W5 100 KB state, ~10 B changed per step: database growth per step (bytes, all tables)",
+        *(pick(r, "W5_state", "db_growth_per_step") for r in (sw, lg, db)))  # fmt: skip
+    row("W5 Stepwise: checkpoint `data` bytes per step (pg_column_size, deltas)",
+        pick(sw, "W5_state", "checkpoint_data_bytes_per_step"), [], [])  # fmt: skip
+    row("W5 Stepwise: whole checkpoint row bytes per step",
+        pick(sw, "W5_state", "checkpoint_row_bytes_per_step"), [], [])  # fmt: skip
+    row("W5 Stepwise: event rows per step", pick(sw, "W5_state", "events_per_step"), [], [], d=1)
+    row("W5 Stepwise: event bytes per step", pick(sw, "W5_state", "event_bytes_per_step"), [], [])
+    add("")
+
+    problems = []
+    for name, result in (("Stepwise", sw), ("LangGraph", lg), ("DBOS", db)):
+        if result.get("error"):
+            problems.append(f"- {name}: {result['error']}")
+        for workload in ("W1", "W2"):
+            for r in result.get(workload) or []:
+                if r.get("errors"):
+                    problems.append(
+                        f"- {name} {workload} rep {r['rep']}, {r['in_flight']} in flight: "
+                        f"{r['errors']} failed requests/runs (excluded from the figure)"
+                    )
+        problems += [f"- {name}: {e[:300]}" for e in result.get("errors") or []]
+    if problems:
+        add("Failures during the measurements:\n")
+        lines.extend(problems)
+        add("")
+
+    add("## Against the hardware limit (pgbench)\n")
+    add("pgbench on the same Postgres: one ~1 KB jsonb INSERT per transaction, "
+        "`synchronous_commit` as shown above, `-M prepared`.\n")  # fmt: skip
+    add("| clients / in flight | pgbench TPS | pgbench latency ms | Stepwise steps/s | Stepwise ÷ pgbench | LangGraph ÷ pgbench | DBOS ÷ pgbench |")  # fmt: skip
+    add("|---|---|---|---|---|---|---|")
+    for c in p["concurrency"]:
+        runs = [r for r in pg.get("runs", []) if r["clients"] == c]
+        tps = [float(r["tps"]) for r in runs]
+        lat = [float(r["latency_ms"]) for r in runs]
+        s = pick(sw, "W1", "steps_per_s", in_flight=c)
+        add(f"| {c} | {fmt(tps)} | {fmt(lat, 2)} | {fmt(s)} | {ratio(s, tps)} | "
+            f"{ratio(pick(lg, 'W1', 'steps_per_s', in_flight=c), tps)} | "
+            f"{ratio(pick(db, 'W1', 'steps_per_s', in_flight=c), tps)} |")  # fmt: skip
+    add("")
+
+    add("## W4 SSE fan-out (Stepwise only)\n")
+    if sse.get("error"):
+        add(f"Not measured: {sse['error']}.\n")
+    else:
+        add("| figure | value |")
+        add("|---|---|")
+        for key, value in sse.items():
+            add(f"| {key} | {value:,.1f} |" if isinstance(value, float) else f"| {key} | {value} |")
+        add("")
+
+    add("## Targets\n")
+    targets = []
+    w1 = mean(pick(sw, "W1", "steps_per_s", in_flight=16))
+    lg16 = mean(pick(lg, "W1", "steps_per_s", in_flight=16))
+    db16 = mean(pick(db, "W1", "steps_per_s", in_flight=16))
+    pg16 = mean([float(r["tps"]) for r in pg.get("runs", []) if r["clients"] == 16])
+    if w1 is not None:
+        if lg16:
+            targets.append(
+                ("W1 @16 ≥ 5x LangGraph durable steps/s", f"{w1 / lg16:.2f}x", w1 >= 5 * lg16)
+            )
+        if db16:
+            targets.append(
+                ("W1 @16 ≥ 2x DBOS durable steps/s", f"{w1 / db16:.2f}x", w1 >= 2 * db16)
+            )
+        if pg16:
+            targets.append(
+                ("W1 @16 ≥ 25% of pgbench -c 16 TPS", f"{100 * w1 / pg16:.1f}%", w1 >= pg16 / 4)
+            )
+    w3 = mean(pick(sw, "W3", "p50_ms"))
+    if w3 is not None:
+        targets.append(("W3 p50 < 10 ms", f"{w3:.1f} ms", w3 < 10))
+    w2 = mean(pick(sw, "W2", "p50_ms", in_flight=1))
+    if w2 is not None:
+        targets.append(("W2 p50 < 5 ms at 1 in flight", f"{w2:.1f} ms", w2 < 5))
+    if not sse.get("error") and sse.get("p99_ms") is not None:
+        targets.append(("W4 p99 < 50 ms", f"{sse['p99_ms']:.1f} ms", sse["p99_ms"] < 50))
+    rss = mean(pick(sw, "W5", "rss_delta_bytes_per_run"))
+    if rss is not None:
+        targets.append(("W5 a paused run costs no memory", f"{rss:,.0f} B RSS per run", rss < 1024))
+    cp = mean(pick(sw, "W5_state", "checkpoint_row_bytes_per_step"))
+    if cp is not None:
+        targets.append(("W5 < 1 KB per checkpoint for the 10-byte change", f"{cp:,.0f} B", cp < 1024))  # fmt: skip
+    add("| target | measured | met |")
+    add("|---|---|---|")
+    for name, value, ok in targets:  # fmt: skip
+        add(f"| {name} | {value} | {'yes' if ok else '**no**'} |")
+    add("")
+
+    add("## Profile: Stepwise under W1, 16 in flight\n")
+    if prof.get("error") or not prof:
+        add(f"Not measured: {prof.get('error', 'skipped')}.\n")
+    else:
+        load = prof["load"]
+        add(f"- load while profiling: {load['steps_per_s']:.0f} durable steps/s, "
+            f"{load['runs_per_s']:.1f} runs/s over {load['seconds']:.0f} s")  # fmt: skip
+        add(f"- server CPU: {prof['server_cpu_ms_per_step']:.1f} ms per step "
+            f"({100 * prof['server_cpu_share']:.0f}% of one core)")  # fmt: skip
+        add(f"- transactions committed (pg_stat_database.xact_commit): "
+            f"{prof['xacts_per_step']:.2f} per step, {prof['xacts_per_run']:.1f} per run "
+            "(runner, claim loop and API together; rolled-back transactions not counted)")  # fmt: skip
+        add(f"- new database connections during the load: {prof['new_connections']}")
+        st = prof.get("statements") or {}
+        if st.get("statements"):
+            add(f"- statements (round trips) at 1 in flight, from `log_statement = all`: "
+                f"{st['statements_per_step']:.1f} per step; per run:")  # fmt: skip
+            add("")
+            add("| statement | per run (10 steps) |")
+            add("|---|---|")
+            for kind, n in st["by_kind_per_run"].items():
+                add(f"| `{kind}` | {n:.1f} |")
+        add("")
+        if prof.get("profile"):
+            add(f"py-spy, {prof['profile']['samples']} samples; the top frames by own time "
+                "(share of samples) and the app's frames by inclusive time. SQLAlchemy runs "
+                "statements in greenlets, whose stacks py-spy shows as separate roots, so "
+                "the app frames' inclusive shares leave those out:\n")  # fmt: skip
+            add("| own time | frame |")
+            add("|---|---|")
+            for name, share in prof["profile"]["own"][:15]:
+                add(f"| {share:.1f}% | `{name}` |")
+            add("")
+            add("| inclusive | app frame |")
+            add("|---|---|")
+            for name, share in prof["profile"]["app_inclusive"][:20]:
+                add(f"| {share:.1f}% | `{name}` |")
+            add("")
+    notes = data.get("notes")
+    if notes:
+        add("## Notes\n")
+        add(notes)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short measurements")
+    parser.add_argument("--duration", type=float, help="seconds per throughput measurement")
+    parser.add_argument("--paused-runs", type=int, help="W5 paused runs")
+    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated of {PARTS}")
+    parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    parser.add_argument("--notes", help="a Markdown file appended to RESULTS.md as Notes")
+    parser.add_argument("--render", help="only re-render RESULTS.md from this results.json")
+    args = parser.parse_args()
+    if args.render:
+        data = json.loads(Path(args.render).read_text())
+        if args.notes:
+            data["notes"] = Path(args.notes).read_text()
+        write_results(data, Path(args.out))
+        log(f"wrote {args.out}")
+        return
+    params = dict(QUICK if args.quick else DEFAULTS)
+    if args.duration:
+        params["duration_s"] = args.duration
+    if args.paused_runs:
+        params["paused_runs"] = args.paused_runs
+    parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    data: dict[str, Any] = {"machine": machine(), "params": params, "quick": args.quick}
+    data["load_average"] = {}
+    data["postgres_restarts"] = {}
+    for part in parts:
+        data["load_average"][part] = [round(x, 2) for x in os.getloadavg()]
+        log_offset = pg_log_size()
+        if part == "sse":
+            data["sse"] = run_sse(args.quick)
+        elif part == "profile":
+            data["profile"] = run_suite(
+                SUITES[part], {"duration_s": max(10.0, params["duration_s"])}
+            )
+        else:
+            data[part] = run_suite(SUITES[part], params)
+        data["postgres_restarts"][part] = pg_restarts_since(log_offset)
+        (HERE / "results.json").write_text(json.dumps(data, indent=1, default=str))
+    if args.notes:
+        data["notes"] = Path(args.notes).read_text()
+    write_results(data, Path(args.out))
+    log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

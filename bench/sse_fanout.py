@@ -1,0 +1,271 @@
+"""SSE fan-out: many subscribers of one run on one real ``stepwise serve`` process.
+
+    python -m bench.sse_fanout [--subscribers 1000] [--rounds 20] [--wait-s 0.1]
+
+Starts ``stepwise serve`` on a scratch Postgres database, starts a run that pauses at an
+interrupt, connects the subscribers (httpx async streams, from ``Last-Event-ID`` = the
+run's current seq, so everything they get is live), answers the interrupt and lets the run
+emit its events: ``rounds`` times a ``set`` node and a ``wait`` node. Measures delivery
+latency (event ``ts`` → receipt by the subscriber), checks that every subscriber got
+every event exactly once, and samples the server's RSS. Prints a short table.
+
+The subscribers and the server share the machine's cores: on a small machine the
+latency includes the client's own parsing of ``subscribers x events`` frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from bench.common import drop_db, log, pct, scratch_db
+
+ROOT = Path(__file__).resolve().parents[1]
+DB_NAME = f"bench_sse_{os.getpid()}"
+
+
+def workflow(rounds: int, wait_s: float) -> dict[str, Any]:
+    return {
+        "name": "fanout",
+        "state": {"n": 0},
+        "nodes": {
+            "gate": {"step": "interrupt", "with": {"question": "go?"}},
+            "tick": {
+                "step": "set",
+                "with": {"n": "{{ state.n + 1 }}"},
+                "set": {"n": "{{ output.n }}"},
+                "max_iterations": rounds + 1,
+            },
+            "pause": {"step": "wait", "with": {"seconds": wait_s}, "max_iterations": rounds + 1},
+            "done": {"step": "set", "with": {"n": "{{ state.n }}"}},
+        },
+        "edges": [
+            {"from": "gate", "to": "tick"},
+            {"from": "tick", "to": "pause"},
+            {"from": "pause", "to": "tick", "when": f"state.n < {rounds}", "loop": True},
+            {"from": "pause", "to": "done"},
+        ],
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+    )
+
+
+class Subscriber:
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.seqs: list[int] = []
+        self.connected = asyncio.Event()
+        self.error: str | None = None
+        self.closed_by_server = False
+
+    async def run(self, client: httpx.AsyncClient, url: str, after: int) -> None:
+        try:
+            async with client.stream("GET", url, headers={"Last-Event-ID": str(after)}) as resp:
+                if resp.status_code != 200:
+                    self.error = f"HTTP {resp.status_code}"
+                    return
+                self.connected.set()
+                buffer = b""
+                parsed: dict[bytes, float] = {}
+                async for chunk in resp.aiter_bytes():
+                    received = time.time()
+                    buffer += chunk
+                    *frames, buffer = buffer.split(b"\n\n")
+                    for frame in frames:
+                        if not frame.startswith(b"id: "):
+                            continue  # a keep-alive comment
+                        # the client must stay cheap: it shares the machine with the server
+                        seq = int(frame[4 : frame.index(b"\n")])  # "id: <seq>" comes first
+                        at = frame.index(b'"ts":"') + 6
+                        stamp = frame[at : frame.index(b'"', at)]
+                        ts = parsed.get(stamp)
+                        if ts is None:
+                            ts = parsed[stamp] = datetime.fromisoformat(stamp.decode()).timestamp()
+                        self.latencies.append(received - ts)
+                        self.seqs.append(seq)
+                self.closed_by_server = True
+        except Exception as exc:  # a benchmark reports failures, it does not stop at one
+            self.error = repr(exc)
+        finally:
+            self.connected.set()
+
+
+async def sample_rss(process: psutil.Process, samples: list[int], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(psutil.Error):
+            samples.append(process.memory_info().rss)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.1)
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    url = scratch_db(DB_NAME)
+    port = free_port()
+    env = {
+        **os.environ,
+        "STEPWISE_DATABASE_URL": url,
+        "STEPWISE_LOG_LEVEL": "WARNING",
+        "STEPWISE_WORKERS": str(args.workers),
+        "STEPWISE_SSE_MAX_CONNECTIONS": str(args.subscribers + 100),
+    }
+    server = start_server(port, env)
+    base = f"http://127.0.0.1:{port}"
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+            for _ in range(600):
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.05)
+            else:
+                raise RuntimeError("stepwise serve did not become ready")
+            proc = psutil.Process(server.pid)
+            rss_idle = proc.memory_info().rss
+
+            stored = await client.post("/workflows", json=workflow(args.rounds, args.wait_s))
+            stored.raise_for_status()
+            run = (
+                await client.post("/runs/wait", json={"workflow": "fanout", "inputs": {}})
+            ).json()
+            assert run["status"] == "interrupted", run
+            run_id = run["id"]
+            page = await client.get(
+                f"/runs/{run_id}/events",
+                params={"limit": 500},
+                headers={"Accept": "application/json"},
+            )
+            after = page.json()["items"][-1]["seq"]
+
+            log(f"connecting {args.subscribers} subscribers")
+            subscribers = [Subscriber() for _ in range(args.subscribers)]
+            t0 = time.perf_counter()
+            tasks = [
+                asyncio.create_task(s.run(client, f"/runs/{run_id}/events", after))
+                for s in subscribers
+            ]
+            await asyncio.wait_for(asyncio.gather(*(s.connected.wait() for s in subscribers)), 120)
+            connect_s = time.perf_counter() - t0
+            await asyncio.sleep(0.5)
+            rss_connected = proc.memory_info().rss
+
+            samples: list[int] = []
+            stop = asyncio.Event()
+            sampler = asyncio.create_task(sample_rss(proc, samples, stop))
+            log("answering the interrupt: the run emits its events")
+            t1 = time.perf_counter()
+            server_cpu0 = sum(proc.cpu_times()[:2])
+            client_cpu0 = sum(os.times()[:2])
+            answer = await client.post(
+                f"/runs/{run_id}/response",
+                json={"interrupt_id": run["interrupt"]["id"], "value": "go"},
+            )
+            answer.raise_for_status()
+            await asyncio.wait_for(asyncio.gather(*tasks), 300)
+            run_s = time.perf_counter() - t1
+            server_cpu = sum(proc.cpu_times()[:2]) - server_cpu0
+            client_cpu = sum(os.times()[:2]) - client_cpu0
+            stop.set()
+            await sampler
+
+            events = await client.get(
+                f"/runs/{run_id}/events",
+                params={"after": after, "limit": 500},
+                headers={"Accept": "application/json"},
+            )
+            expected = [e["seq"] for e in events.json()["items"]]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        drop_db(DB_NAME)
+
+    latencies = [x for s in subscribers for x in s.latencies]
+    complete = sum(1 for s in subscribers if s.seqs == expected and s.closed_by_server)
+    errors = [s.error for s in subscribers if s.error]
+    ms = [x * 1000 for x in latencies]
+    return {
+        "subscribers": args.subscribers,
+        "events_per_subscriber": len(expected),
+        "deliveries": len(latencies),
+        "complete_subscribers": complete,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "connect_s": connect_s,
+        "run_s": run_s,
+        "p50_ms": pct(ms, 50),
+        "p99_ms": pct(ms, 99),
+        "max_ms": max(ms) if ms else None,
+        "server_cpu_s": server_cpu,
+        "client_cpu_s": client_cpu,
+        "rss_idle_mb": rss_idle / 2**20,
+        "rss_connected_mb": rss_connected / 2**20,
+        "rss_peak_mb": max(samples, default=rss_connected) / 2**20,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=20, help="set+wait rounds of the run")
+    parser.add_argument("--wait-s", type=float, default=0.1, help="each wait node's seconds")
+    parser.add_argument("--workers", type=int, default=4, help="runners of the server")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    args = parser.parse_args()
+    r = asyncio.run(bench(args))
+    rows = [
+        ("subscribers", f"{r['subscribers']}"),
+        ("events per subscriber", f"{r['events_per_subscriber']}"),
+        ("deliveries", f"{r['deliveries']}"),
+        ("subscribers with every event once", f"{r['complete_subscribers']}"),
+        ("errors", f"{r['errors']}" + (f" ({r['first_error']})" if r["errors"] else "")),
+        ("connect all (s)", f"{r['connect_s']:.2f}"),
+        ("run, answer → last event received (s)", f"{r['run_s']:.2f}"),
+        ("latency p50 (ms)", f"{r['p50_ms']:.1f}" if r["p50_ms"] is not None else "-"),
+        ("latency p99 (ms)", f"{r['p99_ms']:.1f}" if r["p99_ms"] is not None else "-"),
+        ("latency max (ms)", f"{r['max_ms']:.1f}" if r["max_ms"] is not None else "-"),
+        ("server CPU during the run (s)", f"{r['server_cpu_s']:.1f}"),
+        ("client CPU during the run (s)", f"{r['client_cpu_s']:.1f}"),
+        ("server RSS idle (MiB)", f"{r['rss_idle_mb']:.0f}"),
+        ("server RSS, subscribers connected (MiB)", f"{r['rss_connected_mb']:.0f}"),
+        ("server RSS peak during the run (MiB)", f"{r['rss_peak_mb']:.0f}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\nSSE fan-out (one run, one `stepwise serve` process, Postgres)\n")
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+    if args.json:
+        print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
