@@ -227,7 +227,7 @@ async def test_frozen_holder_is_fenced_off_after_its_lease_lapsed(
 # -- graceful shutdown -------------------------------------------------------------------------
 
 
-async def test_sigterm_lets_the_step_in_flight_finish_and_stops_claiming(
+async def test_sigterm_lets_the_step_in_flight_finish_and_gives_the_run_back(
     procs: Procs, db: AsyncEngine, api: httpx.AsyncClient, call_server: CallServer
 ) -> None:
     worker = await procs.start("worker", shutdown_grace_s="30")
@@ -241,13 +241,18 @@ async def test_sigterm_lets_the_step_in_flight_finish_and_stops_claiming(
     late = await start(api, "ten")  # made while it drains: it must not take it
     call_server.release()
     assert await worker.wait_exit() == 0
-    assert await status_of(db, run_id) == "completed"
+    # the step in flight finished and was checkpointed; the run stopped at that boundary
+    assert await step_visits(db, run_id) == {"before": 1, "slow": 1}
+    assert await status_of(db, run_id) == "queued"
+    assert await lease_owner(db, run_id) is None
     assert len(call_server.hits_of("/slow")) == 1
     assert await status_of(db, late) == "queued"
     assert await lease_owner(db, late) is None
 
     await procs.start("worker")  # the next process takes what was left
     await wait_status(db, late, "completed")
+    await wait_status(db, run_id, "completed")
+    assert len(call_server.hits_of("/slow")) == 1  # the finished step never ran again
     await assert_exactly_once(db, [run_id], ["before", "slow", "after"])
 
 
