@@ -63,6 +63,8 @@ class Runtime:
             pool = self.pool
             self.engine.on_work = pool.wake
             self.engine.on_cancel = pool.cancel
+            self.engine.can_adopt = pool.has_capacity
+            self.engine.adopt = pool.adopt
             self.bus.on_work(pool.wake)
             self.bus.on_control(
                 lambda action, run_id: pool.cancel(run_id) if action == "cancel" else None

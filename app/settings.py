@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(default=1.0, gt=0)
     sweep_interval_s: float = Field(default=5.0, gt=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
-    db_pool_size: int = Field(default=10, ge=1)
+    db_pool_size: int = Field(default=20, ge=1)
 
     # limits
     max_body_bytes: int = Field(default=10 << 20, gt=0)

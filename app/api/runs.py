@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from app.api import deps
 from app.engine.commands import RunCommands
 from app.engine.lifecycle import RunStatus
-from app.engine.resources import run_out
+from app.engine.resources import run_out, run_resource
 from app.engine.services import Engine
 from app.errors import Invalid, NotFound, error_item
 from app.events.bus import EventBus
@@ -71,8 +71,15 @@ async def wait_for_run(engine: Engine, bus: EventBus, run_id: str, timeout_s: fl
                 remaining = deadline - time.monotonic()
                 if run.status not in BLOCKING or remaining <= 0:
                     return await run_out(session, run)
-            # the bus wakes us on the run's next event; the short timeout bounds a lost wake-up
-            await signal.wait_past(run.event_seq, min(remaining, 1.0))
+            # Sleep until the bus says the status left queued/running (wake-ups that only
+            # bring more events of a running run need no read); the 1 s timeout bounds a
+            # lost wake-up.
+            seen = run.event_seq
+            while remaining > 0 and await signal.wait_past(seen, min(remaining, 1.0)):
+                seen = signal.seq
+                if signal.status is None or signal.status not in BLOCKING:
+                    break
+                remaining = deadline - time.monotonic()
 
 
 @router.post("/runs", response_model=RunOut, status_code=202)
@@ -83,7 +90,10 @@ async def start_run(
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     started = await commands.start(body, idempotency_key)
-    resource = await _resource(engine, started.run)
+    if started.created:  # as just written: no need to read it back
+        resource = run_resource(started.run, started.state)
+    else:
+        resource = await _resource(engine, started.run)
     headers = {"Location": f"/runs/{resource.id}"}
     if not started.created:
         headers["Idempotent-Replayed"] = "true"

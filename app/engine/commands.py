@@ -39,6 +39,7 @@ Loc = list[str | int]
 class Started:
     run: Run
     created: bool
+    state: Any = None  # the initial state of a run just created (no read-back needed)
 
 
 def schema_errors(schema: dict[str, Any], value: Any, loc: Loc) -> list[dict[str, Any]]:
@@ -107,7 +108,7 @@ class RunCommands:
         self.engine = engine
 
     def _after_commit(self, run: Run, *, work: bool = False) -> None:
-        self.engine.on_events(run.id, run.event_seq)
+        self.engine.on_events(run.id, run.event_seq, run.status)
         if work:
             self.engine.on_work()
         if run.webhook and run.status in TERMINAL:
@@ -142,9 +143,11 @@ class RunCommands:
                 existing = await run_store.get_by_idempotency_key(session, idempotency_key)
             if existing is not None:
                 return self._replay(existing, request_hash)
+        # a run due now that this process can execute at once skips the claim loop
+        local = body.start_at is None and self.engine.can_adopt()
         try:
             async with transaction(self.engine.sessions) as session:
-                run = await self._insert(session, body, idempotency_key, request_hash)
+                fresh = await self._insert(session, body, idempotency_key, request_hash, local)
         except IntegrityError:
             if idempotency_key is None:
                 raise
@@ -153,8 +156,9 @@ class RunCommands:
             if existing is None:
                 raise
             return self._replay(existing, request_hash)
-        self._after_commit(run, work=True)
-        return Started(run, True)
+        run = fresh.run
+        self._after_commit(run, work=not (local and self.engine.adopt(fresh)))
+        return Started(run, True, fresh.doc["frames"][0]["state"])
 
     def _replay(self, existing: Run, request_hash: str) -> Started:
         if existing.request_hash != request_hash:
@@ -165,8 +169,13 @@ class RunCommands:
         return Started(existing, False)
 
     async def _insert(
-        self, session: AsyncSession, body: RunCreate, key: str | None, request_hash: str
-    ) -> Run:
+        self,
+        session: AsyncSession,
+        body: RunCreate,
+        key: str | None,
+        request_hash: str,
+        local: bool,
+    ) -> memory.FreshRun:
         definition, name, version, digest, inline = await self._definition(session, body)
         if definition.inputs is not None:
             errors = schema_errors(definition.inputs, body.inputs, ["body", "inputs"])
@@ -225,8 +234,9 @@ class RunCommands:
             doc,
         )
         await insert_events(session, run_id, len(events), events, now)
-        await run_store.notify(session, "stepwise_work", run_id)
-        return run
+        if not local:
+            await run_store.notify(session, "stepwise_work", run_id)
+        return memory.FreshRun(run, checkpoint_id, doc, definition)
 
     # -- answers ----------------------------------------------------------------------------
 
@@ -447,7 +457,7 @@ class RunCommands:
             )
             assert recorded is not None
             await run_store.notify(session, "stepwise_work", fork_id)
-        self.engine.on_events(source.id, recorded.last_event_seq)
+        self.engine.on_events(source.id, recorded.last_event_seq, recorded.status)
         self._after_commit(run, work=True)
         return run
 

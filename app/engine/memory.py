@@ -13,13 +13,25 @@ path, so unchanged parts stay shared and checkpoint deltas are cheap to compute.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from app.engine.templates import TemplateEngine
 from app.schemas.definition import WorkflowDefinition
+from app.store.models import Run
 
 Doc = dict[str, Any]
 Frame = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class FreshRun:
+    """A run this process just created: what its first execution would otherwise read back."""
+
+    run: Run
+    checkpoint_id: str
+    doc: Doc
+    definition: WorkflowDefinition
 
 
 def new_frame(

@@ -26,6 +26,7 @@ from typing import IO
 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
 
+from app.engine.memory import FreshRun
 from app.engine.runner import RunExecution
 from app.engine.services import Engine
 from app.store import runs as run_store
@@ -227,7 +228,37 @@ class RunnerPool:
             # claimed it again: the old execution's writes are refused, stop it now.
             stale.cancel()
         lease = run_store.Lease(self.owner, token)
-        task = asyncio.create_task(self._execute(run_id, lease), name=f"run-{run_id}")
+        self._track(run_id, asyncio.create_task(self._execute(run_id, lease), name=f"run-{run_id}"))
+
+    def has_capacity(self) -> bool:
+        return not self._stopping and len(self.active) < self.workers
+
+    def adopt(self, fresh: FreshRun) -> bool:
+        """Execute a run this process just created at once, with what it already holds in
+        memory: no claim-loop wake-up and no read-back. False when at capacity (the claim
+        loop takes it then)."""
+        if not self.has_capacity() or fresh.run.id in self.active:
+            return False
+        task = asyncio.create_task(self._adopt(fresh), name=f"run-{fresh.run.id}")
+        self._track(fresh.run.id, task)
+        return True
+
+    async def _adopt(self, fresh: FreshRun) -> None:
+        try:
+            async with transaction(self.engine.sessions) as session:
+                token = await run_store.claim_queued(
+                    session, self.owner, fresh.run.id, self.engine.settings.lease_s
+                )
+        except Exception as exc:
+            log.warning(
+                "run %s: claiming it failed (%s); the claim loop retries", fresh.run.id, _short(exc)
+            )
+            self._wake.set()
+            return
+        if token is not None:  # None: another worker was quicker, which is fine
+            await self._execute(fresh.run.id, run_store.Lease(self.owner, token), fresh)
+
+    def _track(self, run_id: str, task: asyncio.Task[None]) -> None:
         self.active[run_id] = task
 
         def done(_: asyncio.Task[None]) -> None:
@@ -237,7 +268,9 @@ class RunnerPool:
 
         task.add_done_callback(done)
 
-    async def _execute(self, run_id: str, lease: run_store.Lease) -> None:
+    async def _execute(
+        self, run_id: str, lease: run_store.Lease, fresh: FreshRun | None = None
+    ) -> None:
         """Execute a claimed run; after a database failure, again in place while we hold it.
 
         A new ``RunExecution`` reloads the run from its last checkpoint and first checks that
@@ -246,7 +279,10 @@ class RunnerPool:
         delay = DB_RETRY_FIRST_S
         for attempt in range(DB_RETRIES + 1):
             try:
-                await RunExecution(self.engine, run_id, lease).execute(stop=lambda: self._stopping)
+                execution = RunExecution(
+                    self.engine, run_id, lease, fresh if attempt == 0 else None
+                )
+                await execution.execute(stop=lambda: self._stopping)
                 return
             except asyncio.CancelledError:
                 raise

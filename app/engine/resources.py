@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.schemas.runs import RunError, RunOut, WorkflowRef
@@ -10,11 +12,16 @@ from app.store.models import Run
 
 
 async def run_out(session: AsyncSession, run: Run) -> RunOut:
+    """The run resource; its state is read from the run's head checkpoint."""
     state = None
     if run.head_checkpoint_id is not None:
         loaded = await checkpoint_store.load(session, run.head_checkpoint_id)
         if loaded is not None:
             state = loaded[1]["frames"][0]["state"]
+    return run_resource(run, state)
+
+
+def run_resource(run: Run, state: Any) -> RunOut:
     queued = run.status == "queued"
     return RunOut(
         id=run.id,

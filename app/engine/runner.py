@@ -34,7 +34,7 @@ from app.store import runs as run_store
 from app.store.checkpoints import CheckpointChain, CheckpointRow
 from app.store.database import transaction
 from app.store.events import NewEvent
-from app.store.models import utcnow
+from app.store.models import Run, utcnow
 from app.store.progress import record_step
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,14 @@ def _error(code: str, message: str, **details: Any) -> StepError:
 
 
 class RunExecution:
-    def __init__(self, engine: Engine, run_id: str, lease: run_store.Lease) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        run_id: str,
+        lease: run_store.Lease,
+        fresh: memory.FreshRun | None = None,
+    ) -> None:
+        self.fresh = fresh
         self.engine = engine
         self.run_id = run_id
         self.lease = lease
@@ -73,6 +80,8 @@ class RunExecution:
     # -- loading and resuming ------------------------------------------------------------
 
     async def _load(self) -> bool:
+        if self.fresh is not None:
+            return self._load_fresh(self.fresh)
         async with transaction(self.engine.sessions) as session:
             run = await run_store.get(session, self.run_id)
             if run is None or run.status != "running" or run.lease_token != self.lease.token:
@@ -82,15 +91,19 @@ class RunExecution:
             assert loaded is not None
             checkpoint, doc, chain = loaded
             self.chain: CheckpointChain = chain
-            self.frames = SubgraphFrames(self.engine)
-            await self.frames.load(session, run, doc)
+            self.frames = await SubgraphFrames.load(self.engine, session, run, doc)
             # a worker may have died after writing run.started but before a checkpoint
             started = checkpoint.status == "queued" and await event_store.has_event(
                 session, run.id, "run.started"
             )
+        self._start(run, checkpoint.id, doc)
+        self._resume("running" if started else checkpoint.status, run.resume_data or {})
+        return True
+
+    def _start(self, run: Run, head_id: str, doc: memory.Doc) -> None:
         self.inputs = run.inputs
         self.webhook = run.webhook
-        self.head_id = checkpoint.id
+        self.head_id = head_id
         self.step_count = run.step_count
         self.attempt = run.attempt
         self.max_steps = min(
@@ -98,7 +111,12 @@ class RunExecution:
             self.engine.settings.max_steps,
         )
         self.doc = doc
-        self._resume("running" if started else checkpoint.status, run.resume_data or {})
+
+    def _load_fresh(self, fresh: memory.FreshRun) -> bool:
+        self.chain = CheckpointChain.snapshot(fresh.checkpoint_id, fresh.doc)
+        self.frames = SubgraphFrames(self.engine, [fresh.definition])
+        self._start(fresh.run, fresh.checkpoint_id, fresh.doc)
+        self._resume("queued", {})
         return True
 
     def _resume(self, status: str, resume: dict[str, Any]) -> None:
@@ -492,7 +510,7 @@ class RunExecution:
         if recorded is None:
             raise LeaseLost
         self.events = []
-        self.engine.on_events(self.run_id, recorded.last_event_seq)
+        self.engine.on_events(self.run_id, recorded.last_event_seq, recorded.status)
 
     async def _commit(
         self,
@@ -557,7 +575,7 @@ class RunExecution:
         self.head_id = checkpoint_id
         self.attempt = 0
         self.events = []
-        self.engine.on_events(self.run_id, recorded.last_event_seq)
+        self.engine.on_events(self.run_id, recorded.last_event_seq, recorded.status)
         if status is RunStatus.SUSPENDED and due_at is not None:
             self.engine.on_work()
         if not running and self.webhook:

@@ -15,6 +15,7 @@ from urllib.parse import quote, quote_plus
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.engine.memory import FreshRun
 from app.engine.templates import TemplateEngine
 from app.engine.validation import DefinitionLimits, DefinitionValidator
 from app.errors import NotFound
@@ -197,11 +198,14 @@ class Engine:
     secrets: dict[str, str]
     redactor: Redactor
     # called after a commit that appended events: (run_id, last_seq)
-    on_events: Callable[[str, int], None] = field(default=lambda run_id, seq: None)
+    on_events: Callable[[str, int, str], None] = field(default=lambda run_id, seq, status: None)
     # called after a commit that made a run claimable
     on_work: Callable[[], None] = field(default=lambda: None)
     # called after a commit that cancelled a run, to stop it where it executes
     on_cancel: Callable[[str], None] = field(default=lambda run_id: None)
+    # whether this process can execute a new run at once, and handing it over after commit
+    can_adopt: Callable[[], bool] = field(default=lambda: False)
+    adopt: Callable[[FreshRun], bool] = field(default=lambda fresh: False)
     # called after a commit that paused or ended a run that has a webhook
     on_settled: Callable[[str], None] = field(default=lambda run_id: None)
 

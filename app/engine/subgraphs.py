@@ -30,18 +30,20 @@ if TYPE_CHECKING:
 class SubgraphFrames:
     """The definitions of the run's frames, parallel to ``doc["frames"]``."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, definitions: list[WorkflowDefinition]) -> None:
         self.engine = engine
-        self._definitions: list[WorkflowDefinition] = []
+        self._definitions = definitions
 
-    async def load(self, session: AsyncSession, run: Run, doc: memory.Doc) -> None:
-        self._definitions = [await self.engine.definitions.for_run(session, run)]
+    @classmethod
+    async def load(
+        cls, engine: Engine, session: AsyncSession, run: Run, doc: memory.Doc
+    ) -> SubgraphFrames:
+        definitions = [await engine.definitions.for_run(session, run)]
         for frame in doc["frames"][1:]:
             ref = frame["workflow"]
-            definition, _, _ = await self.engine.definitions.stored(
-                session, ref["name"], ref["version"]
-            )
-            self._definitions.append(definition)
+            definition, _, _ = await engine.definitions.stored(session, ref["name"], ref["version"])
+            definitions.append(definition)
+        return cls(engine, definitions)
 
     @property
     def top(self) -> WorkflowDefinition:

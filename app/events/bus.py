@@ -28,12 +28,14 @@ class RunSignal:
     """Wakes every waiter of one run when its event seq moves past theirs."""
 
     seq: int = 0
+    status: str | None = None  # the run's status as of ``seq``, when the publisher said
     subscribers: int = 0
     _event: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def advance(self, seq: int) -> None:
+    def advance(self, seq: int, status: str | None = None) -> None:
         if seq > self.seq:
             self.seq = seq
+            self.status = status
             self._event.set()
             self._event = asyncio.Event()
 
@@ -55,10 +57,10 @@ class EventBus:
 
     # -- runs' events ------------------------------------------------------------------
 
-    def publish(self, run_id: str, seq: int) -> None:
+    def publish(self, run_id: str, seq: int, status: str | None = None) -> None:
         signal = self._signals.get(run_id)
         if signal is not None:
-            signal.advance(seq)
+            signal.advance(seq, status)
 
     @contextlib.asynccontextmanager
     async def subscribe(self, run_id: str) -> AsyncIterator[RunSignal]:
@@ -96,9 +98,11 @@ class EventBus:
     def dispatch(self, channel: str, payload: str) -> None:
         """Route a notification from another process."""
         if channel == EVENTS_CHANNEL:
-            run_id, _, seq = payload.rpartition(":")
+            # "<run_id>:<seq>:<status>"
+            run_id, _, rest = payload.partition(":")
+            seq, _, status = rest.partition(":")
             if run_id and seq.isdigit():
-                self.publish(run_id, int(seq))
+                self.publish(run_id, int(seq), status or None)
         elif channel == WORK_CHANNEL:
             self.wake_work()
         elif channel == CONTROL_CHANNEL:

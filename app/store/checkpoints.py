@@ -29,6 +29,11 @@ class CheckpointChain:
     base_doc: Any = None
     base_bytes: int = 0
 
+    @classmethod
+    def snapshot(cls, checkpoint_id: str, doc: Any) -> CheckpointChain:
+        """The chain after a full snapshot of ``doc`` was stored as ``checkpoint_id``."""
+        return cls(checkpoint_id, doc, len(json.dumps(doc, separators=(",", ":"))))
+
     def encode(self, checkpoint_id: str, doc: Any) -> tuple[str | None, Any, CheckpointChain]:
         """``(base_id, data)`` to store for ``doc``, and the chain to use after it is stored."""
         if self.base_id is not None:
@@ -36,8 +41,7 @@ class CheckpointChain:
             size = len(json.dumps(delta, separators=(",", ":"))) if delta is not None else 2
             if size <= max(MIN_SNAPSHOT_BYTES, self.base_bytes * SNAPSHOT_RATIO):
                 return self.base_id, delta, self
-        size = len(json.dumps(doc, separators=(",", ":")))
-        return None, doc, CheckpointChain(checkpoint_id, doc, size)
+        return None, doc, CheckpointChain.snapshot(checkpoint_id, doc)
 
 
 @dataclass(slots=True)
@@ -89,12 +93,10 @@ async def load(
     checkpoint, base_data = found
     if checkpoint.base_id is None:
         doc = checkpoint.data
-        chain = CheckpointChain(checkpoint.id, doc, len(json.dumps(doc, separators=(",", ":"))))
+        chain = CheckpointChain.snapshot(checkpoint.id, doc)
     else:
         doc = deltas.apply(base_data, checkpoint.data)
-        chain = CheckpointChain(
-            checkpoint.base_id, base_data, len(json.dumps(base_data, separators=(",", ":")))
-        )
+        chain = CheckpointChain.snapshot(checkpoint.base_id, base_data)
     return checkpoint, doc, chain
 
 

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -42,20 +42,30 @@ def create_engine(settings: Settings) -> AsyncEngine:
         def _pragmas(dbapi_connection: Any, _: Any) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA synchronous=FULL")  # a commit survives a power cut too
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
         return engine
+    connect_args: dict[str, Any] = {
+        "server_settings": {
+            "application_name": "stepwise",
+            # a frozen process must not keep row locks that others wait on
+            "idle_in_transaction_session_timeout": str(int(settings.lease_s * 1000)),
+        }
+    }
+    if make_url(settings.database_url).host in ("127.0.0.1", "localhost", "::1"):
+        connect_args["ssl"] = False  # loopback: skip the TLS negotiation on every connect
+    # No pre-ping (it costs a round trip per checkout): a connection that died with the
+    # server fails once, SQLAlchemy then invalidates the pool, and callers retry.
     return create_async_engine(
         settings.database_url,
         json_serializer=_dumps,
         pool_size=settings.db_pool_size,
-        max_overflow=settings.db_pool_size,
-        pool_pre_ping=True,
+        max_overflow=max(2, settings.db_pool_size // 4),
         pool_recycle=1800,
-        connect_args={"server_settings": {"application_name": "stepwise"}},
+        connect_args=connect_args,
     )
 
 

@@ -34,6 +34,7 @@ STATUS_EVENT_TYPES = frozenset(
 class Recorded:
     checkpoint_seq: int | None
     last_event_seq: int
+    status: str
 
 
 async def record_step(
@@ -63,14 +64,13 @@ async def record_step(
             "head_checkpoint_id": checkpoint.id,
             "checkpoint_seq": Run.checkpoint_seq + 1,
         }
-    returning: list[Any] = [Run.checkpoint_seq, Run.event_seq]
+    returning: list[Any] = [Run.checkpoint_seq, Run.event_seq, Run.status]
     postgres = session.get_bind().dialect.name == "postgresql"
     if postgres and all_events:
         # the NOTIFY rides on the same statement (one round trip less); Postgres delivers
         # it only when the transaction commits
-        returning.append(
-            func.pg_notify("stepwise_events", Run.id + ":" + cast(Run.event_seq, String))
-        )
+        payload = Run.id + ":" + cast(Run.event_seq, String) + ":" + Run.status
+        returning.append(func.pg_notify("stepwise_events", payload))
     stmt = (
         update(Run)
         .where(Run.id == run_id)
@@ -83,7 +83,7 @@ async def record_step(
     row = (await session.execute(stmt)).first()
     if row is None:
         return None
-    checkpoint_seq, last_seq = int(row[0]), int(row[1])
+    checkpoint_seq, last_seq, status = int(row[0]), int(row[1]), str(row[2])
     if checkpoint is not None:
         checkpoint.seq = checkpoint_seq
         checkpoint.created_at = now
@@ -94,4 +94,4 @@ async def record_step(
         )
         await insert_checkpoint(session, checkpoint, base_id, data)
     await insert_events(session, run_id, last_seq, all_events, now)
-    return Recorded(checkpoint_seq if checkpoint is not None else None, last_seq)
+    return Recorded(checkpoint_seq if checkpoint is not None else None, last_seq, status)

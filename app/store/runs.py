@@ -138,6 +138,30 @@ async def claim(
     return [(row[0], int(row[1])) for row in (await session.execute(stmt)).all()]
 
 
+async def claim_queued(
+    session: AsyncSession, owner: str, run_id: str, lease_s: float
+) -> int | None:
+    """Claim one queued, due run by id (a run this process just made); its lease token."""
+    now = utcnow()
+    stmt = (
+        update(Run)
+        .where(
+            Run.id == run_id, Run.status == "queued", or_(Run.due_at.is_(None), Run.due_at <= now)
+        )
+        .values(
+            status="running",
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            lease_token=Run.lease_token + 1,
+            updated_at=now,
+        )
+        .returning(Run.lease_token)
+        .execution_options(synchronize_session=False)
+    )
+    token = (await session.execute(stmt)).scalar_one_or_none()
+    return None if token is None else int(token)
+
+
 async def extend_leases(
     session: AsyncSession, owner: str, ids: Sequence[str], lease_s: float
 ) -> set[str]:
