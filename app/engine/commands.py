@@ -109,7 +109,11 @@ class RunCommands:
 
     def _after_commit(self, run: Run, *, work: bool = False) -> None:
         self.engine.on_events(run.id, run.event_seq, run.status)
-        if work:
+        if work and not (
+            run.status == RunStatus.QUEUED
+            and run.due_at is None
+            and self.engine.adopt(run.id, None)
+        ):
             self.engine.on_work()
         if run.webhook and run.status in TERMINAL:
             self.engine.on_settled(run.id)
@@ -157,7 +161,7 @@ class RunCommands:
                 raise
             return self._replay(existing, request_hash)
         run = fresh.run
-        self._after_commit(run, work=not (local and self.engine.adopt(fresh)))
+        self._after_commit(run, work=not (local and self.engine.adopt(run.id, fresh)))
         return Started(run, True, fresh.doc["frames"][0]["state"])
 
     def _replay(self, existing: Run, request_hash: str) -> Started:

@@ -233,30 +233,29 @@ class RunnerPool:
     def has_capacity(self) -> bool:
         return not self._stopping and len(self.active) < self.workers
 
-    def adopt(self, fresh: FreshRun) -> bool:
-        """Execute a run this process just created at once, with what it already holds in
-        memory: no claim-loop wake-up and no read-back. False when at capacity (the claim
-        loop takes it then)."""
-        if not self.has_capacity() or fresh.run.id in self.active:
+    def adopt(self, run_id: str, fresh: FreshRun | None = None) -> bool:
+        """Execute a run this process just queued (created, answered, resumed) at once,
+        without a claim-loop wake-up; a run just created comes with its memory, so it is
+        not read back either. False when at capacity (the claim loop takes it then)."""
+        if not self.has_capacity() or run_id in self.active:
             return False
-        task = asyncio.create_task(self._adopt(fresh), name=f"run-{fresh.run.id}")
-        self._track(fresh.run.id, task)
+        self._track(run_id, asyncio.create_task(self._adopt(run_id, fresh), name=f"run-{run_id}"))
         return True
 
-    async def _adopt(self, fresh: FreshRun) -> None:
+    async def _adopt(self, run_id: str, fresh: FreshRun | None) -> None:
         try:
             async with transaction(self.engine.sessions) as session:
                 token = await run_store.claim_queued(
-                    session, self.owner, fresh.run.id, self.engine.settings.lease_s
+                    session, self.owner, run_id, self.engine.settings.lease_s
                 )
         except Exception as exc:
             log.warning(
-                "run %s: claiming it failed (%s); the claim loop retries", fresh.run.id, _short(exc)
+                "run %s: claiming it failed (%s); the claim loop retries", run_id, _short(exc)
             )
             self._wake.set()
             return
         if token is not None:  # None: another worker was quicker, which is fine
-            await self._execute(fresh.run.id, run_store.Lease(self.owner, token), fresh)
+            await self._execute(run_id, run_store.Lease(self.owner, token), fresh)
 
     def _track(self, run_id: str, task: asyncio.Task[None]) -> None:
         self.active[run_id] = task

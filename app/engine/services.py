@@ -205,7 +205,7 @@ class Engine:
     on_cancel: Callable[[str], None] = field(default=lambda run_id: None)
     # whether this process can execute a new run at once, and handing it over after commit
     can_adopt: Callable[[], bool] = field(default=lambda: False)
-    adopt: Callable[[FreshRun], bool] = field(default=lambda fresh: False)
+    adopt: Callable[[str, FreshRun | None], bool] = field(default=lambda run_id, fresh: False)
     # called after a commit that paused or ended a run that has a webhook
     on_settled: Callable[[str], None] = field(default=lambda run_id: None)
 

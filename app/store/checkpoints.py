@@ -60,20 +60,24 @@ class CheckpointRow:
 async def insert_checkpoint(
     session: AsyncSession, row: CheckpointRow, base_id: str | None, data: Any
 ) -> None:
+    # parameters apart from the statement: its compiled form is cached
     await session.execute(
-        insert(Checkpoint).values(
-            id=row.id,
-            run_id=row.run_id,
-            parent_id=row.parent_id,
-            seq=row.seq,
-            last_node=row.last_node,
-            next_node=row.next_node,
-            status=row.status,
-            steps_completed=row.steps_completed,
-            base_id=base_id,
-            data=data,
-            created_at=row.created_at,
-        )
+        insert(Checkpoint),
+        [
+            {
+                "id": row.id,
+                "run_id": row.run_id,
+                "parent_id": row.parent_id,
+                "seq": row.seq,
+                "last_node": row.last_node,
+                "next_node": row.next_node,
+                "status": row.status,
+                "steps_completed": row.steps_completed,
+                "base_id": base_id,
+                "data": data,
+                "created_at": row.created_at,
+            }
+        ],
     )
 
 

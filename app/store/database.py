@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -23,6 +25,9 @@ from app.settings import Settings
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+PING_AFTER_IDLE_S = 1.0
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -40,12 +45,21 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_connection: Any, _: Any) -> None:
+            # we issue BEGIN ourselves (below), not the driver
+            dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")  # a commit survives a power cut too
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin(connection: Any) -> None:
+            # Take the write lock up front: a deferred transaction that reads, then writes
+            # after another connection committed, fails at once with "database is locked"
+            # (its snapshot is stale); an immediate one waits for the lock (busy_timeout).
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     connect_args: dict[str, Any] = {
@@ -57,9 +71,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
     }
     if make_url(settings.database_url).host in ("127.0.0.1", "localhost", "::1"):
         connect_args["ssl"] = False  # loopback: skip the TLS negotiation on every connect
-    # No pre-ping (it costs a round trip per checkout): a connection that died with the
-    # server fails once, SQLAlchemy then invalidates the pool, and callers retry.
-    return create_async_engine(
+    engine = create_async_engine(
         settings.database_url,
         json_serializer=_dumps,
         pool_size=settings.db_pool_size,
@@ -67,6 +79,23 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_recycle=1800,
         connect_args=connect_args,
     )
+
+    # Ping a connection only when it sat idle (a ping on every checkout costs a round trip
+    # per transaction on the hot path); a dead one is replaced before anyone uses it.
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _checked_in(_: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is not None and time.monotonic() - idle_since > PING_AFTER_IDLE_S:
+            try:
+                dbapi_connection.ping()
+            except Exception as exc:
+                raise DisconnectionError("the connection died while idle") from exc
+
+    return engine
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
