@@ -173,6 +173,99 @@ def ratio(a: list[float], b: list[float]) -> str:
     return f"{ma / mb:.2f}"
 
 
+# -- comparison with an earlier run -------------------------------------------------------------
+
+BASELINE = HERE / "results_baseline.json"
+
+
+def key_figures(data: dict[str, Any]) -> dict[str, Any]:
+    """The Stepwise figures compared across runs (means of the reps; None when missing)."""
+    sw, prof = data.get("stepwise") or {}, data.get("profile") or {}
+    st = prof.get("statements") or {}
+    kinds = st.get("by_kind_per_run") or {}
+    steps_per_run = (st.get("steps") or 0) / max(1, st.get("runs") or 1) or None
+    out: dict[str, Any] = {
+        "date": data["machine"]["date"],
+        "commit": data["machine"]["commit"],
+        "W1 @1 durable steps/s": pick(sw, "W1", "steps_per_s", in_flight=1),
+        "W1 @16 durable steps/s": pick(sw, "W1", "steps_per_s", in_flight=16),
+        "W2 @1 p50 ms": pick(sw, "W2", "p50_ms", in_flight=1),
+        "W2 @1 p95 ms": pick(sw, "W2", "p95_ms", in_flight=1),
+        "W2 @16 p50 ms": pick(sw, "W2", "p50_ms", in_flight=16),
+        "W2 @16 p95 ms": pick(sw, "W2", "p95_ms", in_flight=16),
+        "W3 p50 ms": pick(sw, "W3", "p50_ms"),
+        "W3 p95 ms": pick(sw, "W3", "p95_ms"),
+        "profile @16: durable steps/s": (prof.get("load") or {}).get("steps_per_s"),
+        "profile @16: server CPU ms per step": prof.get("server_cpu_ms_per_step"),
+        "profile @16: committed transactions per step (pg_stat_database)": prof.get(
+            "xacts_per_step"
+        ),
+        "profile @16: new database connections": prof.get("new_connections"),
+        "@1: statements per step (log_statement)": st.get("statements_per_step"),
+        "@1: transactions per step (BEGIN per step, log_statement)": (
+            kinds.get("BEGIN", 0) / steps_per_run if steps_per_run and kinds else None
+        ),
+        "by_kind_per_run": kinds,
+    }
+    # controls: the same machine's noise moves these too (they did not change between runs)
+    lg, pg = data.get("langgraph") or {}, data.get("pgbench") or {}
+    out["control: LangGraph W1 @16 durable steps/s"] = pick(lg, "W1", "steps_per_s", in_flight=16)
+    out["control: DBOS W1 @16 durable steps/s"] = pick(
+        data.get("dbos") or {}, "W1", "steps_per_s", in_flight=16
+    )
+    out["control: pgbench -c 16 TPS"] = [
+        float(r["tps"]) for r in pg.get("runs", []) if r["clients"] == 16
+    ]
+    return out
+
+
+LOWER_IS_BETTER = (" ms", "per step", "connections")
+
+
+def write_comparison(add: Any, before: dict[str, Any], now: dict[str, Any], text: str) -> None:
+    add("## What each optimisation bought\n")
+    add(f"Stepwise figures of the earlier run ({before['date']}, commit {before['commit']}) "
+        f"against this one ({now['date']}, commit {now['commit']}); means of the two reps. "
+        "Same machine, same command.\n")  # fmt: skip
+    add("| figure | before | now | change |")
+    add("|---|---|---|---|")
+
+    def cell(value: Any) -> tuple[float | None, str]:
+        """A mean and its text; reps (a list) are shown as ``mean (rep 1 / rep 2)``."""
+        if isinstance(value, list):
+            return mean(value), f"{mean(value):,.1f} ({fmt(value, 1)})" if value else "-"
+        return value, "-" if value is None else f"{value:,.1f}"
+
+    for key, before_value in before.items():
+        if key in ("date", "commit", "by_kind_per_run"):
+            continue
+        (old, old_text), (new, new_text) = cell(before_value), cell(now.get(key))
+        change = "-"
+        if old and new:
+            lower = any(word in key for word in LOWER_IS_BETTER)
+            better = old / new if lower else new / old
+            change = (
+                "about the same"
+                if abs(better - 1) < 0.05
+                else f"{better:.2f}x {'better' if better > 1 else 'worse'}"
+            )
+        add(f"| {key} | {old_text} | {new_text} | {change} |")
+    add("")
+    kinds_before, kinds_now = before.get("by_kind_per_run") or {}, now.get("by_kind_per_run") or {}
+    if kinds_before or kinds_now:
+        add("Statements per 10-step run at 1 in flight, by kind (`log_statement = all`; an "
+            "asyncpg executemany is one pipelined round trip but logs one `execute` per row):\n")  # fmt: skip
+        add("| statement | before | now |")
+        add("|---|---|---|")
+        for kind in dict.fromkeys([*kinds_before, *kinds_now]):
+            old, new = kinds_before.get(kind), kinds_now.get(kind)
+            add(f"| `{kind}` | {'-' if old is None else f'{old:.1f}'} | "
+                f"{'-' if new is None else f'{new:.1f}'} |")  # fmt: skip
+        add("")
+    if text:
+        add(text.rstrip() + "\n")
+
+
 def write_results(data: dict[str, Any], path: Path) -> None:
     m = data["machine"]
     sw, lg, db = data.get("stepwise", {}), data.get("langgraph", {}), data.get("dbos", {})
@@ -211,6 +304,9 @@ def write_results(data: dict[str, Any], path: Path) -> None:
             "1-minute load average when each part started (anything above ~1 before a part "
             f"means other work was running on the machine): {loads}.\n"
         )
+    if data.get("rerun"):
+        add("Parts measured again separately (`--only`) and merged into these figures: "
+            + ", ".join(f"{k} ({v})" for k, v in data["rerun"].items()) + ".\n")  # fmt: skip
     restarts = {k: v for k, v in (data.get("postgres_restarts") or {}).items() if v}
     if restarts:
         add(
@@ -312,34 +408,51 @@ def write_results(data: dict[str, Any], path: Path) -> None:
     if w1 is not None:
         if lg16:
             targets.append(
-                ("W1 @16 ≥ 5x LangGraph durable steps/s", f"{w1 / lg16:.2f}x", w1 >= 5 * lg16)
+                (
+                    "W1 @16 ≥ 5x LangGraph durable steps/s",
+                    f"{w1 / lg16:.2f}x",
+                    w1 >= 5 * lg16,
+                    f"{w1:,.0f} of {5 * lg16:,.0f} steps/s",
+                )
             )
         if db16:
             targets.append(
-                ("W1 @16 ≥ 2x DBOS durable steps/s", f"{w1 / db16:.2f}x", w1 >= 2 * db16)
+                (
+                    "W1 @16 ≥ 2x DBOS durable steps/s",
+                    f"{w1 / db16:.2f}x",
+                    w1 >= 2 * db16,
+                    f"{w1:,.0f} of {2 * db16:,.0f} steps/s",
+                )
             )
         if pg16:
             targets.append(
-                ("W1 @16 ≥ 25% of pgbench -c 16 TPS", f"{100 * w1 / pg16:.1f}%", w1 >= pg16 / 4)
+                (
+                    "W1 @16 ≥ 25% of pgbench -c 16 TPS",
+                    f"{100 * w1 / pg16:.1f}%",
+                    w1 >= pg16 / 4,
+                    f"{w1:,.0f} of {pg16 / 4:,.0f} steps/s",
+                )
             )
     w3 = mean(pick(sw, "W3", "p50_ms"))
     if w3 is not None:
-        targets.append(("W3 p50 < 10 ms", f"{w3:.1f} ms", w3 < 10))
+        targets.append(("W3 p50 < 10 ms", f"{w3:.1f} ms", w3 < 10, ""))
     w2 = mean(pick(sw, "W2", "p50_ms", in_flight=1))
     if w2 is not None:
-        targets.append(("W2 p50 < 5 ms at 1 in flight", f"{w2:.1f} ms", w2 < 5))
+        targets.append(("W2 p50 < 5 ms at 1 in flight", f"{w2:.1f} ms", w2 < 5, ""))
     if not sse.get("error") and sse.get("p99_ms") is not None:
-        targets.append(("W4 p99 < 50 ms", f"{sse['p99_ms']:.1f} ms", sse["p99_ms"] < 50))
+        targets.append(("W4 p99 < 50 ms", f"{sse['p99_ms']:.1f} ms", sse["p99_ms"] < 50, ""))
     rss = mean(pick(sw, "W5", "rss_delta_bytes_per_run"))
     if rss is not None:
-        targets.append(("W5 a paused run costs no memory", f"{rss:,.0f} B RSS per run", rss < 1024))
+        targets.append(
+            ("W5 a paused run costs no memory", f"{rss:,.0f} B RSS per run", rss < 1024, "")
+        )
     cp = mean(pick(sw, "W5_state", "checkpoint_row_bytes_per_step"))
     if cp is not None:
-        targets.append(("W5 < 1 KB per checkpoint for the 10-byte change", f"{cp:,.0f} B", cp < 1024))  # fmt: skip
-    add("| target | measured | met |")
-    add("|---|---|---|")
-    for name, value, ok in targets:  # fmt: skip
-        add(f"| {name} | {value} | {'yes' if ok else '**no**'} |")
+        targets.append(("W5 < 1 KB per checkpoint for the 10-byte change", f"{cp:,.0f} B", cp < 1024, ""))  # fmt: skip
+    add("| target | measured | met | |")
+    add("|---|---|---|---|")
+    for name, value, ok, detail in targets:
+        add(f"| {name} | {value} | {'yes' if ok else '**no**'} | {detail} |")
     add("")
 
     add("## Profile: Stepwise under W1, 16 in flight\n")
@@ -380,9 +493,13 @@ def write_results(data: dict[str, Any], path: Path) -> None:
             for name, share in prof["profile"]["app_inclusive"][:20]:
                 add(f"| {share:.1f}% | `{name}` |")
             add("")
+    baseline = data.get("baseline")
+    if baseline:
+        write_comparison(add, baseline["figures"], key_figures(data), baseline.get("text", ""))
     notes = data.get("notes")
     if notes:
-        add("## Notes\n")
+        if not notes.lstrip().startswith("#"):  # notes may bring their own headings
+            add("## Notes\n")
         add(notes)
     path.write_text("\n".join(lines) + "\n")
 
@@ -396,11 +513,19 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
     parser.add_argument("--notes", help="a Markdown file appended to RESULTS.md as Notes")
     parser.add_argument("--render", help="only re-render RESULTS.md from this results.json")
+    parser.add_argument(
+        "--baseline",
+        default=str(BASELINE) if BASELINE.exists() else None,
+        help="an earlier results.json to compare Stepwise's figures with "
+        "(default bench/results_baseline.json; 'none' for no comparison)",
+    )
     args = parser.parse_args()
     if args.render:
         data = json.loads(Path(args.render).read_text())
         if args.notes:
             data["notes"] = Path(args.notes).read_text()
+        attach_baseline(data, args.baseline)
+        Path(args.render).write_text(json.dumps(data, indent=1, default=str))
         write_results(data, Path(args.out))
         log(f"wrote {args.out}")
         return
@@ -413,6 +538,17 @@ def main() -> None:
     data: dict[str, Any] = {"machine": machine(), "params": params, "quick": args.quick}
     data["load_average"] = {}
     data["postgres_restarts"] = {}
+    saved = HERE / "results.json"
+    if set(parts) < set(PARTS) and saved.exists():
+        # re-running some parts: keep the other parts' figures (and their machine/date)
+        previous = json.loads(saved.read_text())
+        if previous.get("params") == params and previous.get("quick") == args.quick:
+            rerun = {**previous.get("rerun", {}), **{p: data["machine"]["date"] for p in parts}}
+            data = {**previous, "rerun": rerun}
+            data.setdefault("load_average", {})
+            data.setdefault("postgres_restarts", {})
+        else:
+            log("results.json was measured with other parameters: not merging")
     for part in parts:
         data["load_average"][part] = [round(x, 2) for x in os.getloadavg()]
         log_offset = pg_log_size()
@@ -428,8 +564,23 @@ def main() -> None:
         (HERE / "results.json").write_text(json.dumps(data, indent=1, default=str))
     if args.notes:
         data["notes"] = Path(args.notes).read_text()
+    attach_baseline(data, args.baseline)
+    (HERE / "results.json").write_text(json.dumps(data, indent=1, default=str))
     write_results(data, Path(args.out))
     log(f"wrote {args.out}")
+
+
+def attach_baseline(data: dict[str, Any], path: str | None) -> None:
+    """Keep the earlier run's key figures (and the text naming what changed since) in ``data``."""
+    if not path or path == "none":
+        data.pop("baseline", None)
+        return
+    earlier = json.loads(Path(path).read_text())
+    data["baseline"] = {
+        "path": os.path.relpath(path, ROOT),
+        "figures": key_figures(earlier),
+        "text": earlier.get("changes_since", ""),
+    }
 
 
 if __name__ == "__main__":

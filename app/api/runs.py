@@ -137,11 +137,7 @@ async def list_runs(
         try:
             before = (datetime.fromisoformat(position[0]), str(position[1]))
         except (TypeError, ValueError, IndexError, KeyError):
-            raise Invalid(
-                "malformed cursor",
-                code="invalid_cursor",
-                errors=[error_item(["query", "cursor"], "malformed cursor")],
-            ) from None
+            raise deps.bad_cursor() from None
     async with transaction(engine.sessions) as session:
         rows = await run_store.list_runs(
             session, statuses=statuses, workflow=workflow, before=before, limit=limit + 1

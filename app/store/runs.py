@@ -104,8 +104,19 @@ def _claimable(now: datetime) -> ColumnElement[bool]:
     )
 
 
+def _lease(owner: str, now: datetime, lease_s: float) -> dict[str, Any]:
+    """The columns a claim sets: running, under a new lease (a new fencing token)."""
+    return {
+        "status": "running",
+        "lease_owner": owner,
+        "lease_expires_at": now + timedelta(seconds=lease_s),
+        "lease_token": Run.lease_token + 1,
+        "updated_at": now,
+    }
+
+
 async def claim(
-    session: AsyncSession, owner: str, limit: int, lease_s: float, *, run_id: str | None = None
+    session: AsyncSession, owner: str, limit: int, lease_s: float
 ) -> list[tuple[str, int]]:
     """Claim up to ``limit`` runnable runs: queued ones, due timers and lapsed leases.
 
@@ -114,8 +125,6 @@ async def claim(
     """
     now = utcnow()
     candidates = select(Run.id).where(_claimable(now)).order_by(Run.due_at).limit(limit)
-    if run_id is not None:
-        candidates = candidates.where(Run.id == run_id)
     if _is_postgres(session):
         candidates = candidates.with_for_update(skip_locked=True)
     ids = list((await session.execute(candidates)).scalars())
@@ -124,14 +133,7 @@ async def claim(
     stmt = (
         update(Run)
         .where(Run.id.in_(ids), _claimable(now))
-        .values(
-            status="running",
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_s),
-            lease_token=Run.lease_token + 1,
-            due_at=None,
-            updated_at=now,
-        )
+        .values(**_lease(owner, now, lease_s), due_at=None)
         .returning(Run.id, Run.lease_token)
         .execution_options(synchronize_session=False)
     )
@@ -141,20 +143,14 @@ async def claim(
 async def claim_queued(
     session: AsyncSession, owner: str, run_id: str, lease_s: float
 ) -> int | None:
-    """Claim one queued, due run by id (a run this process just made); its lease token."""
+    """Claim one queued, due run by id (one this process just queued); its lease token."""
     now = utcnow()
     stmt = (
         update(Run)
         .where(
             Run.id == run_id, Run.status == "queued", or_(Run.due_at.is_(None), Run.due_at <= now)
         )
-        .values(
-            status="running",
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_s),
-            lease_token=Run.lease_token + 1,
-            updated_at=now,
-        )
+        .values(**_lease(owner, now, lease_s))
         .returning(Run.lease_token)
         .execution_options(synchronize_session=False)
     )

@@ -316,6 +316,33 @@ async def test_an_interrupt_is_answered_on_another_process(procs: Procs, db: Asy
     assert await step_visits(db, run["id"]) == {"ask": 1, "after": 1}
 
 
+async def test_a_timer_survives_a_killed_serve_process(procs: Procs, db: AsyncEngine) -> None:
+    first = await procs.start("serve")
+    flow = chain(
+        "nap",
+        {
+            "before": {"step": "set", "set": {"before": True}},
+            "nap": {"step": "wait", "with": {"seconds": 2}},
+            "after": {"step": "set", "set": {"after": True}},
+        },
+    )
+    async with httpx.AsyncClient(base_url=first.url, timeout=30) as client:
+        await store(client, flow)
+        run = (
+            await client.post(
+                "/runs/wait", json={"workflow": "nap", "inputs": {}}, params={"timeout_s": 20}
+            )
+        ).json()
+    assert run["status"] == "suspended", run
+    first.signal(signal.SIGKILL)
+    await first.wait_exit()
+
+    await procs.start("serve")  # nobody asks it anything: it resumes the run by itself
+    await wait_status(db, run["id"], "completed", timeout_s=30)
+    assert await step_visits(db, run["id"]) == {"before": 1, "nap": 1, "after": 1}
+    assert await event_count(db, run["id"], "run.resumed") == 1
+
+
 # -- the database goes away --------------------------------------------------------------------
 
 
