@@ -8,6 +8,7 @@ with a loud warning — and CI (STEPWISE_REQUIRE_POSTGRES=1) fails instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import uuid
@@ -77,18 +78,28 @@ async def database_url(
         await migrate(url)
         yield url
         return
+    async with scratch_pg_database("stepwise_test", "Postgres tests") as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def scratch_pg_database(prefix: str, what: str) -> AsyncIterator[str]:
+    """A new, migrated Postgres database, dropped afterwards; skips ``what`` loudly (or
+    fails, with STEPWISE_REQUIRE_POSTGRES=1) when Postgres is not reachable."""
     if not await _pg_available():
-        message = f"Postgres is not reachable at {PG_ADMIN_URL}: Postgres tests are SKIPPED"
+        message = f"Postgres is not reachable at {PG_ADMIN_URL}: {what} are SKIPPED"
         if REQUIRE_PG:
             pytest.fail(message + " (STEPWISE_REQUIRE_POSTGRES=1)")
         warnings.warn(message, stacklevel=1)
         pytest.skip(message)
-    name = f"stepwise_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     await _pg_admin(f'CREATE DATABASE "{name}"')
     url = _pg_url(name)
-    await migrate(url)
-    yield url
-    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        await migrate(url)
+        yield url
+    finally:
+        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

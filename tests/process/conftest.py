@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,8 +29,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.main import create_app
-from app.store.database import migrate
-from tests.conftest import PG_ADMIN_URL, REQUIRE_PG, _pg_admin, _pg_available, _pg_url, free_port
+from tests.conftest import free_port, scratch_pg_database
 from tests.conftest import settings_for as base_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,17 +53,8 @@ PROCESS_ENV = {
 
 @pytest.fixture(scope="session")
 async def pg_url() -> AsyncIterator[str]:
-    if not await _pg_available():
-        message = f"Postgres is not reachable at {PG_ADMIN_URL}: process tests are SKIPPED"
-        if REQUIRE_PG:
-            pytest.fail(message)
-        pytest.skip(message)
-    name = f"stepwise_proc_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    await _pg_admin(f'CREATE DATABASE "{name}"')
-    url = _pg_url(name)
-    await migrate(url)
-    yield url
-    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with scratch_pg_database("stepwise_proc", "process tests") as url:
+        yield url
 
 
 @pytest.fixture
