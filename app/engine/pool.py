@@ -261,9 +261,11 @@ class RunnerPool:
         self.active[run_id] = task
 
         def done(_: asyncio.Task[None]) -> None:
+            full = len(self.active) >= self.workers
             if self.active.get(run_id) is task:
                 del self.active[run_id]
-            self._wake.set()
+            if full or self._stopping:
+                self._wake.set()  # the claim loop may have work it had no room for
 
         task.add_done_callback(done)
 

@@ -4,7 +4,14 @@
 
 Each step's checkpoint and events are written in one fenced transaction
 (``app.store.progress``); a runner that lost its lease gets ``LeaseLost`` and drops
-the run. Pauses, subgraph frames and handoffs are all state in the run's document
+the run.
+
+Group commit: a *pure* step (``pure = True``: no I/O, no side effect, e.g. ``set``) may
+share its commit with the steps after it, up to ``MAX_GROUP`` steps. Every step still
+gets its own checkpoint and events, committed together, in order, before any step with
+side effects starts and whenever the run pauses or ends. A crash loses only pure steps
+nobody could see yet, and they run again from the last durable checkpoint: the same
+outcome, since nothing outside the run observed them. Pauses, subgraph frames and handoffs are all state in the run's document
 (``app.engine.memory``), so any worker can pick the run up where it stopped.
 """
 
@@ -32,14 +39,15 @@ from app.store import checkpoints as checkpoint_store
 from app.store import events as event_store
 from app.store import runs as run_store
 from app.store.checkpoints import CheckpointChain, CheckpointRow
-from app.store.database import transaction
+from app.store.database import transaction, write_transaction
 from app.store.events import NewEvent
 from app.store.models import Run, utcnow
-from app.store.progress import record_step
+from app.store.progress import StepWrite, record_step
 
 log = logging.getLogger(__name__)
 
 MAX_EVENT_OUTPUT_BYTES = 16 * 1024
+MAX_GROUP = 32  # pure steps that may share one commit
 PAUSE_STATUSES = ("interrupted", "awaiting_input", "suspended", "failed")
 
 
@@ -66,6 +74,9 @@ class RunExecution:
         self.guard = run_store.lease_guard(lease)
         self.events: list[NewEvent] = []
         self.inject: dict[str, Any] = {}
+        # pure steps checkpointed but not yet committed, each with the run row after it
+        self.staged: list[tuple[StepWrite, dict[str, Any]]] = []
+        self.pure = False  # whether the step that just ran may share its commit
 
     async def execute(self, stop: Callable[[], bool] = lambda: False) -> None:
         """Run until the run pauses or ends, or ``stop()`` says so at a step boundary
@@ -74,6 +85,7 @@ class RunExecution:
             if await self._load():
                 while await self._step() and not stop():
                     pass
+                await self._flush()  # stopped at a step boundary: staged steps are kept
         except LeaseLost:
             log.info("run %s: lease lost, dropping it", self.run_id)
 
@@ -187,8 +199,10 @@ class RunExecution:
             error = await self.frames.enter(self, i, node_id, config, visit)
             return True if error is None else await self._fail(i, node_id, error)
         step = self.engine.registry.get(node.step)
-        if not getattr(step, "pure", False):
-            await self._flush()  # let watchers see node.started before a slow step
+        self.pure = bool(getattr(step, "pure", False))
+        if not self.pure:
+            # commit the pure steps before it, and let watchers see node.started
+            await self._flush()
         ctx = StepContext(
             run_id=self.run_id,
             node=path or node_id,
@@ -495,20 +509,35 @@ class RunExecution:
         await self._flush(attempt=attempt)
 
     async def _flush(self, **values: Any) -> None:
-        """Write buffered events (and counters) without a checkpoint."""
-        if not self.events and not values:
+        """Write the staged steps and buffered events (and counters) without a new
+        checkpoint."""
+        if not self.events and not values and not self.staged:
             return
         lease_until = utcnow() + timedelta(seconds=self.engine.settings.lease_s)
-        async with transaction(self.engine.sessions) as session:
+        run_values = self.staged[-1][1] if self.staged else {}
+        await self._write(
+            {**run_values, "lease_expires_at": lease_until, **values},
+            StepWrite(self.events),
+        )
+
+    async def _write(self, values: dict[str, Any], last: StepWrite) -> None:
+        """Commit the staged steps and ``last`` in one fenced transaction."""
+        earlier = [write for write, _ in self.staged]
+        async with write_transaction(self.engine.sessions) as session:
             recorded = await record_step(
                 session,
                 self.run_id,
                 guard=self.guard,
-                values={"lease_expires_at": lease_until, **values},
-                events=self.events,
+                values=values,
+                events=last.events,
+                checkpoint=last.checkpoint,
+                base_id=last.base_id,
+                data=last.data,
+                earlier=earlier,
             )
         if recorded is None:
             raise LeaseLost
+        self.staged = []
         self.events = []
         self.engine.on_events(self.run_id, recorded.last_event_seq, recorded.status)
 
@@ -522,7 +551,10 @@ class RunExecution:
         error: dict[str, Any] | None = None,
         output: Any = None,
     ) -> bool:
-        """Checkpoint the document with the step's events; True while the run goes on."""
+        """Checkpoint the document with the step's events; True while the run goes on.
+
+        After a pure step that leaves the run running, the checkpoint is staged (see the
+        module's docstring) and committed with a later step's."""
         check_transition(RunStatus.RUNNING, status)
         checkpoint_id = str(uuid.uuid4())
         inner = len(self.doc["frames"]) - 1
@@ -530,6 +562,7 @@ class RunExecution:
         if status is RunStatus.COMPLETED:
             next_node = None
         base_id, data, chain = self.chain.encode(checkpoint_id, self.doc)
+        now = utcnow()
         row = CheckpointRow(
             checkpoint_id,
             self.run_id,
@@ -539,6 +572,7 @@ class RunExecution:
             next_node,
             str(status),
             self.step_count,
+            now,
         )
         running = status is RunStatus.RUNNING
         values: dict[str, Any] = {
@@ -552,30 +586,21 @@ class RunExecution:
             "error": error,
             "output": output,
             "due_at": due_at,
-            "lease_expires_at": utcnow() + timedelta(seconds=self.engine.settings.lease_s)
+            "lease_expires_at": now + timedelta(seconds=self.engine.settings.lease_s)
             if running
             else None,
         }
         if not running:
             values["lease_owner"] = None
-        async with transaction(self.engine.sessions) as session:
-            recorded = await record_step(
-                session,
-                self.run_id,
-                guard=self.guard,
-                values=values,
-                events=self.events,
-                checkpoint=row,
-                base_id=base_id,
-                data=data,
-            )
-        if recorded is None:
-            raise LeaseLost
+        write = StepWrite(self.events, row, base_id, data, now)
+        self.events = []
         self.chain = chain
         self.head_id = checkpoint_id
         self.attempt = 0
-        self.events = []
-        self.engine.on_events(self.run_id, recorded.last_event_seq, recorded.status)
+        if running and self.pure and len(self.staged) + 1 < MAX_GROUP:
+            self.staged.append((write, values))
+            return True
+        await self._write(values, write)
         if status is RunStatus.SUSPENDED and due_at is not None:
             self.engine.on_work()
         if not running and self.webhook:

@@ -4,6 +4,7 @@ against its run's latest snapshot (see ``app.store.deltas``)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -13,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased, defer
 
 from app.store import deltas
-from app.store.models import Checkpoint, utcnow
+from app.store.database import Executor
+from app.store.models import Checkpoint, table, utcnow
 
 # A new snapshot is written when the cumulative delta grows past this share of the
 # snapshot's size, so deltas stay small and a read needs at most two rows.
@@ -57,28 +59,39 @@ class CheckpointRow:
     created_at: datetime = field(default_factory=utcnow)
 
 
+CHECKPOINT_INSERT = insert(table(Checkpoint))
+
+
+async def insert_checkpoints(
+    session: Executor, rows: Sequence[tuple[CheckpointRow, str | None, Any]]
+) -> None:
+    """Insert checkpoints, each ``(row, base_id, data)``, in order (a delta's base may be
+    an earlier one of them): one constant statement, executemany parameters."""
+    if not rows:
+        return
+    params = [
+        {
+            "id": row.id,
+            "run_id": row.run_id,
+            "parent_id": row.parent_id,
+            "seq": row.seq,
+            "last_node": row.last_node,
+            "next_node": row.next_node,
+            "status": row.status,
+            "steps_completed": row.steps_completed,
+            "base_id": base_id,
+            "data": data,
+            "created_at": row.created_at,
+        }
+        for row, base_id, data in rows
+    ]
+    await session.execute(CHECKPOINT_INSERT, params)
+
+
 async def insert_checkpoint(
     session: AsyncSession, row: CheckpointRow, base_id: str | None, data: Any
 ) -> None:
-    # parameters apart from the statement: its compiled form is cached
-    await session.execute(
-        insert(Checkpoint),
-        [
-            {
-                "id": row.id,
-                "run_id": row.run_id,
-                "parent_id": row.parent_id,
-                "seq": row.seq,
-                "last_node": row.last_node,
-                "next_node": row.next_node,
-                "status": row.status,
-                "steps_completed": row.steps_completed,
-                "base_id": base_id,
-                "data": data,
-                "created_at": row.created_at,
-            }
-        ],
-    )
+    await insert_checkpoints(session, [(row, base_id, data)])
 
 
 async def load(

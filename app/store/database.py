@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import event, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -109,6 +110,28 @@ async def transaction(
     """The one transaction boundary: commit on success, roll back on any error."""
     async with sessions() as session, session.begin():
         yield session
+
+
+Executor = AsyncSession | AsyncConnection
+
+
+@asynccontextmanager
+async def write_transaction(
+    sessions: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncConnection]:
+    """A Core transaction on the sessions' engine, for the runner's hot path: the same
+    commit-or-rollback boundary as ``transaction`` without an ORM session's upkeep."""
+    bind = sessions.kw["bind"]
+    async with bind.begin() as connection:
+        yield connection
+
+
+def dialect_name(executor: Executor) -> str:
+    return (
+        executor.get_bind().dialect.name
+        if isinstance(executor, AsyncSession)
+        else (executor.dialect.name)
+    )
 
 
 def migrations_dir() -> Path:

@@ -12,7 +12,10 @@ from sqlalchemy import Select, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
-from app.store.models import Event, utcnow
+from app.store.database import Executor
+from app.store.models import Event, table, utcnow
+
+EVENT_INSERT = insert(table(Event))
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,16 +26,17 @@ class NewEvent:
 
 
 async def insert_events(
-    session: AsyncSession,
+    session: Executor,
     run_id: str,
     last_seq: int,
     events: Sequence[NewEvent],
-    ts: datetime | None = None,
+    ts: datetime | Sequence[datetime] | None = None,
 ) -> None:
-    """Insert ``events`` numbered so that the last one gets ``last_seq``."""
+    """Insert ``events`` numbered so that the last one gets ``last_seq``, stamped ``ts``
+    (one time for all, or one per event)."""
     if not events:
         return
-    ts = ts or utcnow()
+    stamps = [ts or utcnow()] * len(events) if not isinstance(ts, Sequence) else ts
     first = last_seq - len(events) + 1
     rows = [
         {
@@ -40,13 +44,14 @@ async def insert_events(
             "seq": first + i,
             "type": e.type,
             "node": e.node,
-            "ts": ts,
+            "ts": stamp,
             "data": e.data or {},
         }
-        for i, e in enumerate(events)
+        for i, (e, stamp) in enumerate(zip(events, stamps, strict=True))
     ]
-    # one compiled statement, rows sent as parameters (one pipelined round trip)
-    await session.execute(insert(Event), rows)
+    # one constant statement (its compiled form cached), rows sent as executemany
+    # parameters: one pipelined round trip
+    await session.execute(EVENT_INSERT, rows)
     # counted when written (a transaction that then rolls back is rare: a lost lease)
     metrics.observe_events(e.type for e in events)
 

@@ -1,22 +1,27 @@
-"""The transaction that records a step: the run row, its checkpoint and its events.
+"""The transaction that records a run's progress: the run row, checkpoints and events.
 
 One fenced ``UPDATE … RETURNING`` advances the run (status, head, counters) only while
-the caller still holds the lease; then the checkpoint and the events are inserted. All
+the caller still holds the lease; then the checkpoints and the events are inserted. All
 of it commits together or not at all.
+
+A write may carry several steps (``StepWrite``), each with its own checkpoint and
+events: the runner lets consecutive pure steps share one commit (see
+``app.engine.runner``); every step still gets its checkpoint and its events, in order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, String, cast, func, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.store.checkpoints import CheckpointRow, insert_checkpoint
+from app.store.checkpoints import CheckpointRow, insert_checkpoints
+from app.store.database import Executor, dialect_name
 from app.store.events import NewEvent, insert_events
-from app.store.models import Run, utcnow
+from app.store.models import Run, table, utcnow
 
 STATUS_EVENT_TYPES = frozenset(
     {
@@ -30,6 +35,19 @@ STATUS_EVENT_TYPES = frozenset(
 )
 
 
+@dataclass(slots=True)
+class StepWrite:
+    """One step's outcome: its events and, unless it only reports progress, its checkpoint
+    (``data`` a full document, or a delta against ``base_id``). ``ts`` stamps its events
+    and checkpoint (default: the commit time)."""
+
+    events: list[NewEvent]
+    checkpoint: CheckpointRow | None = None
+    base_id: str | None = None
+    data: Any = None
+    ts: datetime | None = field(default=None)
+
+
 @dataclass(frozen=True, slots=True)
 class Recorded:
     checkpoint_seq: int | None
@@ -37,8 +55,21 @@ class Recorded:
     status: str
 
 
+def _with_saved_event(write: StepWrite) -> tuple[list[NewEvent], int]:
+    """The write's events with a placeholder ``checkpoint.saved`` (filled in once the
+    checkpoint's seq is known), and its index; the step's status event stays last."""
+    events = list(write.events)
+    at = len(events)
+    if write.checkpoint is None:
+        return events, -1
+    while at > 0 and events[at - 1].type in STATUS_EVENT_TYPES:
+        at -= 1
+    events.insert(at, NewEvent("checkpoint.saved"))
+    return events, at
+
+
 async def record_step(
-    session: AsyncSession,
+    session: Executor,
     run_id: str,
     *,
     guard: ColumnElement[bool] | None,
@@ -47,51 +78,57 @@ async def record_step(
     checkpoint: CheckpointRow | None = None,
     base_id: str | None = None,
     data: Any = None,
+    earlier: Sequence[StepWrite] = (),
 ) -> Recorded | None:
-    """Write one step's outcome; None when ``guard`` (the lease) refused it."""
+    """Write a step's outcome (after the ``earlier`` ones, oldest first); None when
+    ``guard`` (the lease) refused it. ``values`` is the run row after the last step."""
     now = utcnow()
-    all_events = list(events)
-    at = len(all_events)
-    if checkpoint is not None:
-        # the run's status event (completed, interrupted, ...) stays the last one
-        while at > 0 and all_events[at - 1].type in STATUS_EVENT_TYPES:
-            at -= 1
-        all_events.insert(
-            at, NewEvent("checkpoint.saved", checkpoint.next_node, {"checkpoint_id": checkpoint.id})
-        )
+    writes = [*earlier, StepWrite(list(events), checkpoint, base_id, data)]
+    prepared = [_with_saved_event(w) for w in writes]
+    checkpoints = [w.checkpoint for w in writes if w.checkpoint is not None]
+    total = sum(len(evs) for evs, _ in prepared)
+    if checkpoints:
         values = {
             **values,
-            "head_checkpoint_id": checkpoint.id,
-            "checkpoint_seq": Run.checkpoint_seq + 1,
+            "head_checkpoint_id": checkpoints[-1].id,
+            "checkpoint_seq": Run.checkpoint_seq + len(checkpoints),
         }
     returning: list[Any] = [Run.checkpoint_seq, Run.event_seq, Run.status]
-    postgres = session.get_bind().dialect.name == "postgresql"
-    if postgres and all_events:
+    postgres = dialect_name(session) == "postgresql"
+    if postgres and total:
         # the NOTIFY rides on the same statement (one round trip less); Postgres delivers
         # it only when the transaction commits
         payload = Run.id + ":" + cast(Run.event_seq, String) + ":" + Run.status
         returning.append(func.pg_notify("stepwise_events", payload))
     stmt = (
-        update(Run)
+        update(table(Run))
         .where(Run.id == run_id)
-        .values(**values, updated_at=now, event_seq=Run.event_seq + len(all_events))
+        .values(**values, updated_at=now, event_seq=Run.event_seq + total)
         .returning(*returning)
-        .execution_options(synchronize_session=False)
     )
     if guard is not None:
         stmt = stmt.where(guard)
     row = (await session.execute(stmt)).first()
     if row is None:
         return None
-    checkpoint_seq, last_seq, status = int(row[0]), int(row[1]), str(row[2])
-    if checkpoint is not None:
-        checkpoint.seq = checkpoint_seq
-        checkpoint.created_at = now
-        all_events[at] = NewEvent(
-            "checkpoint.saved",
-            checkpoint.next_node,
-            {"checkpoint_id": checkpoint.id, "seq": checkpoint_seq},
-        )
-        await insert_checkpoint(session, checkpoint, base_id, data)
-    await insert_events(session, run_id, last_seq, all_events, now)
-    return Recorded(checkpoint_seq if checkpoint is not None else None, last_seq, status)
+    last_checkpoint_seq, last_seq, status = int(row[0]), int(row[1]), str(row[2])
+    seq = last_checkpoint_seq - len(checkpoints)
+    rows: list[tuple[CheckpointRow, str | None, Any]] = []
+    for write, (evs, at) in zip(writes, prepared, strict=True):
+        ts = write.ts or now
+        if write.checkpoint is not None:
+            seq += 1
+            write.checkpoint.seq = seq
+            write.checkpoint.created_at = ts
+            saved = {"checkpoint_id": write.checkpoint.id, "seq": seq}
+            evs[at] = NewEvent("checkpoint.saved", write.checkpoint.next_node, saved)
+            rows.append((write.checkpoint, write.base_id, write.data))
+    await insert_checkpoints(session, rows)
+    await insert_events(
+        session,
+        run_id,
+        last_seq,
+        [e for evs, _ in prepared for e in evs],
+        [w.ts or now for w, (evs, _) in zip(writes, prepared, strict=True) for _ in evs],
+    )
+    return Recorded(last_checkpoint_seq if checkpoints else None, last_seq, status)

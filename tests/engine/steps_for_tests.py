@@ -8,6 +8,8 @@ from typing import Any
 
 from app.steps.base import StepContext, StepResult
 from app.steps.registry import StepRegistry, builtin_steps
+from app.store import checkpoints as checkpoint_store
+from app.store.database import transaction
 
 
 class CountingStep:
@@ -60,6 +62,20 @@ class ResultStep:
         return StepResult.succeeded(c.get("output"))
 
 
+class ProbeStep:
+    """A step with side effects: records which checkpoints of its run were committed
+    (in the database, seen from a transaction of its own) when it started."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[str | None]] = []
+
+    async def execute(self, ctx: StepContext) -> StepResult:
+        async with transaction(ctx.services.sessions) as session:
+            rows = await checkpoint_store.list_for_run(session, ctx.run_id, after=0, limit=500)
+        self.seen.append([row.last_node for row in rows])
+        return StepResult.succeeded(len(rows))
+
+
 def make_registry() -> tuple[StepRegistry, dict[str, Any]]:
     steps: dict[str, Any] = {
         "count": CountingStep(),
@@ -67,5 +83,6 @@ def make_registry() -> tuple[StepRegistry, dict[str, Any]]:
         "sleep": SleepStep(),
         "raise": RaisingStep(),
         "result": ResultStep(),
+        "probe": ProbeStep(),
     }
     return StepRegistry({**builtin_steps(), **steps}), steps
