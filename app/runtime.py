@@ -65,6 +65,7 @@ class Runtime:
             self.engine.on_cancel = pool.cancel
             self.engine.can_adopt = pool.has_capacity
             self.engine.adopt = pool.adopt
+            self.engine.runner_owner = pool.owner
             self.bus.on_work(pool.wake)
             self.bus.on_control(
                 lambda action, run_id: pool.cancel(run_id) if action == "cancel" else None

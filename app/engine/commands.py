@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from jsonschema.validators import validator_for
@@ -107,12 +108,31 @@ class RunCommands:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def _after_commit(self, run: Run, *, work: bool = False) -> None:
+    def _can_reserve(self) -> bool:
+        return self.engine.runner_owner is not None and self.engine.can_adopt()
+
+    def _reservation(self) -> dict[str, Any]:
+        """Lease columns that queue a run for this process's runners (see
+        ``run_store.reservation``), when they can take it now; else none."""
+        if self.engine.runner_owner is None or not self._can_reserve():
+            return {}
+        now, lease_s = utcnow(), self.engine.settings.lease_s
+        return run_store.reservation(self.engine.runner_owner, now, lease_s, Run.lease_token + 1)
+
+    def _lease_for_new(self, local: bool, now: datetime) -> dict[str, Any]:
+        if not local or self.engine.runner_owner is None:
+            return {"lease_token": 0}
+        return run_store.reservation(self.engine.runner_owner, now, self.engine.settings.lease_s, 1)
+
+    def _after_commit(
+        self, run: Run, *, work: bool = False, fresh: memory.FreshRun | None = None
+    ) -> None:
         self.engine.on_events(run.id, run.event_seq, run.status)
+        reserved = run.lease_owner is not None and run.lease_owner == self.engine.runner_owner
         if work and not (
             run.status == RunStatus.QUEUED
             and run.due_at is None
-            and self.engine.adopt(run.id, None)
+            and self.engine.adopt(run.id, fresh, run.lease_token if reserved else None)
         ):
             self.engine.on_work()
         if run.webhook and run.status in TERMINAL:
@@ -147,8 +167,8 @@ class RunCommands:
                 existing = await run_store.get_by_idempotency_key(session, idempotency_key)
             if existing is not None:
                 return self._replay(existing, request_hash)
-        # a run due now that this process can execute at once skips the claim loop
-        local = body.start_at is None and self.engine.can_adopt()
+        # a run due now that this process can execute at once is reserved for it
+        local = body.start_at is None and self._can_reserve()
         try:
             async with transaction(self.engine.sessions) as session:
                 fresh = await self._insert(session, body, idempotency_key, request_hash, local)
@@ -160,8 +180,8 @@ class RunCommands:
             if existing is None:
                 raise
             return self._replay(existing, request_hash)
+        self._after_commit(fresh.run, work=True, fresh=fresh)
         run = fresh.run
-        self._after_commit(run, work=not (local and self.engine.adopt(run.id, fresh)))
         return Started(run, True, fresh.doc["frames"][0]["state"])
 
     def _replay(self, existing: Run, request_hash: str) -> Started:
@@ -223,7 +243,7 @@ class RunCommands:
                 "head_checkpoint_id": checkpoint_id,
                 "event_seq": len(events),
                 "checkpoint_seq": 1,
-                "lease_token": 0,
+                **self._lease_for_new(local, now),
                 "idempotency_key": key,
                 "request_hash": request_hash,
                 "webhook": body.webhook,
@@ -284,6 +304,7 @@ class RunCommands:
                             "info": {"interrupt_id": body.interrupt_id},
                         },
                         "interrupt": None,
+                        **self._reservation(),
                     },
                 )
             elif body.status == "cancelled":
@@ -328,6 +349,7 @@ class RunCommands:
                 values={
                     "resume_data": {"message": message, "ts": utcnow().isoformat()},
                     "awaiting": None,
+                    **self._reservation(),
                 },
             )
         self._after_commit(run, work=True)

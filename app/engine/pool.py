@@ -233,11 +233,23 @@ class RunnerPool:
     def has_capacity(self) -> bool:
         return not self._stopping and len(self.active) < self.workers
 
-    def adopt(self, run_id: str, fresh: FreshRun | None = None) -> bool:
+    def adopt(self, run_id: str, fresh: FreshRun | None = None, token: int | None = None) -> bool:
         """Execute a run this process just queued (created, answered, resumed) at once,
         without a claim-loop wake-up; a run just created comes with its memory, so it is
-        not read back either. False when at capacity (the claim loop takes it then)."""
-        if not self.has_capacity() or run_id in self.active:
+        not read back either. With ``token`` the run was reserved for this pool in the
+        transaction that queued it (``run_store.reservation``): no claim, and it is taken
+        even when the pool is full. False when it cannot be taken (the claim loop takes
+        it then, or, if reserved, once the reservation lapses or the drain releases it)."""
+        if self._stopping or run_id in self.active:
+            return False
+        if token is not None:
+            lease = run_store.Lease(self.owner, token)
+            self._track(
+                run_id,
+                asyncio.create_task(self._execute(run_id, lease, fresh), name=f"run-{run_id}"),
+            )
+            return True
+        if not self.has_capacity():
             return False
         self._track(run_id, asyncio.create_task(self._adopt(run_id, fresh), name=f"run-{run_id}"))
         return True

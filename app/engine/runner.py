@@ -10,8 +10,10 @@ Group commit: a *pure* step (``pure = True``: no I/O, no side effect, e.g. ``set
 share its commit with the steps after it, up to ``MAX_GROUP`` steps. Every step still
 gets its own checkpoint and events, committed together, in order, before any step with
 side effects starts and whenever the run pauses or ends. A crash loses only pure steps
-nobody could see yet, and they run again from the last durable checkpoint: the same
-outcome, since nothing outside the run observed them. Pauses, subgraph frames and handoffs are all state in the run's document
+nobody could see yet (nothing outside the run observed them), and they run again from
+the last durable checkpoint.
+
+Pauses, subgraph frames and handoffs are all state in the run's document
 (``app.engine.memory``), so any worker can pick the run up where it stopped.
 """
 
@@ -96,7 +98,8 @@ class RunExecution:
             return self._load_fresh(self.fresh)
         async with transaction(self.engine.sessions) as session:
             run = await run_store.get(session, self.run_id)
-            if run is None or run.status != "running" or run.lease_token != self.lease.token:
+            held = run is not None and run.status in run_store.HELD
+            if run is None or not held or run.lease_token != self.lease.token:
                 return False
             assert run.head_checkpoint_id is not None
             loaded = await checkpoint_store.load(session, run.head_checkpoint_id)
@@ -516,7 +519,7 @@ class RunExecution:
         lease_until = utcnow() + timedelta(seconds=self.engine.settings.lease_s)
         run_values = self.staged[-1][1] if self.staged else {}
         await self._write(
-            {**run_values, "lease_expires_at": lease_until, **values},
+            {**run_values, "status": "running", "lease_expires_at": lease_until, **values},
             StepWrite(self.events),
         )
 

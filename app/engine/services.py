@@ -204,8 +204,12 @@ class Engine:
     # called after a commit that cancelled a run, to stop it where it executes
     on_cancel: Callable[[str], None] = field(default=lambda run_id: None)
     # whether this process can execute a new run at once, and handing it over after commit
+    # (with the lease token when the run was reserved for this process's runner pool)
     can_adopt: Callable[[], bool] = field(default=lambda: False)
-    adopt: Callable[[str, FreshRun | None], bool] = field(default=lambda run_id, fresh: False)
+    adopt: Callable[[str, FreshRun | None, int | None], bool] = field(
+        default=lambda run_id, fresh, token: False
+    )
+    runner_owner: str | None = None  # this process's runner pool, if it has one
     # called after a commit that paused or ended a run that has a webhook
     on_settled: Callable[[str], None] = field(default=lambda run_id: None)
 

@@ -83,10 +83,29 @@ async def list_runs(
     return list((await session.execute(stmt)).scalars())
 
 
+HELD = ("queued", "running")  # a queued run may be reserved (see ``reservation``)
+
+
 def lease_guard(lease: Lease) -> ColumnElement[bool]:
     return and_(
-        Run.status == "running", Run.lease_owner == lease.owner, Run.lease_token == lease.token
+        Run.status.in_(HELD), Run.lease_owner == lease.owner, Run.lease_token == lease.token
     )
+
+
+def reservation(owner: str, now: datetime, lease_s: float, token: Any) -> dict[str, Any]:
+    """The lease columns of a run queued *for* a process: the API transaction that queues
+    it (a start, an answer) also hands it to the caller's runner pool, so no claim is
+    needed. It stays ``queued`` until the runner's first write; if that process dies,
+    the lease lapses and any worker claims it."""
+    return {
+        "lease_owner": owner,
+        "lease_expires_at": now + timedelta(seconds=lease_s),
+        "lease_token": token,
+    }
+
+
+def _unreserved(now: datetime) -> ColumnElement[bool]:
+    return or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < now)
 
 
 def _lapsed(now: datetime) -> ColumnElement[bool]:
@@ -98,7 +117,11 @@ def _lapsed(now: datetime) -> ColumnElement[bool]:
 
 def _claimable(now: datetime) -> ColumnElement[bool]:
     return or_(
-        and_(Run.status == "queued", or_(Run.due_at.is_(None), Run.due_at <= now)),
+        and_(
+            Run.status == "queued",
+            or_(Run.due_at.is_(None), Run.due_at <= now),
+            _unreserved(now),
+        ),
         and_(Run.status == "suspended", Run.due_at <= now),
         _lapsed(now),
     )
@@ -148,7 +171,10 @@ async def claim_queued(
     stmt = (
         update(Run)
         .where(
-            Run.id == run_id, Run.status == "queued", or_(Run.due_at.is_(None), Run.due_at <= now)
+            Run.id == run_id,
+            Run.status == "queued",
+            or_(Run.due_at.is_(None), Run.due_at <= now),
+            _unreserved(now),
         )
         .values(**_lease(owner, now, lease_s))
         .returning(Run.lease_token)
@@ -166,7 +192,7 @@ async def extend_leases(
         return set()
     stmt = (
         update(Run)
-        .where(Run.id.in_(ids), Run.lease_owner == owner, Run.status == "running")
+        .where(Run.id.in_(ids), Run.lease_owner == owner, Run.status.in_(HELD))
         .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
         .returning(Run.id)
         .execution_options(synchronize_session=False)
@@ -177,14 +203,14 @@ async def extend_leases(
 async def release(session: AsyncSession, owner: str, ids: Sequence[str] | None = None) -> list[str]:
     """Give runs back to the queue (graceful shutdown): another worker takes them at once.
 
-    Only runs ``owner`` still holds and that are still running are released; ``ids=None``
+    Only runs ``owner`` still holds (running, or queued for it) are released; ``ids=None``
     releases every one of them.
     """
     if ids is not None and not ids:
         return []
     stmt = (
         update(Run)
-        .where(Run.lease_owner == owner, Run.status == "running")
+        .where(Run.lease_owner == owner, Run.status.in_(HELD))
         .values(status="queued", lease_owner=None, lease_expires_at=None, updated_at=utcnow())
         .returning(Run.id)
         .execution_options(synchronize_session=False)
@@ -221,7 +247,7 @@ async def next_due_at(session: AsyncSession) -> datetime | None:
         Run.status.in_(("queued", "suspended")), Run.due_at.is_not(None)
     )
     due = (await session.execute(stmt)).scalar_one_or_none()
-    leases = select(func.min(Run.lease_expires_at)).where(Run.status == "running")
+    leases = select(func.min(Run.lease_expires_at)).where(Run.status.in_(HELD))
     lease = (await session.execute(leases)).scalar_one_or_none()
     candidates = [t for t in (due, lease) if t is not None]
     return min(candidates) if candidates else None
