@@ -10,12 +10,12 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse
 
 from app.api import deps
-from app.engine.commands import RunCommands
+from app.engine.commands import Answered, RunCommands
 from app.engine.lifecycle import RunStatus
 from app.engine.resources import run_out, run_resource
 from app.engine.services import Engine
 from app.errors import Invalid, NotFound, error_item
-from app.events.bus import EventBus
+from app.events.bus import EventBus, RunSignal
 from app.schemas.runs import (
     CheckpointDetail,
     CheckpointList,
@@ -59,27 +59,40 @@ async def _resource(engine: Engine, run: Run) -> RunOut:
         return await run_out(session, run)
 
 
+async def _answered(engine: Engine, answered: Answered) -> RunOut:
+    """The resource of an answered run, from the document the answer read if it did."""
+    if answered.doc is None:
+        return await _resource(engine, answered.run)
+    return run_resource(answered.run, answered.doc["frames"][0]["state"])
+
+
 async def wait_for_run(engine: Engine, bus: EventBus, run_id: str, timeout_s: float) -> RunOut:
     """Block until the run is no longer queued or running, or the timeout passes."""
     deadline = time.monotonic() + min(timeout_s, engine.settings.max_wait_s)
     async with bus.subscribe(run_id) as signal:
+        known = bus.known(run_id)
+        if known is not None and known.status in BLOCKING:
+            # this process just saw it queued or running: no read until that changes
+            await _while_blocking(signal, known.seq, deadline)
         while True:
             async with transaction(engine.sessions) as session:
                 run = await run_store.get(session, run_id)
                 if run is None:
                     raise NotFound(f"run {run_id!r} not found", code="run_not_found")
-                remaining = deadline - time.monotonic()
-                if run.status not in BLOCKING or remaining <= 0:
+                if run.status not in BLOCKING or deadline - time.monotonic() <= 0:
                     return await run_out(session, run)
-            # Sleep until the bus says the status left queued/running (wake-ups that only
-            # bring more events of a running run need no read); the 1 s timeout bounds a
-            # lost wake-up.
-            seen = run.event_seq
-            while remaining > 0 and await signal.wait_past(seen, min(remaining, 1.0)):
-                seen = signal.seq
-                if signal.status is None or signal.status not in BLOCKING:
-                    break
-                remaining = deadline - time.monotonic()
+            await _while_blocking(signal, run.event_seq, deadline)
+
+
+async def _while_blocking(signal: RunSignal, seen: int, deadline: float) -> None:
+    """Sleep until the bus says the status left queued/running (wake-ups that only bring
+    more events of a running run need no read); the 1 s timeout bounds a lost wake-up."""
+    remaining = deadline - time.monotonic()
+    while remaining > 0 and await signal.wait_past(seen, min(remaining, 1.0)):
+        seen = signal.seq
+        if signal.status is None or signal.status not in BLOCKING:
+            return
+        remaining = deadline - time.monotonic()
 
 
 @router.post("/runs", response_model=RunOut, status_code=202)
@@ -179,14 +192,14 @@ async def edit_state(
 async def respond(
     run_id: str, body: InterruptResponse, commands: CommandsDep, engine: EngineDep
 ) -> RunOut:
-    return await _resource(engine, await commands.respond(run_id, body))
+    return await _answered(engine, await commands.respond(run_id, body))
 
 
 @router.post("/runs/{run_id}/messages", response_model=RunOut, status_code=202)
 async def send_message(
     run_id: str, body: SessionMessage, commands: CommandsDep, engine: EngineDep
 ) -> RunOut:
-    return await _resource(engine, await commands.message(run_id, body.message))
+    return await _answered(engine, await commands.message(run_id, body.message))
 
 
 @router.post("/runs/{run_id}/resume", response_model=RunOut, status_code=202)

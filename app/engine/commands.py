@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.engine import memory
 from app.engine.lifecycle import PAUSED, TERMINAL, RunStatus, change_status
 from app.engine.services import Engine
+from app.engine.subgraphs import SubgraphFrames
 from app.engine.templates import TemplateError
 from app.engine.validation import canonical_json, definition_hash
 from app.errors import Conflict, Invalid, NotFound, error_item
@@ -43,6 +44,12 @@ class Started:
     state: Any = None  # the initial state of a run just created (no read-back needed)
 
 
+@dataclass(frozen=True, slots=True)
+class Answered:
+    run: Run
+    doc: memory.Doc | None = None  # the head checkpoint's document, when it was read
+
+
 def schema_errors(schema: dict[str, Any], value: Any, loc: Loc) -> list[dict[str, Any]]:
     validator = validator_for(schema)(schema)
     return [
@@ -62,6 +69,15 @@ async def _load_doc(
         )
     checkpoint, doc, _ = loaded
     return checkpoint, doc
+
+
+async def _load_memory(
+    session: AsyncSession, run: Run
+) -> tuple[Any, memory.Doc, checkpoint_store.CheckpointChain]:
+    assert run.head_checkpoint_id is not None
+    loaded = await checkpoint_store.load(session, run.head_checkpoint_id)
+    assert loaded is not None, f"run {run.id} has no head checkpoint"
+    return loaded
 
 
 async def _write_snapshot(
@@ -124,15 +140,33 @@ class RunCommands:
             return {"lease_token": 0}
         return run_store.reservation(self.engine.runner_owner, now, self.engine.settings.lease_s, 1)
 
+    def _reserved(self, run: Run) -> bool:
+        return run.lease_owner is not None and run.lease_owner == self.engine.runner_owner
+
+    async def _hand_over(
+        self,
+        session: AsyncSession,
+        run: Run,
+        loaded: tuple[Any, memory.Doc, checkpoint_store.CheckpointChain] | None = None,
+    ) -> memory.Handover | None:
+        """What this process's runner needs of a run queued for it (None if it was not)."""
+        if not self._reserved(run):
+            return None
+        checkpoint, doc, chain = loaded or await _load_memory(session, run)
+        definitions = await SubgraphFrames.definitions_of(self.engine, session, run, doc)
+        return memory.Handover(run, checkpoint.id, doc, definitions, chain, checkpoint.status)
+
     def _after_commit(
-        self, run: Run, *, work: bool = False, fresh: memory.FreshRun | None = None
+        self, run: Run, *, work: bool = False, handover: memory.Handover | None = None
     ) -> None:
         self.engine.on_events(run.id, run.event_seq, run.status)
-        reserved = run.lease_owner is not None and run.lease_owner == self.engine.runner_owner
+        reserved = self._reserved(run)
         if work and not (
             run.status == RunStatus.QUEUED
             and run.due_at is None
-            and self.engine.adopt(run.id, fresh, run.lease_token if reserved else None)
+            and self.engine.adopt(
+                run.id, handover if reserved else None, run.lease_token if reserved else None
+            )
         ):
             self.engine.on_work()
         if run.webhook and run.status in TERMINAL:
@@ -171,7 +205,7 @@ class RunCommands:
         local = body.start_at is None and self._can_reserve()
         try:
             async with transaction(self.engine.sessions) as session:
-                fresh = await self._insert(session, body, idempotency_key, request_hash, local)
+                handover = await self._insert(session, body, idempotency_key, request_hash, local)
         except IntegrityError:
             if idempotency_key is None:
                 raise
@@ -180,9 +214,8 @@ class RunCommands:
             if existing is None:
                 raise
             return self._replay(existing, request_hash)
-        self._after_commit(fresh.run, work=True, fresh=fresh)
-        run = fresh.run
-        return Started(run, True, fresh.doc["frames"][0]["state"])
+        self._after_commit(handover.run, work=True, handover=handover)
+        return Started(handover.run, True, handover.doc["frames"][0]["state"])
 
     def _replay(self, existing: Run, request_hash: str) -> Started:
         if existing.request_hash != request_hash:
@@ -199,7 +232,7 @@ class RunCommands:
         key: str | None,
         request_hash: str,
         local: bool,
-    ) -> memory.FreshRun:
+    ) -> memory.Handover:
         definition, name, version, digest, inline = await self._definition(session, body)
         if definition.inputs is not None:
             errors = schema_errors(definition.inputs, body.inputs, ["body", "inputs"])
@@ -260,11 +293,13 @@ class RunCommands:
         await insert_events(session, run_id, len(events), events, now)
         if not local:
             await run_store.notify(session, "stepwise_work", run_id)
-        return memory.FreshRun(run, checkpoint_id, doc, definition)
+        chain = checkpoint_store.CheckpointChain.snapshot(checkpoint_id, doc)
+        return memory.Handover(run, checkpoint_id, doc, [definition], chain)
 
     # -- answers ----------------------------------------------------------------------------
 
-    async def respond(self, run_id: str, body: InterruptResponse) -> Run:
+    async def respond(self, run_id: str, body: InterruptResponse) -> Answered:
+        handover = doc = None
         async with transaction(self.engine.sessions) as session:
             run = await self._locked(session, run_id)
             pending = run.interrupt if run.status == RunStatus.INTERRUPTED else None
@@ -284,7 +319,7 @@ class RunCommands:
             answer["interrupt_id"] = body.interrupt_id
             who = body.responded_by or "someone"
             if body.status == "approved":
-                _, doc = await _load_doc(session, run)
+                checkpoint, doc, chain = await _load_memory(session, run)
                 schema = doc.get("interrupt_schema")
                 if isinstance(schema, dict):
                     errors = schema_errors(schema, body.value, ["body", "value"])
@@ -307,6 +342,7 @@ class RunCommands:
                         **self._reservation(),
                     },
                 )
+                handover = await self._hand_over(session, run, (checkpoint, doc, chain))
             elif body.status == "cancelled":
                 run = await change_status(
                     session,
@@ -334,10 +370,10 @@ class RunCommands:
                     values={"interrupt": None, "error": error},
                     events=[NewEvent("run.failed", pending["node"], {"error": error})],
                 )
-        self._after_commit(run, work=True)
-        return run
+        self._after_commit(run, work=True, handover=handover)
+        return Answered(run, doc)
 
-    async def message(self, run_id: str, message: Any) -> Run:
+    async def message(self, run_id: str, message: Any) -> Answered:
         async with transaction(self.engine.sessions) as session:
             await self._locked(session, run_id)
             run = await change_status(
@@ -352,8 +388,9 @@ class RunCommands:
                     **self._reservation(),
                 },
             )
-        self._after_commit(run, work=True)
-        return run
+            handover = await self._hand_over(session, run)
+        self._after_commit(run, work=True, handover=handover)
+        return Answered(run, handover.doc if handover else None)
 
     async def resume(self, run_id: str, checkpoint_id: str | None) -> Run:
         async with transaction(self.engine.sessions) as session:

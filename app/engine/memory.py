@@ -18,6 +18,7 @@ from typing import Any
 
 from app.engine.templates import TemplateEngine
 from app.schemas.definition import WorkflowDefinition
+from app.store.checkpoints import CheckpointChain
 from app.store.models import Run
 
 Doc = dict[str, Any]
@@ -25,13 +26,17 @@ Frame = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
-class FreshRun:
-    """A run this process just created: what its first execution would otherwise read back."""
+class Handover:
+    """A run queued *for* this process (``run_store.reservation``), with what the
+    transaction that queued it read or wrote: its first execution here need not read it
+    back. ``stopped`` is how the run last stopped (its head checkpoint's status)."""
 
     run: Run
     checkpoint_id: str
     doc: Doc
-    definition: WorkflowDefinition
+    definitions: list[WorkflowDefinition]  # the workflow of each frame of ``doc``
+    chain: CheckpointChain
+    stopped: str = "queued"
 
 
 def new_frame(

@@ -26,7 +26,7 @@ from typing import IO
 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
 
-from app.engine.memory import FreshRun
+from app.engine.memory import Handover
 from app.engine.runner import RunExecution
 from app.engine.services import Engine
 from app.store import runs as run_store
@@ -233,28 +233,28 @@ class RunnerPool:
     def has_capacity(self) -> bool:
         return not self._stopping and len(self.active) < self.workers
 
-    def adopt(self, run_id: str, fresh: FreshRun | None = None, token: int | None = None) -> bool:
+    def adopt(
+        self, run_id: str, handover: Handover | None = None, token: int | None = None
+    ) -> bool:
         """Execute a run this process just queued (created, answered, resumed) at once,
-        without a claim-loop wake-up; a run just created comes with its memory, so it is
-        not read back either. With ``token`` the run was reserved for this pool in the
-        transaction that queued it (``run_store.reservation``): no claim, and it is taken
-        even when the pool is full. False when it cannot be taken (the claim loop takes
-        it then, or, if reserved, once the reservation lapses or the drain releases it)."""
+        without a claim-loop wake-up. With ``token`` the run was reserved for this pool in
+        the transaction that queued it (``run_store.reservation``): no claim, taken even
+        when the pool is full, and with its ``handover`` not read back either. False when
+        it cannot be taken (the claim loop takes it then, or, if reserved, once the
+        reservation lapses or the drain releases it)."""
         if self._stopping or run_id in self.active:
             return False
         if token is not None:
             lease = run_store.Lease(self.owner, token)
-            self._track(
-                run_id,
-                asyncio.create_task(self._execute(run_id, lease, fresh), name=f"run-{run_id}"),
-            )
+            task = asyncio.create_task(self._execute(run_id, lease, handover), name=f"run-{run_id}")
+            self._track(run_id, task)
             return True
         if not self.has_capacity():
             return False
-        self._track(run_id, asyncio.create_task(self._adopt(run_id, fresh), name=f"run-{run_id}"))
+        self._track(run_id, asyncio.create_task(self._adopt(run_id), name=f"run-{run_id}"))
         return True
 
-    async def _adopt(self, run_id: str, fresh: FreshRun | None) -> None:
+    async def _adopt(self, run_id: str) -> None:
         try:
             async with transaction(self.engine.sessions) as session:
                 token = await run_store.claim_queued(
@@ -267,7 +267,7 @@ class RunnerPool:
             self._wake.set()
             return
         if token is not None:  # None: another worker was quicker, which is fine
-            await self._execute(run_id, run_store.Lease(self.owner, token), fresh)
+            await self._execute(run_id, run_store.Lease(self.owner, token))
 
     def _track(self, run_id: str, task: asyncio.Task[None]) -> None:
         self.active[run_id] = task
@@ -282,7 +282,7 @@ class RunnerPool:
         task.add_done_callback(done)
 
     async def _execute(
-        self, run_id: str, lease: run_store.Lease, fresh: FreshRun | None = None
+        self, run_id: str, lease: run_store.Lease, handover: Handover | None = None
     ) -> None:
         """Execute a claimed run; after a database failure, again in place while we hold it.
 
@@ -293,7 +293,7 @@ class RunnerPool:
         for attempt in range(DB_RETRIES + 1):
             try:
                 execution = RunExecution(
-                    self.engine, run_id, lease, fresh if attempt == 0 else None
+                    self.engine, run_id, lease, handover if attempt == 0 else None
                 )
                 await execution.execute(stop=lambda: self._stopping)
                 return

@@ -67,9 +67,9 @@ class RunExecution:
         engine: Engine,
         run_id: str,
         lease: run_store.Lease,
-        fresh: memory.FreshRun | None = None,
+        handover: memory.Handover | None = None,
     ) -> None:
-        self.fresh = fresh
+        self.handover = handover
         self.engine = engine
         self.run_id = run_id
         self.lease = lease
@@ -94,8 +94,8 @@ class RunExecution:
     # -- loading and resuming ------------------------------------------------------------
 
     async def _load(self) -> bool:
-        if self.fresh is not None:
-            return self._load_fresh(self.fresh)
+        if self.handover is not None:
+            return self._take_over(self.handover)
         async with transaction(self.engine.sessions) as session:
             run = await run_store.get(session, self.run_id)
             held = run is not None and run.status in run_store.HELD
@@ -127,11 +127,11 @@ class RunExecution:
         )
         self.doc = doc
 
-    def _load_fresh(self, fresh: memory.FreshRun) -> bool:
-        self.chain = CheckpointChain.snapshot(fresh.checkpoint_id, fresh.doc)
-        self.frames = SubgraphFrames(self.engine, [fresh.definition])
-        self._start(fresh.run, fresh.checkpoint_id, fresh.doc)
-        self._resume("queued", {})
+    def _take_over(self, handover: memory.Handover) -> bool:
+        self.chain = handover.chain
+        self.frames = SubgraphFrames(self.engine, list(handover.definitions))
+        self._start(handover.run, handover.checkpoint_id, handover.doc)
+        self._resume(handover.stopped, handover.run.resume_data or {})
         return True
 
     def _resume(self, status: str, resume: dict[str, Any]) -> None:

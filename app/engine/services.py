@@ -15,7 +15,7 @@ from urllib.parse import quote, quote_plus
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.engine.memory import FreshRun
+from app.engine.memory import Handover
 from app.engine.templates import TemplateEngine
 from app.engine.validation import DefinitionLimits, DefinitionValidator
 from app.errors import NotFound
@@ -206,8 +206,8 @@ class Engine:
     # whether this process can execute a new run at once, and handing it over after commit
     # (with the lease token when the run was reserved for this process's runner pool)
     can_adopt: Callable[[], bool] = field(default=lambda: False)
-    adopt: Callable[[str, FreshRun | None, int | None], bool] = field(
-        default=lambda run_id, fresh, token: False
+    adopt: Callable[[str, Handover | None, int | None], bool] = field(
+        default=lambda run_id, handover, token: False
     )
     runner_owner: str | None = None  # this process's runner pool, if it has one
     # called after a commit that paused or ended a run that has a webhook

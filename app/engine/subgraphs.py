@@ -34,16 +34,23 @@ class SubgraphFrames:
         self.engine = engine
         self._definitions = definitions
 
-    @classmethod
-    async def load(
-        cls, engine: Engine, session: AsyncSession, run: Run, doc: memory.Doc
-    ) -> SubgraphFrames:
+    @staticmethod
+    async def definitions_of(
+        engine: Engine, session: AsyncSession, run: Run, doc: memory.Doc
+    ) -> list[WorkflowDefinition]:
+        """The workflow of each frame of ``doc``: the run's own, then its subgraphs'."""
         definitions = [await engine.definitions.for_run(session, run)]
         for frame in doc["frames"][1:]:
             ref = frame["workflow"]
             definition, _, _ = await engine.definitions.stored(session, ref["name"], ref["version"])
             definitions.append(definition)
-        return cls(engine, definitions)
+        return definitions
+
+    @classmethod
+    async def load(
+        cls, engine: Engine, session: AsyncSession, run: Run, doc: memory.Doc
+    ) -> SubgraphFrames:
+        return cls(engine, await cls.definitions_of(engine, session, run, doc))
 
     @property
     def top(self) -> WorkflowDefinition:

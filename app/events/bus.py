@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,18 +50,39 @@ class RunSignal:
         return self.seq > seq
 
 
+@dataclass(frozen=True, slots=True)
+class Known:
+    seq: int
+    status: str | None
+
+
 class EventBus:
+    #: how many runs' last known (seq, status) are remembered, most recent first
+    KNOWN_RUNS = 4096
+
     def __init__(self) -> None:
         self._signals: dict[str, RunSignal] = {}
+        self._known: OrderedDict[str, Known] = OrderedDict()
         self._work_listeners: list[Callable[[], None]] = []
         self._control_listeners: list[Callable[[str, str], None]] = []
 
     # -- runs' events ------------------------------------------------------------------
 
     def publish(self, run_id: str, seq: int, status: str | None = None) -> None:
+        known = self._known.get(run_id)
+        if known is None or seq > known.seq:
+            self._known[run_id] = Known(seq, status)
+            self._known.move_to_end(run_id)
+            if len(self._known) > self.KNOWN_RUNS:
+                self._known.popitem(last=False)
         signal = self._signals.get(run_id)
         if signal is not None:
             signal.advance(seq, status)
+
+    def known(self, run_id: str) -> Known | None:
+        """The run's latest seq and status this process heard of, if it did recently: a
+        hint (a wake-up may have been lost), never a substitute for reading the run."""
+        return self._known.get(run_id)
 
     @contextlib.asynccontextmanager
     async def subscribe(self, run_id: str) -> AsyncIterator[RunSignal]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased, defer
 
@@ -94,17 +94,20 @@ async def insert_checkpoint(
     await insert_checkpoints(session, [(row, base_id, data)])
 
 
+_BASE = aliased(Checkpoint)
+# built once: its compiled form is cached, only the parameter changes
+_LOAD = (
+    select(Checkpoint, _BASE.data)
+    .outerjoin(_BASE, _BASE.id == Checkpoint.base_id)
+    .where(Checkpoint.id == bindparam("checkpoint_id"))
+)
+
+
 async def load(
     session: AsyncSession, checkpoint_id: str
 ) -> tuple[Checkpoint, Any, CheckpointChain] | None:
     """The checkpoint, its full document, and the chain to continue writing after it."""
-    base = aliased(Checkpoint)
-    stmt = (
-        select(Checkpoint, base.data)
-        .outerjoin(base, base.id == Checkpoint.base_id)
-        .where(Checkpoint.id == checkpoint_id)
-    )
-    found = (await session.execute(stmt)).first()
+    found = (await session.execute(_LOAD, {"checkpoint_id": checkpoint_id})).first()
     if found is None:
         return None
     checkpoint, base_data = found

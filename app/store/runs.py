@@ -11,10 +11,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.store.models import Run, utcnow
+from app.store.models import Run, table, utcnow
 
 PAUSED = ("interrupted", "awaiting_input", "suspended")
 
@@ -35,18 +46,31 @@ async def notify(session: AsyncSession, channel: str, payload: str) -> None:
         await session.execute(text("SELECT pg_notify(:c, :p)"), {"c": channel, "p": payload})
 
 
+RUN_INSERT = insert(table(Run))
+_COLUMN_OF = {attr.key: attr.columns[0].name for attr in Run.__mapper__.column_attrs}
+
+
 async def insert_run(session: AsyncSession, values: dict[str, Any]) -> Run:
-    run = Run(**values)
-    session.add(run)
-    await session.flush()
-    return run
+    """Insert a run (``values`` by attribute name); the returned object is not attached
+    to the session (a plain Core insert: no unit-of-work upkeep)."""
+    await session.execute(RUN_INSERT, [{_COLUMN_OF[key]: v for key, v in values.items()}])
+    return Run(**values)
+
+
+_GET = select(table(Run)).where(table(Run).c.id == bindparam("run_id"))
 
 
 async def get(session: AsyncSession, run_id: str, *, lock: bool = False) -> Run | None:
-    stmt = select(Run).where(Run.id == run_id)
+    """The run; with ``lock`` its row is locked and the object belongs to the session
+    (to be changed), else it is a detached copy read with a constant Core statement."""
     if lock:
-        stmt = stmt.with_for_update()
-    return (await session.execute(stmt)).scalar_one_or_none()
+        stmt = select(Run).where(Run.id == run_id).with_for_update()
+        return (await session.execute(stmt)).scalar_one_or_none()
+    row = (await session.execute(_GET, {"run_id": run_id})).first()
+    if row is None:
+        return None
+    found = row._mapping
+    return Run(**{key: found[column] for key, column in _COLUMN_OF.items()})
 
 
 async def event_position(session: AsyncSession, run_id: str) -> tuple[str, int] | None:
