@@ -341,6 +341,8 @@ def write_results(data: dict[str, Any], path: Path) -> None:
             *(pick(r, "W3", key) for r in (sw, lg, db)), d=1)  # fmt: skip
     row("W3 Stepwise: POST /runs answered (202), p50 ms",
         nested(sw, "W3", ("post_runs_202", "p50_ms")), [], [], d=1)  # fmt: skip
+    row("W3 Stepwise: POST /runs → the 10-step run completed (all durable, /wait returned), p50 ms",
+        nested(sw, "W3", ("run_completed", "p50_ms")), [], [], d=1)  # fmt: skip
     row("W5 paused runs: process RSS growth per paused run (bytes)",
         *(pick(r, "W5", "rss_delta_bytes_per_run") for r in (sw, lg, db)))  # fmt: skip
     row("W5 paused runs: RSS after (MiB)",

@@ -1,4 +1,7 @@
-"""Request-scoped access to what the lifespan built."""
+"""Request-scoped access to what the lifespan built.
+
+The dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency
+in its thread pool, a thread hop per request for a dictionary lookup."""
 
 from __future__ import annotations
 
@@ -14,17 +17,17 @@ from app.errors import Invalid, error_item
 from app.events.bus import EventBus
 
 
-def engine(request: Request) -> Engine:
+async def engine(request: Request) -> Engine:
     found: Engine = request.app.state.engine
     return found
 
 
-def commands(request: Request) -> RunCommands:
+async def commands(request: Request) -> RunCommands:
     found: RunCommands = request.app.state.commands
     return found
 
 
-def bus(request: Request) -> EventBus:
+async def bus(request: Request) -> EventBus:
     found: EventBus = request.app.state.bus
     return found
 

@@ -42,7 +42,7 @@ Types = Annotated[
 ]
 
 
-def feed_hub(request: Request) -> FeedHub:
+async def feed_hub(request: Request) -> FeedHub:
     """The process's FeedHub (made by the lifespan)."""
     hub: FeedHub = request.app.state.feeds
     return hub
