@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from jsonschema.validators import validator_for
@@ -18,21 +17,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.engine import memory
-from app.engine.lifecycle import PAUSED, TERMINAL, RunStatus, change_status
-from app.engine.services import Engine
-from app.engine.subgraphs import SubgraphFrames
+from app.engine.history import HistoryCommands
+from app.engine.lifecycle import TERMINAL, RunStatus, change_status
+from app.engine.queueing import load_memory
 from app.engine.templates import TemplateError
 from app.engine.validation import canonical_json, definition_hash
-from app.errors import Conflict, Invalid, NotFound, error_item
+from app.errors import Conflict, Invalid, error_item
 from app.schemas.definition import WorkflowDefinition
-from app.schemas.runs import ForkRequest, InterruptResponse, RunCreate, StateEdit
+from app.schemas.runs import InterruptResponse, RunCreate
 from app.store import checkpoints as checkpoint_store
 from app.store import runs as run_store
 from app.store.checkpoints import CheckpointRow
 from app.store.database import transaction
 from app.store.events import NewEvent, insert_events
 from app.store.models import Run, utcnow
-from app.store.progress import record_step
 
 Loc = list[str | int]
 
@@ -58,119 +56,9 @@ def schema_errors(schema: dict[str, Any], value: Any, loc: Loc) -> list[dict[str
     ]
 
 
-async def _load_doc(
-    session: AsyncSession, run: Run, checkpoint_id: str | None = None
-) -> tuple[Any, Any]:
-    cid = checkpoint_id or run.head_checkpoint_id
-    loaded = await checkpoint_store.load(session, cid) if cid else None
-    if loaded is None or loaded[0].run_id != run.id:
-        raise NotFound(
-            f"checkpoint {checkpoint_id!r} not found in run {run.id}", code="checkpoint_not_found"
-        )
-    checkpoint, doc, _ = loaded
-    return checkpoint, doc
-
-
-async def _load_memory(
-    session: AsyncSession, run: Run
-) -> tuple[Any, memory.Doc, checkpoint_store.CheckpointChain]:
-    assert run.head_checkpoint_id is not None
-    loaded = await checkpoint_store.load(session, run.head_checkpoint_id)
-    assert loaded is not None, f"run {run.id} has no head checkpoint"
-    return loaded
-
-
-async def _write_snapshot(
-    session: AsyncSession,
-    run: Run,
-    doc: Any,
-    *,
-    status: str,
-    last_node: str | None,
-    events: list[NewEvent],
-    values: dict[str, Any] | None = None,
-    parent_id: str | None = None,
-    steps: int | None = None,
-) -> str:
-    """A full checkpoint written by a command (not a runner), with its events."""
-    inner = len(doc["frames"]) - 1
-    row = CheckpointRow(
-        str(uuid.uuid4()),
-        run.id,
-        parent_id if parent_id is not None else run.head_checkpoint_id,
-        0,
-        last_node,
-        memory.node_path(doc, inner, doc["frames"][inner]["node"]),
-        status,
-        run.step_count if steps is None else steps,
-    )
-    current = {"current_node": row.next_node, **(values or {})}
-    recorded = await record_step(
-        session,
-        run.id,
-        guard=(Run.status == run.status),
-        values=current,
-        events=events,
-        checkpoint=row,
-        base_id=None,
-        data=doc,
-    )
-    if recorded is None:
-        raise Conflict("the run changed meanwhile; try again", code="run_busy")
-    return row.id
-
-
-class RunCommands:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    def _can_reserve(self) -> bool:
-        return self.engine.runner_owner is not None and self.engine.can_adopt()
-
-    def _reservation(self) -> dict[str, Any]:
-        """Lease columns that queue a run for this process's runners (see
-        ``run_store.reservation``), when they can take it now; else none."""
-        if self.engine.runner_owner is None or not self._can_reserve():
-            return {}
-        now, lease_s = utcnow(), self.engine.settings.lease_s
-        return run_store.reservation(self.engine.runner_owner, now, lease_s, Run.lease_token + 1)
-
-    def _lease_for_new(self, local: bool, now: datetime) -> dict[str, Any]:
-        if not local or self.engine.runner_owner is None:
-            return {"lease_token": 0}
-        return run_store.reservation(self.engine.runner_owner, now, self.engine.settings.lease_s, 1)
-
-    def _reserved(self, run: Run) -> bool:
-        return run.lease_owner is not None and run.lease_owner == self.engine.runner_owner
-
-    async def _hand_over(
-        self,
-        session: AsyncSession,
-        run: Run,
-        loaded: tuple[Any, memory.Doc, checkpoint_store.CheckpointChain] | None = None,
-    ) -> memory.Handover | None:
-        """What this process's runner needs of a run queued for it (None if it was not)."""
-        if not self._reserved(run):
-            return None
-        checkpoint, doc, chain = loaded or await _load_memory(session, run)
-        definitions = await SubgraphFrames.definitions_of(self.engine, session, run, doc)
-        return memory.Handover(run, checkpoint.id, doc, definitions, chain, checkpoint.status)
-
-    def _after_commit(
-        self, run: Run, *, work: bool = False, handover: memory.Handover | None = None
-    ) -> None:
-        self.engine.on_events(run.id, run.event_seq, run.status)
-        reserved = self._reserved(run)
-        if work and not (
-            run.status == RunStatus.QUEUED
-            and run.due_at is None
-            and self.engine.adopt(
-                run.id, handover if reserved else None, run.lease_token if reserved else None
-            )
-        ):
-            self.engine.on_work()
-        if run.webhook and run.status in TERMINAL:
-            self.engine.on_settled(run.id)
+class RunCommands(HistoryCommands):
+    """Every command a client can give (``HistoryCommands`` brings resume, fork and
+    state edits)."""
 
     # -- start ------------------------------------------------------------------------------
 
@@ -319,7 +207,7 @@ class RunCommands:
             answer["interrupt_id"] = body.interrupt_id
             who = body.responded_by or "someone"
             if body.status == "approved":
-                checkpoint, doc, chain = await _load_memory(session, run)
+                checkpoint, doc, chain = await load_memory(session, run)
                 schema = doc.get("interrupt_schema")
                 if isinstance(schema, dict):
                     errors = schema_errors(schema, body.value, ["body", "value"])
@@ -392,176 +280,6 @@ class RunCommands:
         self._after_commit(run, work=True, handover=handover)
         return Answered(run, handover.doc if handover else None)
 
-    async def resume(self, run_id: str, checkpoint_id: str | None) -> Run:
-        async with transaction(self.engine.sessions) as session:
-            run = await self._locked(session, run_id)
-            if checkpoint_id is None:
-                run = await change_status(
-                    session,
-                    run_id,
-                    RunStatus.QUEUED,
-                    code="run_not_resumable",
-                    expect=[RunStatus.SUSPENDED, RunStatus.FAILED],
-                    values={
-                        "resume_data": {"info": {"requested": True}},
-                        "due_at": None,
-                        "error": None,
-                    },
-                )
-            else:
-                if run.status in (RunStatus.QUEUED, RunStatus.RUNNING):
-                    raise Conflict(f"run {run_id} is {run.status}", code="run_not_resumable")
-                checkpoint, doc = await _load_doc(session, run, checkpoint_id)
-                run = await change_status(
-                    session,
-                    run_id,
-                    RunStatus.QUEUED,
-                    code="run_not_resumable",
-                    values={
-                        "head_checkpoint_id": checkpoint.id,
-                        "step_count": checkpoint.steps_completed,
-                        "resume_data": {"info": {"checkpoint_id": checkpoint.id}},
-                        "due_at": None,
-                        "error": None,
-                        "output": None,
-                        "interrupt": doc.get("interrupt"),
-                        "awaiting": doc.get("awaiting"),
-                        "current_node": checkpoint.next_node,
-                    },
-                )
-        self._after_commit(run, work=True)
-        return run
-
-    # -- history -----------------------------------------------------------------------------
-
-    async def fork(self, run_id: str, body: ForkRequest) -> Run:
-        async with transaction(self.engine.sessions) as session:
-            source = await self._locked(session, run_id)
-            checkpoint, doc = await _load_doc(session, source, body.checkpoint_id)
-            frames = list(doc["frames"])
-            frames[0] = {
-                **frames[0],
-                "state": memory.merge_patch(frames[0]["state"], body.state_patch),
-            }
-            doc = {"frames": frames, "interrupt": None, "awaiting": None}
-            inputs = (
-                memory.merge_patch(source.inputs, body.inputs_patch)
-                if body.inputs_patch
-                else source.inputs
-            )
-            now = utcnow()
-            fork_id, fork_checkpoint = str(uuid.uuid4()), str(uuid.uuid4())
-            next_node = checkpoint.next_node
-            forked = {"from_run_id": source.id, "run_id": fork_id, "checkpoint_id": checkpoint.id}
-            events = [
-                NewEvent(
-                    "run.queued",
-                    None,
-                    {
-                        "workflow": {
-                            "name": source.workflow_name,
-                            "version": source.workflow_version,
-                        }
-                    },
-                ),
-                NewEvent("run.forked", None, forked),
-                NewEvent(
-                    "checkpoint.saved", next_node, {"checkpoint_id": fork_checkpoint, "seq": 1}
-                ),
-            ]
-            run = await run_store.insert_run(
-                session,
-                {
-                    "id": fork_id,
-                    "workflow_name": source.workflow_name,
-                    "workflow_version": source.workflow_version,
-                    "definition_hash": source.definition_hash,
-                    "inline_definition": source.inline_definition,
-                    "status": "queued",
-                    "inputs": inputs,
-                    "meta": source.meta,
-                    "current_node": next_node,
-                    "step_count": checkpoint.steps_completed,
-                    "attempt": 0,
-                    "head_checkpoint_id": fork_checkpoint,
-                    "event_seq": len(events),
-                    "checkpoint_seq": 1,
-                    "lease_token": 0,
-                    "webhook": source.webhook,
-                    "parent_run_id": source.id,
-                    "forked_from_checkpoint_id": checkpoint.id,
-                    "created_at": now,
-                    "updated_at": now,
-                },
-            )
-            await checkpoint_store.insert_checkpoint(
-                session,
-                CheckpointRow(
-                    fork_checkpoint,
-                    fork_id,
-                    None,
-                    1,
-                    checkpoint.last_node,
-                    next_node,
-                    "queued",
-                    checkpoint.steps_completed,
-                    now,
-                ),
-                None,
-                doc,
-            )
-            await insert_events(session, fork_id, len(events), events, now)
-            recorded = await record_step(
-                session,
-                source.id,
-                guard=None,
-                values={},
-                events=[NewEvent("run.forked", None, forked)],
-            )
-            assert recorded is not None
-            await run_store.notify(session, "stepwise_work", fork_id)
-        self.engine.on_events(source.id, recorded.last_event_seq, recorded.status)
-        self._after_commit(run, work=True)
-        return run
-
-    async def edit_state(self, run_id: str, body: StateEdit) -> Run:
-        async with transaction(self.engine.sessions) as session:
-            run = await self._locked(session, run_id)
-            if run.status not in (*PAUSED, RunStatus.FAILED):
-                raise Conflict(
-                    f"run {run_id} is {run.status}; only a paused or failed run's state can be edited",
-                    code="run_not_editable",
-                )
-            _, doc = await _load_doc(session, run)
-            frames = list(doc["frames"])
-            top = {**frames[0], "state": memory.merge_patch(frames[0]["state"], body.state_patch)}
-            if body.goto is not None:
-                definition = await self.engine.definitions.for_run(session, run)
-                if body.goto not in definition.nodes:
-                    raise Invalid(
-                        f"goto: unknown node {body.goto!r}",
-                        code="unknown_node",
-                        errors=[error_item(["body", "goto"], f"no node {body.goto!r}")],
-                    )
-                visits = {**top["visits"], body.goto: top["visits"].get(body.goto, 0) + 1}
-                top = {**top, "node": body.goto, "visits": visits}
-                frames = [top]
-            else:
-                frames[0] = top
-            doc = {**doc, "frames": frames}
-            info = {"keys": sorted(body.state_patch), "goto": body.goto, "by": "api"}
-            await _write_snapshot(
-                session,
-                run,
-                doc,
-                status=run.status,
-                last_node=None,
-                events=[NewEvent("state.updated", None, info)],
-            )
-            await session.refresh(run)
-        self._after_commit(run)
-        return run
-
     # -- ending ---------------------------------------------------------------------------
 
     async def cancel(self, run_id: str) -> Run:
@@ -588,9 +306,3 @@ class RunCommands:
             if run.status in (RunStatus.QUEUED, RunStatus.RUNNING):
                 raise Conflict(f"run {run_id} is {run.status}; cancel it first", code="run_active")
             await run_store.delete_run(session, run_id)
-
-    async def _locked(self, session: AsyncSession, run_id: str) -> Run:
-        run = await run_store.get(session, run_id, lock=True)
-        if run is None:
-            raise NotFound(f"run {run_id!r} not found", code="run_not_found")
-        return run
