@@ -2,16 +2,9 @@
 
     pick node → resolve inputs → execute step → handle StepResult → choose edge → checkpoint
 
-Each step's checkpoint and events are written in one fenced transaction
-(``app.store.progress``); a runner that lost its lease gets ``LeaseLost`` and drops
-the run.
-
-Group commit: a *pure* step (``pure = True``: no I/O, no side effect, e.g. ``set``) may
-share its commit with the steps after it, up to ``MAX_GROUP`` steps. Every step still
-gets its own checkpoint and events, committed together, in order, before any step with
-side effects starts and whenever the run pauses or ends. A crash loses only pure steps
-nobody could see yet (nothing outside the run observed them), and they run again from
-the last durable checkpoint.
+Each step's checkpoint and events are written in one fenced transaction, or with the
+pure steps before it (``app.engine.recording``); a runner that lost its lease gets
+``LeaseLost`` and drops the run.
 
 Pauses, subgraph frames and handoffs are all state in the run's document
 (``app.engine.memory``), so any worker can pick the run up where it stopped.
@@ -24,13 +17,13 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
 from typing import Any
 
 from app import metrics
 from app.engine import memory
 from app.engine.edges import choose_next
-from app.engine.lifecycle import RunStatus, check_transition
+from app.engine.lifecycle import RunStatus
+from app.engine.recording import LeaseLost, RunRecorder
 from app.engine.services import Engine
 from app.engine.stepexec import execute_with_retry
 from app.engine.subgraphs import SubgraphFrames
@@ -40,28 +33,22 @@ from app.steps.base import StepContext, StepError, StepResult, StepStatus
 from app.store import checkpoints as checkpoint_store
 from app.store import events as event_store
 from app.store import runs as run_store
-from app.store.checkpoints import CheckpointChain, CheckpointRow
-from app.store.database import transaction, write_transaction
+from app.store.checkpoints import CheckpointChain
+from app.store.database import transaction
 from app.store.events import NewEvent
 from app.store.models import Run, utcnow
-from app.store.progress import StepWrite, record_step
 
 log = logging.getLogger(__name__)
 
 MAX_EVENT_OUTPUT_BYTES = 16 * 1024
-MAX_GROUP = 32  # pure steps that may share one commit
 PAUSE_STATUSES = ("interrupted", "awaiting_input", "suspended", "failed")
-
-
-class LeaseLost(Exception):
-    """The run's lease moved to another worker (or the run was cancelled)."""
 
 
 def _error(code: str, message: str, **details: Any) -> StepError:
     return StepError(code, message, details=details or None)
 
 
-class RunExecution:
+class RunExecution(RunRecorder):
     def __init__(
         self,
         engine: Engine,
@@ -69,16 +56,10 @@ class RunExecution:
         lease: run_store.Lease,
         handover: memory.Handover | None = None,
     ) -> None:
+        super().__init__(engine, run_id, lease)
         self.handover = handover
-        self.engine = engine
-        self.run_id = run_id
         self.lease = lease
-        self.guard = run_store.lease_guard(lease)
-        self.events: list[NewEvent] = []
         self.inject: dict[str, Any] = {}
-        # pure steps checkpointed but not yet committed, each with the run row after it
-        self.staged: list[tuple[StepWrite, dict[str, Any]]] = []
-        self.pure = False  # whether the step that just ran may share its commit
 
     async def execute(self, stop: Callable[[], bool] = lambda: False) -> None:
         """Run until the run pauses or ends, or ``stop()`` says so at a step boundary
@@ -496,116 +477,3 @@ class RunExecution:
         if len(encoded) > MAX_EVENT_OUTPUT_BYTES:
             return {"output_bytes": len(encoded), "output_truncated": True}
         return {"output": output}
-
-    async def _progress(self, path: str | None, data: dict[str, Any]) -> None:
-        self.events.append(NewEvent("step.progress", path, self.engine.redactor.json(data)))
-        await self._flush()
-
-    async def _retrying(self, attempt: int, delay: float, error: StepError, node: str) -> None:
-        self.attempt = attempt
-        info = {
-            "attempt": attempt,
-            "delay_s": delay,
-            "error": {"code": error.code, "message": self.engine.redactor.text(error.message)},
-        }
-        self.events.append(NewEvent("node.retrying", node, info))
-        await self._flush(attempt=attempt)
-
-    async def _flush(self, **values: Any) -> None:
-        """Write the staged steps and buffered events (and counters) without a new
-        checkpoint."""
-        if not self.events and not values and not self.staged:
-            return
-        lease_until = utcnow() + timedelta(seconds=self.engine.settings.lease_s)
-        run_values = self.staged[-1][1] if self.staged else {}
-        await self._write(
-            {**run_values, "status": "running", "lease_expires_at": lease_until, **values},
-            StepWrite(self.events),
-        )
-
-    async def _write(self, values: dict[str, Any], last: StepWrite) -> None:
-        """Commit the staged steps and ``last`` in one fenced transaction."""
-        earlier = [write for write, _ in self.staged]
-        async with write_transaction(self.engine.sessions) as session:
-            recorded = await record_step(
-                session,
-                self.run_id,
-                guard=self.guard,
-                values=values,
-                events=last.events,
-                checkpoint=last.checkpoint,
-                base_id=last.base_id,
-                data=last.data,
-                earlier=earlier,
-            )
-        if recorded is None:
-            raise LeaseLost
-        self.staged = []
-        self.events = []
-        self.engine.on_events(self.run_id, recorded.last_event_seq, recorded.status)
-
-    async def _commit(
-        self,
-        status: RunStatus,
-        i: int,
-        last_node: str | None,
-        *,
-        due_at: datetime | None = None,
-        error: dict[str, Any] | None = None,
-        output: Any = None,
-    ) -> bool:
-        """Checkpoint the document with the step's events; True while the run goes on.
-
-        After a pure step that leaves the run running, the checkpoint is staged (see the
-        module's docstring) and committed with a later step's."""
-        check_transition(RunStatus.RUNNING, status)
-        checkpoint_id = str(uuid.uuid4())
-        inner = len(self.doc["frames"]) - 1
-        next_node = memory.node_path(self.doc, inner, self.doc["frames"][inner]["node"])
-        if status is RunStatus.COMPLETED:
-            next_node = None
-        base_id, data, chain = self.chain.encode(checkpoint_id, self.doc)
-        now = utcnow()
-        row = CheckpointRow(
-            checkpoint_id,
-            self.run_id,
-            self.head_id,
-            0,
-            memory.node_path(self.doc, i, last_node),
-            next_node,
-            str(status),
-            self.step_count,
-            now,
-        )
-        running = status is RunStatus.RUNNING
-        values: dict[str, Any] = {
-            "status": str(status),
-            "current_node": next_node,
-            "step_count": self.step_count,
-            "attempt": 0,
-            "resume_data": None,
-            "interrupt": self.doc.get("interrupt"),
-            "awaiting": self.doc.get("awaiting"),
-            "error": error,
-            "output": output,
-            "due_at": due_at,
-            "lease_expires_at": now + timedelta(seconds=self.engine.settings.lease_s)
-            if running
-            else None,
-        }
-        if not running:
-            values["lease_owner"] = None
-        write = StepWrite(self.events, row, base_id, data, now)
-        self.events = []
-        self.chain = chain
-        self.head_id = checkpoint_id
-        self.attempt = 0
-        if running and self.pure and len(self.staged) + 1 < MAX_GROUP:
-            self.staged.append((write, values))
-            return True
-        await self._write(values, write)
-        if status is RunStatus.SUSPENDED and due_at is not None:
-            self.engine.on_work()
-        if not running and self.webhook:
-            self.engine.on_settled(self.run_id)
-        return running

@@ -172,15 +172,20 @@ class DefinitionCache:
     async def stored(
         self, session: AsyncSession, name: str, version: int | None
     ) -> tuple[WorkflowDefinition, int, str]:
-        """A stored workflow (latest version unless pinned): definition, version, hash."""
-        if version is None:
-            row = await workflow_store.latest(session, name)
-        else:
-            row = await workflow_store.get_version(session, name, version)
-        if row is None:
+        """A stored workflow (latest version unless pinned): definition, version, hash.
+        Its definition is read only the first time this process meets its hash."""
+        ref = await workflow_store.find_ref(session, name, version)
+        if ref is None:
             which = f"{name!r}" if version is None else f"{name!r} version {version}"
             raise NotFound(f"workflow {which} not found", code="workflow_not_found")
-        return self.parse(row.hash, row.definition), row.version, row.hash
+        found_version, digest = ref
+        found = self._by_hash.get(digest)
+        if found is None:
+            row = await workflow_store.get_by_hash(session, digest)
+            if row is None:  # deleted in between
+                raise NotFound(f"workflow {name!r} not found", code="workflow_not_found")
+            found = self.parse(digest, row.definition)
+        return found, found_version, digest
 
 
 @dataclass(slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.store.models import Workflow
@@ -18,6 +18,27 @@ async def latest(session: AsyncSession, name: str) -> Workflow | None:
 async def get_version(session: AsyncSession, name: str, version: int) -> Workflow | None:
     stmt = select(Workflow).where(Workflow.name == name, Workflow.version == version)
     return (await session.execute(stmt)).scalar_one_or_none()
+
+
+_LATEST_REF = (
+    select(Workflow.version, Workflow.hash)
+    .where(Workflow.name == bindparam("name"))
+    .order_by(Workflow.version.desc())
+    .limit(1)
+)
+_VERSION_REF = select(Workflow.version, Workflow.hash).where(
+    Workflow.name == bindparam("name"), Workflow.version == bindparam("version")
+)
+
+
+async def find_ref(session: AsyncSession, name: str, version: int | None) -> tuple[int, str] | None:
+    """``(version, hash)`` of a stored workflow (the latest unless ``version``), without
+    reading its definition: a caller that has parsed that hash already needs no more."""
+    if version is None:
+        row = (await session.execute(_LATEST_REF, {"name": name})).first()
+    else:
+        row = (await session.execute(_VERSION_REF, {"name": name, "version": version})).first()
+    return None if row is None else (int(row[0]), str(row[1]))
 
 
 async def get_by_hash(session: AsyncSession, digest: str) -> Workflow | None:

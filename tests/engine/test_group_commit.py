@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from app.engine.runner import MAX_GROUP
+from app.engine.recording import MAX_GROUP
 from tests.conftest import AppFactory, events_of, run_and_wait, wait_run
 from tests.engine.steps_for_tests import make_registry
 

@@ -1,0 +1,167 @@
+"""How a run execution records its progress: buffered events, checkpoints, and the
+fenced transaction that writes them (``app.store.progress``).
+
+Group commit: a *pure* step (``pure = True``: no I/O, no side effect, e.g. ``set``) may
+share its commit with the steps after it, up to ``MAX_GROUP`` steps. Every step still
+gets its own checkpoint and events, committed together, in order, before any step with
+side effects starts and whenever the run pauses or ends. A crash loses only pure steps
+nobody could see yet (nothing outside the run observed them), and they run again from
+the last durable checkpoint.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from app.engine import memory
+from app.engine.lifecycle import RunStatus, check_transition
+from app.engine.services import Engine
+from app.steps.base import StepError
+from app.store import runs as run_store
+from app.store.checkpoints import CheckpointChain, CheckpointRow
+from app.store.database import write_transaction
+from app.store.events import NewEvent
+from app.store.models import utcnow
+from app.store.progress import StepWrite, record_step
+
+MAX_GROUP = 32  # pure steps that may share one commit
+
+
+class LeaseLost(Exception):
+    """The run's lease moved to another worker (or the run was cancelled)."""
+
+
+class RunRecorder:
+    """The write side of a run's execution; ``RunExecution`` drives it."""
+
+    # the run's memory, kept by the execution
+    doc: memory.Doc
+    chain: CheckpointChain
+    head_id: str
+    step_count: int
+    attempt: int
+    webhook: str | None
+
+    def __init__(self, engine: Engine, run_id: str, lease: run_store.Lease) -> None:
+        self.engine = engine
+        self.run_id = run_id
+        self.guard = run_store.lease_guard(lease)
+        self.events: list[NewEvent] = []
+        # pure steps checkpointed but not yet committed, each with the run row after it
+        self.staged: list[tuple[StepWrite, dict[str, Any]]] = []
+        self.pure = False  # whether the step that just ran may share its commit
+
+    async def _progress(self, path: str | None, data: dict[str, Any]) -> None:
+        self.events.append(NewEvent("step.progress", path, self.engine.redactor.json(data)))
+        await self._flush()
+
+    async def _retrying(self, attempt: int, delay: float, error: StepError, node: str) -> None:
+        self.attempt = attempt
+        info = {
+            "attempt": attempt,
+            "delay_s": delay,
+            "error": {"code": error.code, "message": self.engine.redactor.text(error.message)},
+        }
+        self.events.append(NewEvent("node.retrying", node, info))
+        await self._flush(attempt=attempt)
+
+    async def _flush(self, **values: Any) -> None:
+        """Write the staged steps and buffered events (and counters) without a new
+        checkpoint."""
+        if not self.events and not values and not self.staged:
+            return
+        lease_until = utcnow() + timedelta(seconds=self.engine.settings.lease_s)
+        run_values = self.staged[-1][1] if self.staged else {}
+        await self._write(
+            {**run_values, "status": "running", "lease_expires_at": lease_until, **values},
+            StepWrite(self.events),
+        )
+
+    async def _write(self, values: dict[str, Any], last: StepWrite) -> None:
+        """Commit the staged steps and ``last`` in one fenced transaction."""
+        earlier = [write for write, _ in self.staged]
+        async with write_transaction(self.engine.sessions) as session:
+            recorded = await record_step(
+                session,
+                self.run_id,
+                guard=self.guard,
+                values=values,
+                events=last.events,
+                checkpoint=last.checkpoint,
+                base_id=last.base_id,
+                data=last.data,
+                earlier=earlier,
+            )
+        if recorded is None:
+            raise LeaseLost
+        self.staged = []
+        self.events = []
+        self.engine.on_events(self.run_id, recorded.last_event_seq, recorded.status)
+
+    async def _commit(
+        self,
+        status: RunStatus,
+        i: int,
+        last_node: str | None,
+        *,
+        due_at: datetime | None = None,
+        error: dict[str, Any] | None = None,
+        output: Any = None,
+    ) -> bool:
+        """Checkpoint the document with the step's events; True while the run goes on.
+
+        After a pure step that leaves the run running, the checkpoint is staged (see the
+        module's docstring) and committed with a later step's."""
+        check_transition(RunStatus.RUNNING, status)
+        checkpoint_id = str(uuid.uuid4())
+        inner = len(self.doc["frames"]) - 1
+        next_node = memory.node_path(self.doc, inner, self.doc["frames"][inner]["node"])
+        if status is RunStatus.COMPLETED:
+            next_node = None
+        base_id, data, chain = self.chain.encode(checkpoint_id, self.doc)
+        now = utcnow()
+        row = CheckpointRow(
+            checkpoint_id,
+            self.run_id,
+            self.head_id,
+            0,
+            memory.node_path(self.doc, i, last_node),
+            next_node,
+            str(status),
+            self.step_count,
+            now,
+        )
+        running = status is RunStatus.RUNNING
+        values: dict[str, Any] = {
+            "status": str(status),
+            "current_node": next_node,
+            "step_count": self.step_count,
+            "attempt": 0,
+            "resume_data": None,
+            "interrupt": self.doc.get("interrupt"),
+            "awaiting": self.doc.get("awaiting"),
+            "error": error,
+            "output": output,
+            "due_at": due_at,
+            "lease_expires_at": now + timedelta(seconds=self.engine.settings.lease_s)
+            if running
+            else None,
+        }
+        if not running:
+            values["lease_owner"] = None
+        write = StepWrite(self.events, row, base_id, data, now)
+        self.events = []
+        self.chain = chain
+        self.head_id = checkpoint_id
+        self.attempt = 0
+        if running and self.pure and len(self.staged) + 1 < MAX_GROUP:
+            self.staged.append((write, values))
+            return True
+        await self._write(values, write)
+        if status is RunStatus.SUSPENDED and due_at is not None:
+            self.engine.on_work()
+        if not running and self.webhook:
+            self.engine.on_settled(self.run_id)
+        return running
