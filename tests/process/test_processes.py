@@ -183,6 +183,61 @@ async def test_sigkill_mid_step_resumes_elsewhere_from_the_last_checkpoint(
     await assert_exactly_once(db, [run_id], ["before", "slow", "after"])
 
 
+async def test_sigkill_during_group_committed_pure_steps_loses_and_repeats_nothing(
+    procs: Procs, db: AsyncEngine, api: httpx.AsyncClient
+) -> None:
+    """Pure steps share commits (group commit); a worker killed between them leaves only
+    whole steps behind, and the run finishes elsewhere with every visit recorded once."""
+    loops = 4000
+    first, second = procs.spawn("worker"), procs.spawn("worker")
+    await first.ready()
+    await second.ready()
+    await store(
+        api,
+        {
+            "name": "pure-loop",
+            "state": {"n": 0},
+            "max_node_iterations": loops,
+            "nodes": {
+                "tick": {"step": "set", "set": {"n": "{{ state.n + 1 }}"}},
+                "done": {"step": "set"},
+            },
+            "edges": [
+                {"from": "tick", "to": "tick", "when": f"state.n < {loops}", "loop": True},
+                {"from": "tick", "to": "done"},
+            ],
+        },
+    )
+    run_id = await start(api, "pure-loop")
+
+    async def under_way() -> bool:
+        count = await scalar(db, "SELECT step_count FROM runs WHERE id = :id", id=run_id)
+        return bool(count and count > 100)
+
+    await wait_until(under_way, 60, "the loop to be under way")
+    holder = procs.by_owner(await lease_owner(db, run_id))
+    holder.signal(signal.SIGKILL)
+    await holder.wait_exit()
+    killed_at = await scalar(db, "SELECT step_count FROM runs WHERE id = :id", id=run_id)
+    assert killed_at < loops  # killed mid-loop, not after it
+    await wait_status(db, run_id, "completed", timeout_s=120)
+
+    run = (await api.get(f"/runs/{run_id}")).json()
+    assert run["output"] == {"n": loops}
+    assert run["step_count"] == loops + 1
+    assert await step_visits(db, run_id) == {"tick": loops, "done": 1}  # each visit once
+    seqs = await rows(
+        db,
+        "SELECT count(*), count(DISTINCT seq), max(seq), count(DISTINCT steps_completed) "
+        "FROM checkpoints WHERE run_id = :id",
+        id=run_id,
+    )
+    assert tuple(seqs[0]) == (loops + 2,) * 4  # the start, then one per step
+    events = await rows(db, "SELECT count(*), max(seq) FROM events WHERE run_id = :id", id=run_id)
+    assert events[0][0] == events[0][1]  # gapless
+    assert await event_count(db, run_id, "run.completed") == 1
+
+
 # -- a frozen lease holder wakes up after another worker finished its run ----------------------
 
 
