@@ -242,8 +242,9 @@ class RunnerPool:
         when the pool is full, and with its ``handover`` not read back either. False when
         it cannot be taken (the claim loop takes it then, or, if reserved, once the
         reservation lapses or the drain releases it)."""
-        if self._stopping or run_id in self.active:
-            return False
+        running = self.active.get(run_id)
+        if self._stopping or (running is not None and not running.done()):
+            return False  # (a done task may wait for its callback to leave ``active``)
         if token is not None:
             lease = run_store.Lease(self.owner, token)
             task = asyncio.create_task(self._execute(run_id, lease, handover), name=f"run-{run_id}")
