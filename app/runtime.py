@@ -54,6 +54,7 @@ class Runtime:
             max_streams=settings.sse_max_connections,
             poll_s=settings.poll_interval_s,
         )
+        self.engine.on_committed = self.feeds.offer
         self.engine.on_settled = self.webhooks.notify
         if not settings.is_sqlite:
             self.listener = PostgresListener(settings.database_url, self.bus)

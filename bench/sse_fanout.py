@@ -76,44 +76,86 @@ def start_server(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
-class Subscriber:
-    def __init__(self) -> None:
+class Subscriber(asyncio.Protocol):
+    """One SSE subscriber on a raw socket: an HTTP/1.1 GET, then the chunked body parsed
+    in ``data_received``. No coroutine per chunk and no HTTP library: the load generator
+    shares the machine's cores with the server, so it must stay as cheap as it can be."""
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
         self.latencies: list[float] = []
         self.seqs: list[int] = []
         self.connected = asyncio.Event()
+        self.finished = asyncio.Event()
         self.error: str | None = None
         self.closed_by_server = False
+        self._head = b""  # the response head, until its blank line
+        self._chunks = b""  # the chunked body not yet decoded
+        self._sse = b""  # decoded body not yet split into frames
+        self._stamps: dict[bytes, float] = {}
 
-    async def run(self, client: httpx.AsyncClient, url: str, after: int) -> None:
-        try:
-            async with client.stream("GET", url, headers={"Last-Event-ID": str(after)}) as resp:
-                if resp.status_code != 200:
-                    self.error = f"HTTP {resp.status_code}"
-                    return
-                self.connected.set()
-                buffer = b""
-                parsed: dict[bytes, float] = {}
-                async for chunk in resp.aiter_bytes():
-                    received = time.time()
-                    buffer += chunk
-                    *frames, buffer = buffer.split(b"\n\n")
-                    for frame in frames:
-                        if not frame.startswith(b"id: "):
-                            continue  # a keep-alive comment
-                        # the client must stay cheap: it shares the machine with the server
-                        seq = int(frame[4 : frame.index(b"\n")])  # "id: <seq>" comes first
-                        at = frame.index(b'"ts":"') + 6
-                        stamp = frame[at : frame.index(b'"', at)]
-                        ts = parsed.get(stamp)
-                        if ts is None:
-                            ts = parsed[stamp] = datetime.fromisoformat(stamp.decode()).timestamp()
-                        self.latencies.append(received - ts)
-                        self.seqs.append(seq)
-                self.closed_by_server = True
-        except Exception as exc:  # a benchmark reports failures, it does not stop at one
-            self.error = repr(exc)
-        finally:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        received = time.time()
+        if not self.connected.is_set():
+            self._head += data
+            head, sep, rest = self._head.partition(b"\r\n\r\n")
+            if not sep:
+                return
+            status = head.split(b" ", 2)[1]
+            if status != b"200":
+                self.error = f"HTTP {status.decode()}"
             self.connected.set()
+            data = rest
+        self._chunks += data
+        while True:  # Transfer-Encoding: chunked
+            size_end = self._chunks.find(b"\r\n")
+            if size_end < 0:
+                break
+            size = int(self._chunks[:size_end], 16)
+            if size == 0:
+                self.closed_by_server = True
+                self._chunks = b""
+                break
+            end = size_end + 2 + size
+            if len(self._chunks) < end + 2:
+                break
+            self._sse += self._chunks[size_end + 2 : end]
+            self._chunks = self._chunks[end + 2 :]
+        *frames, self._sse = self._sse.split(b"\n\n")
+        for frame in frames:
+            if not frame.startswith(b"id: "):
+                continue  # a keep-alive comment
+            seq = int(frame[4 : frame.index(b"\n")])  # "id: <seq>" comes first
+            at = frame.index(b'"ts":"') + 6
+            stamp = frame[at : frame.index(b'"', at)]
+            ts = self._stamps.get(stamp)
+            if ts is None:
+                ts = self._stamps[stamp] = datetime.fromisoformat(stamp.decode()).timestamp()
+            self.latencies.append(received - ts)
+            self.seqs.append(seq)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self.error is None:
+            self.error = repr(exc)
+        self.connected.set()
+        self.finished.set()
+
+    async def run(self, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await loop.create_connection(lambda: self, "127.0.0.1", port)
+        except OSError as exc:
+            self.error = repr(exc)
+            self.connected.set()
+            return
+        try:
+            await self.finished.wait()
+        finally:
+            transport.close()
 
 
 async def sample_rss(process: psutil.Process, samples: list[int], stop: asyncio.Event) -> None:
@@ -164,12 +206,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             after = page.json()["items"][-1]["seq"]
 
             log(f"connecting {args.subscribers} subscribers")
-            subscribers = [Subscriber() for _ in range(args.subscribers)]
+            request = (
+                f"GET /runs/{run_id}/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                f"Accept: text/event-stream\r\nLast-Event-ID: {after}\r\n\r\n"
+            ).encode()
+            subscribers = [Subscriber(request) for _ in range(args.subscribers)]
             t0 = time.perf_counter()
-            tasks = [
-                asyncio.create_task(s.run(client, f"/runs/{run_id}/events", after))
-                for s in subscribers
-            ]
+            tasks = [asyncio.create_task(s.run(port)) for s in subscribers]
             await asyncio.wait_for(asyncio.gather(*(s.connected.wait() for s in subscribers)), 120)
             connect_s = time.perf_counter() - t0
             await asyncio.sleep(0.5)

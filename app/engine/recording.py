@@ -98,6 +98,8 @@ class RunRecorder:
             raise LeaseLost
         self.staged = []
         self.events = []
+        # local watchers get the rows themselves first, so the wake-up finds them read
+        self.engine.on_committed(self.run_id, recorded.events, recorded.status)
         self.engine.on_events(self.run_id, recorded.last_event_seq, recorded.status)
 
     async def _commit(

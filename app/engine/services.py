@@ -204,6 +204,10 @@ class Engine:
     redactor: Redactor
     # called after a commit that appended events: (run_id, last_seq)
     on_events: Callable[[str, int, str], None] = field(default=lambda run_id, seq, status: None)
+    # called after a runner's commit with the event rows it wrote: (run_id, rows, status)
+    on_committed: Callable[[str, list[dict[str, Any]], str], None] = field(
+        default=lambda run_id, rows, status: None
+    )
     # called after a commit that made a run claimable
     on_work: Callable[[], None] = field(default=lambda: None)
     # called after a commit that cancelled a run, to stop it where it executes

@@ -1,6 +1,7 @@
 """The wake-up bus. It carries no events, only "run X has events up to seq N" and
-"there is work": the events themselves are always read from the database, so a lost
-wake-up only delays a reader until its bounded fallback poll.
+"there is work": readers take the events from the database (or, for runs executed in
+this process, from what the runner committed: ``FeedHub.offer``), so a lost wake-up
+only delays a reader until its bounded fallback poll.
 
 In one process the bus is a set of asyncio signals. With Postgres, a listener
 connection turns ``NOTIFY`` (sent by writers inside their transaction, so delivered on

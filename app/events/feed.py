@@ -6,7 +6,8 @@ run's most recent events in a small buffer, already encoded as SSE frames, and w
 its subscribers. A subscriber takes from the buffer by cursor; one that fell behind
 the buffer reads the database on its own until it catches up. So N subscribers of one
 run cost one query per new batch of events, not N, and none holds a database
-connection while it waits.
+connection while it waits. Events a runner of this process has just committed are
+handed to the feed directly (``FeedHub.offer``): local watchers need no read at all.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -57,17 +60,16 @@ class RunPosition:
 
 
 def sse_frame(event: Event) -> FeedEvent:
-    payload = EventOut(
-        run_id=event.run_id,
-        seq=event.seq,
-        type=event.type,
-        node=event.node,
-        ts=event.ts,
-        data=event.data,
-    ).model_dump_json()
+    return encode_frame(event.run_id, event.seq, event.type, event.node, event.ts, event.data)
+
+
+def encode_frame(
+    run_id: str, seq: int, type: str, node: str | None, ts: datetime, data: Any
+) -> FeedEvent:
+    payload = EventOut(run_id=run_id, seq=seq, type=type, node=node, ts=ts, data=data)
     # the JSON has no raw newlines, so it is one data: line
-    frame = f"id: {event.seq}{SEP}event: {event.type}{SEP}data: {payload}{SEP}{SEP}"
-    return FeedEvent(event.seq, event.type, frame.encode())
+    frame = f"id: {seq}{SEP}event: {type}{SEP}data: {payload.model_dump_json()}{SEP}{SEP}"
+    return FeedEvent(seq, type, frame.encode())
 
 
 def matches(event_type: str, patterns: Sequence[str]) -> bool:
@@ -108,6 +110,18 @@ class RunFeed:
         self.changed = _Changed()
         self.task: asyncio.Task[None] | None = None
 
+    def offer(self, rows: Sequence[dict[str, Any]], status: str) -> None:
+        """Events this process just committed (``insert_events`` rows): taken at once when
+        they follow the buffer, so local watchers skip the read; else the next read
+        brings them."""
+        if self.position is None or not rows or rows[0]["seq"] != self.head + 1:
+            return
+        for row in rows:
+            self.buffer.append(encode_frame(**row))
+        self.head = rows[-1]["seq"]
+        self.position = RunPosition(status, self.head)
+        self.changed.fire()
+
     def since(self, cursor: int) -> list[FeedEvent] | None:
         """Buffered events after ``cursor``; None when the buffer no longer reaches back
         there (the caller then reads the database)."""
@@ -129,7 +143,9 @@ class RunFeed:
                 if (self.head, self.position, self.gone) != before:
                     self.changed.fire()
                 if not more:
-                    await signal.wait_past(self.head, self.hub.poll_s)
+                    woke = await signal.wait_past(self.head, self.hub.poll_s)
+                    while woke and signal.seq <= self.head:  # ``offer`` brought them
+                        woke = await signal.wait_past(self.head, self.hub.poll_s)
 
     async def _fetch(self) -> bool:
         """Read the run's position and its new events; True when there are more to read."""
@@ -148,14 +164,17 @@ class RunFeed:
                 rows = await event_store.list_events(
                     session, self.run_id, after=start, limit=READ_BATCH
                 )
+        more = len(rows) == READ_BATCH
+        rows = [row for row in rows if row.seq > self.head]  # ``offer`` may have been quicker
         if rows and self.buffer and rows[0].seq != self.head + 1:
             self.buffer.clear()  # cannot happen with gapless seqs; stay correct anyway
         for row in rows:
             self.buffer.append(sse_frame(row))
         if rows:
             self.head = rows[-1].seq
-        self.position = position
-        return len(rows) == READ_BATCH
+        if self.position is None or position.event_seq >= self.position.event_seq:
+            self.position = position
+        return more
 
 
 class StreamLimitReached(Exception):
@@ -209,6 +228,13 @@ class FeedHub:
                 del self._feeds[run_id]
                 assert feed.task is not None
                 feed.task.cancel()
+
+    def offer(self, run_id: str, rows: Sequence[dict[str, Any]], status: str) -> None:
+        """A runner of this process committed ``rows`` of ``run_id``: hand them to its
+        feed, if the run is watched here (see ``RunFeed.offer``)."""
+        feed = self._feeds.get(run_id)
+        if feed is not None:
+            feed.offer(rows, status)
 
     @property
     def feed_count(self) -> int:

@@ -31,11 +31,11 @@ async def insert_events(
     last_seq: int,
     events: Sequence[NewEvent],
     ts: datetime | Sequence[datetime] | None = None,
-) -> None:
+) -> list[dict[str, Any]]:
     """Insert ``events`` numbered so that the last one gets ``last_seq``, stamped ``ts``
-    (one time for all, or one per event)."""
+    (one time for all, or one per event); the rows as inserted."""
     if not events:
-        return
+        return []
     stamps = [ts or utcnow()] * len(events) if not isinstance(ts, Sequence) else ts
     first = last_seq - len(events) + 1
     rows = [
@@ -54,6 +54,7 @@ async def insert_events(
     await session.execute(EVENT_INSERT, rows)
     # counted when written (a transaction that then rolls back is rare: a lost lease)
     metrics.observe_events(e.type for e in events)
+    return rows
 
 
 async def has_event(session: AsyncSession, run_id: str, type_: str) -> bool:

@@ -53,6 +53,7 @@ class Recorded:
     checkpoint_seq: int | None
     last_event_seq: int
     status: str
+    events: list[dict[str, Any]]  # the event rows as inserted, oldest first
 
 
 def _with_saved_event(write: StepWrite) -> tuple[list[NewEvent], int]:
@@ -124,11 +125,11 @@ async def record_step(
             evs[at] = NewEvent("checkpoint.saved", write.checkpoint.next_node, saved)
             rows.append((write.checkpoint, write.base_id, write.data))
     await insert_checkpoints(session, rows)
-    await insert_events(
+    inserted = await insert_events(
         session,
         run_id,
         last_seq,
         [e for evs, _ in prepared for e in evs],
         [w.ts or now for w, (evs, _) in zip(writes, prepared, strict=True) for _ in evs],
     )
-    return Recorded(last_checkpoint_seq if checkpoints else None, last_seq, status)
+    return Recorded(last_checkpoint_seq if checkpoints else None, last_seq, status, inserted)
