@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Response
-from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from app.api import deps
 from app.engine.commands import Answered, RunCommands
@@ -44,6 +44,19 @@ TimeoutS = Annotated[float, Query(ge=0, description="seconds to wait at most")]
 
 STATUSES = {s.value for s in RunStatus}
 BLOCKING = (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+def json_response(
+    resource: BaseModel, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A resource serialized once: a returned model would be dumped, validated again
+    against ``response_model`` and dumped once more (the hot endpoints skip that)."""
+    return Response(
+        resource.model_dump_json(),
+        status_code=status_code,
+        headers=headers,
+        media_type="application/json",
+    )
 
 
 async def load_run(engine: Engine, run_id: str) -> RunOut:
@@ -110,7 +123,7 @@ async def start_run(
     headers = {"Location": f"/runs/{resource.id}"}
     if not started.created:
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(resource.model_dump(mode="json"), status_code=202, headers=headers)
+    return json_response(resource, 202, headers)
 
 
 @router.post("/runs/wait", response_model=RunOut)
@@ -164,15 +177,15 @@ async def list_runs(
 
 
 @router.get("/runs/{run_id}", response_model=RunOut)
-async def get_run(run_id: str, engine: EngineDep) -> RunOut:
-    return await load_run(engine, run_id)
+async def get_run(run_id: str, engine: EngineDep) -> Response:
+    return json_response(await load_run(engine, run_id))
 
 
 @router.get("/runs/{run_id}/wait", response_model=RunOut)
 async def wait_run(
     run_id: str, engine: EngineDep, bus: BusDep, timeout_s: TimeoutS = 30.0
-) -> RunOut:
-    return await wait_for_run(engine, bus, run_id, timeout_s)
+) -> Response:
+    return json_response(await wait_for_run(engine, bus, run_id, timeout_s))
 
 
 @router.delete("/runs/{run_id}", status_code=204)
@@ -191,8 +204,8 @@ async def edit_state(
 @router.post("/runs/{run_id}/response", response_model=RunOut, status_code=202)
 async def respond(
     run_id: str, body: InterruptResponse, commands: CommandsDep, engine: EngineDep
-) -> RunOut:
-    return await _answered(engine, await commands.respond(run_id, body))
+) -> Response:
+    return json_response(await _answered(engine, await commands.respond(run_id, body)), 202)
 
 
 @router.post("/runs/{run_id}/messages", response_model=RunOut, status_code=202)
