@@ -6,7 +6,7 @@ of it commits together or not at all.
 
 A write may carry several steps (``StepWrite``), each with its own checkpoint and
 events: the runner lets consecutive pure steps share one commit (see
-``app.engine.runner``); every step still gets its checkpoint and its events, in order.
+``app.engine.recording``); every step still gets its checkpoint and its events, in order.
 """
 
 from __future__ import annotations
