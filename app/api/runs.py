@@ -211,8 +211,8 @@ async def respond(
 @router.post("/runs/{run_id}/messages", response_model=RunOut, status_code=202)
 async def send_message(
     run_id: str, body: SessionMessage, commands: CommandsDep, engine: EngineDep
-) -> RunOut:
-    return await _answered(engine, await commands.message(run_id, body.message))
+) -> Response:
+    return json_response(await _answered(engine, await commands.message(run_id, body.message)), 202)
 
 
 @router.post("/runs/{run_id}/resume", response_model=RunOut, status_code=202)

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.engine import memory
 from app.engine.history import HistoryCommands
 from app.engine.lifecycle import TERMINAL, RunStatus, change_status
-from app.engine.queueing import load_memory
+from app.engine.queueing import load_doc
 from app.engine.templates import TemplateError
 from app.engine.validation import canonical_json, definition_hash
 from app.errors import Conflict, Invalid, error_item
@@ -90,10 +90,10 @@ class RunCommands(HistoryCommands):
             if existing is not None:
                 return self._replay(existing, request_hash)
         # a run due now that this process can execute at once is reserved for it
-        local = body.start_at is None and self._can_reserve()
+        lease = self._reservation(1) if body.start_at is None else {}
         try:
             async with transaction(self.engine.sessions) as session:
-                handover = await self._insert(session, body, idempotency_key, request_hash, local)
+                handover = await self._insert(session, body, idempotency_key, request_hash, lease)
         except IntegrityError:
             if idempotency_key is None:
                 raise
@@ -119,7 +119,7 @@ class RunCommands(HistoryCommands):
         body: RunCreate,
         key: str | None,
         request_hash: str,
-        local: bool,
+        lease: dict[str, Any],
     ) -> memory.Handover:
         definition, name, version, digest, inline = await self._definition(session, body)
         if definition.inputs is not None:
@@ -164,7 +164,7 @@ class RunCommands(HistoryCommands):
                 "head_checkpoint_id": checkpoint_id,
                 "event_seq": len(events),
                 "checkpoint_seq": 1,
-                **self._lease_for_new(local, now),
+                **(lease or {"lease_token": 0}),
                 "idempotency_key": key,
                 "request_hash": request_hash,
                 "webhook": body.webhook,
@@ -179,7 +179,7 @@ class RunCommands(HistoryCommands):
             doc,
         )
         await insert_events(session, run_id, len(events), events, now)
-        if not local:
+        if not lease:
             await run_store.notify(session, "stepwise_work", run_id)
         chain = checkpoint_store.CheckpointChain.snapshot(checkpoint_id, doc)
         return memory.Handover(run, checkpoint_id, doc, [definition], chain)
@@ -207,7 +207,7 @@ class RunCommands(HistoryCommands):
             answer["interrupt_id"] = body.interrupt_id
             who = body.responded_by or "someone"
             if body.status == "approved":
-                checkpoint, doc, chain = await load_memory(session, run)
+                checkpoint, doc, chain = await load_doc(session, run)
                 schema = doc.get("interrupt_schema")
                 if isinstance(schema, dict):
                     errors = schema_errors(schema, body.value, ["body", "value"])

@@ -82,7 +82,7 @@ class HistoryCommands(CommandBase):
             else:
                 if run.status in (RunStatus.QUEUED, RunStatus.RUNNING):
                     raise Conflict(f"run {run_id} is {run.status}", code="run_not_resumable")
-                checkpoint, doc = await load_doc(session, run, checkpoint_id)
+                checkpoint, doc, _ = await load_doc(session, run, checkpoint_id)
                 run = await change_status(
                     session,
                     run_id,
@@ -108,7 +108,7 @@ class HistoryCommands(CommandBase):
     async def fork(self, run_id: str, body: ForkRequest) -> Run:
         async with transaction(self.engine.sessions) as session:
             source = await self._locked(session, run_id)
-            checkpoint, doc = await load_doc(session, source, body.checkpoint_id)
+            checkpoint, doc, _ = await load_doc(session, source, body.checkpoint_id)
             frames = list(doc["frames"])
             frames[0] = {
                 **frames[0],
@@ -203,7 +203,7 @@ class HistoryCommands(CommandBase):
                     f"run {run_id} is {run.status}; only a paused or failed run's state can be edited",
                     code="run_not_editable",
                 )
-            _, doc = await load_doc(session, run)
+            _, doc, _ = await load_doc(session, run)
             frames = list(doc["frames"])
             top = {**frames[0], "state": memory.merge_patch(frames[0]["state"], body.state_patch)}
             if body.goto is not None:

@@ -9,7 +9,6 @@ otherwise the claim loops of all processes are woken.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,31 +20,20 @@ from app.engine.subgraphs import SubgraphFrames
 from app.errors import NotFound
 from app.store import checkpoints as checkpoint_store
 from app.store import runs as run_store
-from app.store.models import Run, utcnow
+from app.store.models import Checkpoint, Run, utcnow
+
+Loaded = tuple[Checkpoint, memory.Doc, checkpoint_store.CheckpointChain]
 
 
-async def load_doc(
-    session: AsyncSession, run: Run, checkpoint_id: str | None = None
-) -> tuple[Any, Any]:
-    """A checkpoint of the run (its head by default) and its full document; 404 if
-    the run has no such checkpoint."""
+async def load_doc(session: AsyncSession, run: Run, checkpoint_id: str | None = None) -> Loaded:
+    """A checkpoint of the run (its head by default), its full document and the chain to
+    write deltas against; 404 if the run has no such checkpoint."""
     cid = checkpoint_id or run.head_checkpoint_id
     loaded = await checkpoint_store.load(session, cid) if cid else None
     if loaded is None or loaded[0].run_id != run.id:
         raise NotFound(
             f"checkpoint {checkpoint_id!r} not found in run {run.id}", code="checkpoint_not_found"
         )
-    checkpoint, doc, _ = loaded
-    return checkpoint, doc
-
-
-async def load_memory(
-    session: AsyncSession, run: Run
-) -> tuple[Any, memory.Doc, checkpoint_store.CheckpointChain]:
-    """The run's head checkpoint, its document and the chain to write deltas against."""
-    assert run.head_checkpoint_id is not None
-    loaded = await checkpoint_store.load(session, run.head_checkpoint_id)
-    assert loaded is not None, f"run {run.id} has no head checkpoint"
     return loaded
 
 
@@ -55,21 +43,14 @@ class CommandBase:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def _can_reserve(self) -> bool:
-        return self.engine.runner_owner is not None and self.engine.can_adopt()
-
-    def _reservation(self) -> dict[str, Any]:
+    def _reservation(self, token: Any = Run.lease_token + 1) -> dict[str, Any]:
         """Lease columns that queue a run for this process's runners (see
-        ``run_store.reservation``), when they can take it now; else none."""
-        if self.engine.runner_owner is None or not self._can_reserve():
+        ``run_store.reservation``), when they can take it now; else none. ``token``: the
+        lease token (a new run's is 1)."""
+        owner = self.engine.runner_owner
+        if owner is None or not self.engine.can_adopt():
             return {}
-        now, lease_s = utcnow(), self.engine.settings.lease_s
-        return run_store.reservation(self.engine.runner_owner, now, lease_s, Run.lease_token + 1)
-
-    def _lease_for_new(self, local: bool, now: datetime) -> dict[str, Any]:
-        if not local or self.engine.runner_owner is None:
-            return {"lease_token": 0}
-        return run_store.reservation(self.engine.runner_owner, now, self.engine.settings.lease_s, 1)
+        return run_store.reservation(owner, utcnow(), self.engine.settings.lease_s, token)
 
     def _reserved(self, run: Run) -> bool:
         return run.lease_owner is not None and run.lease_owner == self.engine.runner_owner
@@ -78,12 +59,12 @@ class CommandBase:
         self,
         session: AsyncSession,
         run: Run,
-        loaded: tuple[Any, memory.Doc, checkpoint_store.CheckpointChain] | None = None,
+        loaded: Loaded | None = None,
     ) -> memory.Handover | None:
         """What this process's runner needs of a run queued for it (None if it was not)."""
         if not self._reserved(run):
             return None
-        checkpoint, doc, chain = loaded or await load_memory(session, run)
+        checkpoint, doc, chain = loaded or await load_doc(session, run)
         definitions = await SubgraphFrames.definitions_of(self.engine, session, run, doc)
         return memory.Handover(run, checkpoint.id, doc, definitions, chain, checkpoint.status)
 

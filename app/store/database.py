@@ -127,11 +127,9 @@ async def write_transaction(
 
 
 def dialect_name(executor: Executor) -> str:
-    return (
-        executor.get_bind().dialect.name
-        if isinstance(executor, AsyncSession)
-        else (executor.dialect.name)
-    )
+    if isinstance(executor, AsyncSession):
+        return executor.get_bind().dialect.name
+    return executor.dialect.name
 
 
 def migrations_dir() -> Path:

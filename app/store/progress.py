@@ -12,7 +12,7 @@ events: the runner lets consecutive pure steps share one commit (see
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -45,7 +45,7 @@ class StepWrite:
     checkpoint: CheckpointRow | None = None
     base_id: str | None = None
     data: Any = None
-    ts: datetime | None = field(default=None)
+    ts: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

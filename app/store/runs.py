@@ -25,6 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.store.database import dialect_name
 from app.store.models import Run, table, utcnow
 
 PAUSED = ("interrupted", "awaiting_input", "suspended")
@@ -36,13 +37,9 @@ class Lease:
     token: int
 
 
-def _is_postgres(session: AsyncSession) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
-
-
 async def notify(session: AsyncSession, channel: str, payload: str) -> None:
     """Queue a Postgres notification; it is delivered only when the transaction commits."""
-    if _is_postgres(session):
+    if dialect_name(session) == "postgresql":
         await session.execute(text("SELECT pg_notify(:c, :p)"), {"c": channel, "p": payload})
 
 
@@ -172,7 +169,7 @@ async def claim(
     """
     now = utcnow()
     candidates = select(Run.id).where(_claimable(now)).order_by(Run.due_at).limit(limit)
-    if _is_postgres(session):
+    if dialect_name(session) == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)
     ids = list((await session.execute(candidates)).scalars())
     if not ids:
