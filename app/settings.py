@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     max_nodes: int = Field(default=1000, gt=0)
     max_state_bytes: int = Field(default=16 << 20, gt=0)
     max_steps: int = Field(default=10_000, gt=0)
+    # lapsed leases at one checkpoint (its worker died each time) before the run fails
+    max_recoveries: int = Field(default=5, ge=1)
     max_subgraph_depth: int = Field(default=8, gt=0)
     template_max_output_bytes: int = Field(default=1 << 20, gt=0)
     template_timeout_s: float = Field(default=1.0, gt=0)

@@ -12,7 +12,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from jsonschema.validators import validator_for
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,7 +20,7 @@ from app.engine.history import HistoryCommands
 from app.engine.lifecycle import TERMINAL, RunStatus, change_status
 from app.engine.queueing import load_doc
 from app.engine.templates import TemplateError
-from app.engine.validation import canonical_json, definition_hash
+from app.engine.validation import canonical_json, definition_hash, instance_errors
 from app.errors import Conflict, Invalid, error_item
 from app.schemas.definition import WorkflowDefinition
 from app.schemas.runs import InterruptResponse, RunCreate
@@ -31,8 +30,6 @@ from app.store.checkpoints import CheckpointRow
 from app.store.database import transaction
 from app.store.events import NewEvent, insert_events
 from app.store.models import Run, utcnow
-
-Loc = list[str | int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,14 +43,6 @@ class Started:
 class Answered:
     run: Run
     doc: memory.Doc | None = None  # the head checkpoint's document, when it was read
-
-
-def schema_errors(schema: dict[str, Any], value: Any, loc: Loc) -> list[dict[str, Any]]:
-    validator = validator_for(schema)(schema)
-    return [
-        error_item([*loc, *err.absolute_path], err.message, "schema")
-        for err in sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
-    ]
 
 
 class RunCommands(HistoryCommands):
@@ -123,7 +112,7 @@ class RunCommands(HistoryCommands):
     ) -> memory.Handover:
         definition, name, version, digest, inline = await self._definition(session, body)
         if definition.inputs is not None:
-            errors = schema_errors(definition.inputs, body.inputs, ["body", "inputs"])
+            errors = instance_errors(definition.inputs, body.inputs, ["body", "inputs"])
             if errors:
                 raise Invalid(
                     "the inputs do not match the workflow's input schema",
@@ -210,7 +199,7 @@ class RunCommands(HistoryCommands):
                 checkpoint, doc, chain = await load_doc(session, run)
                 schema = doc.get("interrupt_schema")
                 if isinstance(schema, dict):
-                    errors = schema_errors(schema, body.value, ["body", "value"])
+                    errors = instance_errors(schema, body.value, ["body", "value"])
                     if errors:
                         raise Invalid(
                             "the value does not match the interrupt's schema",

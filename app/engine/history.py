@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.engine import memory
 from app.engine.lifecycle import PAUSED, RunStatus, change_status
 from app.engine.queueing import CommandBase, load_doc
+from app.engine.validation import instance_errors
 from app.errors import Conflict, Invalid, error_item
 from app.schemas.runs import ForkRequest, StateEdit
 from app.store import checkpoints as checkpoint_store
@@ -62,6 +63,10 @@ async def _write_snapshot(
     return row.id
 
 
+# a resumed run starts counting lapsed leases and internal errors anew
+FRESH_COUNTERS = {"recoveries": 0, "error_attempts": 0}
+
+
 class HistoryCommands(CommandBase):
     async def resume(self, run_id: str, checkpoint_id: str | None) -> Run:
         async with transaction(self.engine.sessions) as session:
@@ -77,6 +82,7 @@ class HistoryCommands(CommandBase):
                         "resume_data": {"info": {"requested": True}},
                         "due_at": None,
                         "error": None,
+                        **FRESH_COUNTERS,
                     },
                 )
             else:
@@ -98,6 +104,7 @@ class HistoryCommands(CommandBase):
                         "interrupt": doc.get("interrupt"),
                         "awaiting": doc.get("awaiting"),
                         "current_node": checkpoint.next_node,
+                        **FRESH_COUNTERS,
                     },
                 )
         self._after_commit(run, work=True)
@@ -110,16 +117,22 @@ class HistoryCommands(CommandBase):
             source = await self._locked(session, run_id)
             checkpoint, doc, _ = await load_doc(session, source, body.checkpoint_id)
             frames = list(doc["frames"])
-            frames[0] = {
-                **frames[0],
-                "state": memory.merge_patch(frames[0]["state"], body.state_patch),
-            }
+            if body.state_patch is not None:
+                state = memory.merge_patch(frames[0]["state"], body.state_patch)
+                frames[0] = {**frames[0], "state": state}
             doc = {"frames": frames, "interrupt": None, "awaiting": None}
-            inputs = (
-                memory.merge_patch(source.inputs, body.inputs_patch)
-                if body.inputs_patch
-                else source.inputs
-            )
+            inputs = source.inputs
+            if body.inputs_patch is not None:
+                inputs = memory.merge_patch(source.inputs, body.inputs_patch)
+                definition = await self.engine.definitions.for_run(session, source)
+                if definition.inputs is not None:
+                    errors = instance_errors(definition.inputs, inputs, ["body", "inputs_patch"])
+                    if errors:
+                        raise Invalid(
+                            "the patched inputs do not match the workflow's input schema",
+                            code="invalid_inputs",
+                            errors=errors,
+                        )
             now = utcnow()
             fork_id, fork_checkpoint = str(uuid.uuid4()), str(uuid.uuid4())
             next_node = checkpoint.next_node

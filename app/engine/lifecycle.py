@@ -33,7 +33,8 @@ S = RunStatus
 # from → allowed targets ("running → running" is a step checkpoint). "queued" is also where paused runs go when answered or resumed,
 # and where a worker that shuts down gives its running runs back.
 TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
-    S.QUEUED: frozenset({S.RUNNING, S.CANCELLED}),
+    # queued → failed: a run whose execution kept raising inside the service
+    S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.FAILED}),
     S.RUNNING: frozenset(
         {
             S.RUNNING,

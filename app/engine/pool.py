@@ -26,6 +26,7 @@ from typing import IO
 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
 
+from app.engine.failures import record_internal_error
 from app.engine.memory import Handover
 from app.engine.runner import RunExecution
 from app.engine.services import Engine
@@ -291,6 +292,7 @@ class RunnerPool:
         the lease is still ours, so a retry never overlaps another worker.
         """
         delay = DB_RETRY_FIRST_S
+        execution: RunExecution | None = None
         for attempt in range(DB_RETRIES + 1):
             try:
                 execution = RunExecution(
@@ -302,7 +304,7 @@ class RunnerPool:
                 raise
             except DB_ERRORS as exc:
                 if isinstance(exc, NOT_TRANSIENT):
-                    log.exception("run %s stopped unexpectedly", run_id)
+                    await self._internal_error(run_id, lease, exc, execution)
                     return
                 if attempt == DB_RETRIES or self._stopping:
                     log.warning(
@@ -316,10 +318,30 @@ class RunnerPool:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, max(self.engine.settings.lease_s / 2, DB_RETRY_FIRST_S))
-            except Exception:
-                # A bug: the lease lapses and the run is picked up again (after lease_s).
-                log.exception("run %s stopped unexpectedly", run_id)
+            except Exception as exc:
+                await self._internal_error(run_id, lease, exc, execution)
                 return
+
+    async def _internal_error(
+        self,
+        run_id: str,
+        lease: run_store.Lease,
+        exc: BaseException,
+        execution: RunExecution | None,
+    ) -> None:
+        """A bug, not the database: log the stack, then retry the run or fail it
+        (``app.engine.failures``); if even that fails, the lease lapses."""
+        log.error("run %s: execution raised inside the service", run_id, exc_info=exc)
+        try:
+            node = execution.at_node if execution is not None else None
+            status = await record_internal_error(self.engine, run_id, lease, exc, node)
+        except asyncio.CancelledError:
+            raise
+        except Exception as again:
+            log.warning("run %s: could not record the error (%s)", run_id, _short(again))
+            return
+        if status is not None:
+            log.warning("run %s: after an internal error it is %s", run_id, status)
 
     # -- leases -----------------------------------------------------------------------------
 

@@ -142,6 +142,8 @@ class RunRecorder:
             "step_count": self.step_count,
             "attempt": 0,
             "resume_data": None,
+            "recoveries": 0,
+            "error_attempts": 0,
             "interrupt": self.doc.get("interrupt"),
             "awaiting": self.doc.get("awaiting"),
             "error": error,

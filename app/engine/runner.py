@@ -60,12 +60,16 @@ class RunExecution(RunRecorder):
         self.handover = handover
         self.lease = lease
         self.inject: dict[str, Any] = {}
+        self.at_node: str | None = None  # the node being run (for errors raised outside it)
 
     async def execute(self, stop: Callable[[], bool] = lambda: False) -> None:
         """Run until the run pauses or ends, or ``stop()`` says so at a step boundary
         (a draining process), the run then staying claimable from its checkpoint."""
         try:
             if await self._load():
+                if self.recoveries >= self.engine.settings.max_recoveries:
+                    await self._recovery_limit()
+                    return
                 while await self._step() and not stop():
                     pass
                 await self._flush()  # stopped at a step boundary: staged steps are kept
@@ -102,6 +106,7 @@ class RunExecution(RunRecorder):
         self.head_id = head_id
         self.step_count = run.step_count
         self.attempt = run.attempt
+        self.recoveries = run.recoveries or 0
         self.max_steps = min(
             self.frames.top.max_steps or self.engine.settings.max_steps,
             self.engine.settings.max_steps,
@@ -145,6 +150,16 @@ class RunExecution(RunRecorder):
                 "continuation": {"resumed_at": utcnow().isoformat(), **resume.get("info", {})}
             }
 
+    async def _recovery_limit(self) -> None:
+        """Its workers died at this checkpoint again and again: fail instead of dying."""
+        top = self.doc["frames"][0]
+        limit = self.engine.settings.max_recoveries
+        msg = (
+            f"the run's worker died {self.recoveries} times at this checkpoint "
+            f"(STEPWISE_MAX_RECOVERIES={limit}); resume it once the cause is fixed"
+        )
+        await self._fail(0, top["node"] or top["last"], _error("recovery_limit_exceeded", msg))
+
     # -- the cycle ------------------------------------------------------------------------
 
     async def _step(self) -> bool:
@@ -154,6 +169,7 @@ class RunExecution(RunRecorder):
         node_id: str | None = frame["node"]
         if node_id is None:  # a checkpoint of a finished run, resumed or forked
             return await self._complete()
+        self.at_node = memory.node_path(self.doc, i, node_id)
         definition = self.frames.definition(i)
         node = definition.nodes[node_id]
         inject, self.inject = self.inject, {}
@@ -359,10 +375,9 @@ class RunExecution(RunRecorder):
         agents = definition.agent_map
         target, source = handoff.get("to"), node.agent
         targets = {n.agent: nid for nid, n in definition.nodes.items() if n.agent}
-        if not isinstance(target, str) or target not in agents or target not in targets:
-            return await self._fail(
-                i, node_id, _error("unknown_agent", f"handoff to unknown agent {target!r}")
-            )
+        if not isinstance(target, str) or target not in targets:
+            msg = f"handoff to agent {target!r}, which no node is bound to (`agent: {target}`)"
+            return await self._fail(i, node_id, _error("unknown_agent", msg))
         allowed = agents[source].handoff_targets if source in agents else None
         if allowed is not None and target not in allowed:
             msg = f"agent {source!r} may not hand off to {target!r} (allowed: {allowed})"
@@ -381,7 +396,7 @@ class RunExecution(RunRecorder):
         route = {**obj, "from_node": node_id, "to_node": targets[target]}
         needs_approval = (
             node.handoff_approval
-            or agents[target].handoff_approval
+            or (target in agents and agents[target].handoff_approval)
             or (source in agents and agents[source].handoff_approval)
         )
         if needs_approval:

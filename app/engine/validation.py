@@ -58,6 +58,15 @@ def schema_errors(schema: Any, loc: Loc) -> list[dict[str, Any]]:
     return []
 
 
+def instance_errors(schema: dict[str, Any], value: Any, loc: Loc) -> list[dict[str, Any]]:
+    """Where ``value`` does not match the (already checked) JSON Schema ``schema``."""
+    validator = validator_for(schema)(schema)
+    return [
+        error_item([*loc, *err.absolute_path], err.message, "schema")
+        for err in sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
+    ]
+
+
 _NODE_ID = re.compile(NODE_ID_PATTERN)
 
 
@@ -125,29 +134,25 @@ class DefinitionValidator:
                         )
                     )
                 seen.add(item.id)
+        # A node's `agent: X` binds X whether or not `agents:` declares it; a declaration
+        # only adds options (handoff targets, approval).
         agents = d.agent_map
-        for agent_id, agent in agents.items():
-            for i, target in enumerate(agent.handoff_targets or []):
-                if target not in agents:
-                    loc: Loc = ["agents", agent_id, "handoff_targets", i]
-                    errors.append(error_item(loc, f"unknown agent {target!r}", "unknown_agent"))
         bound: dict[str, str] = {}
         for node_id, node in d.nodes.items():
             if node.agent is None:
                 continue
-            if node.agent not in agents:
-                loc = ["nodes", node_id, "agent"]
-                errors.append(
-                    error_item(
-                        loc, f"agent {node.agent!r} is not declared in `agents`", "unknown_agent"
-                    )
-                )
-            elif node.agent in bound:
-                loc = ["nodes", node_id, "agent"]
+            if node.agent in bound:
+                loc: Loc = ["nodes", node_id, "agent"]
                 msg = f"agent {node.agent!r} is already bound to node {bound[node.agent]!r}"
                 errors.append(error_item(loc, msg, "duplicate"))
             else:
                 bound[node.agent] = node_id
+        for agent_id, agent in agents.items():
+            for i, target in enumerate(agent.handoff_targets or []):
+                if target not in agents and target not in bound:
+                    loc = ["agents", agent_id, "handoff_targets", i]
+                    msg = f"unknown agent {target!r}: neither declared in `agents` nor bound by a node"
+                    errors.append(error_item(loc, msg, "unknown_agent"))
         return errors
 
     def _node_errors(self, d: WorkflowDefinition) -> list[dict[str, Any]]:

@@ -54,7 +54,7 @@ class Edge(_Strict):
 
 class Agent(_Strict):
     description: str | None = None
-    # None: may hand off to any declared agent
+    # None: may hand off to any agent a node is bound to
     handoff_targets: list[str] | None = None
     handoff_approval: bool = False
 

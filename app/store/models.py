@@ -137,6 +137,10 @@ class Run(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(100))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     lease_token: Mapped[int] = mapped_column(Integer, default=0)
+    # since the head checkpoint: leases that lapsed (its worker died) and executions that
+    # raised inside the service; past their limits the run fails instead of looping
+    recoveries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    error_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     request_hash: Mapped[str | None] = mapped_column(String(64))
     webhook: Mapped[str | None] = mapped_column(Text)

@@ -15,6 +15,7 @@ from sqlalchemy import (
     ColumnElement,
     and_,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -148,6 +149,14 @@ def _claimable(now: datetime) -> ColumnElement[bool]:
     )
 
 
+def _abandoned(now: datetime) -> ColumnElement[bool]:
+    """A run whose holder died: a lapsed lease, or a reservation nobody took up."""
+    reserved = and_(
+        Run.status == "queued", Run.lease_owner.is_not(None), Run.lease_expires_at < now
+    )
+    return or_(_lapsed(now), reserved)
+
+
 def _lease(owner: str, now: datetime, lease_s: float) -> dict[str, Any]:
     """The columns a claim sets: running, under a new lease (a new fencing token)."""
     return {
@@ -177,7 +186,11 @@ async def claim(
     stmt = (
         update(Run)
         .where(Run.id.in_(ids), _claimable(now))
-        .values(**_lease(owner, now, lease_s), due_at=None)
+        .values(
+            **_lease(owner, now, lease_s),
+            due_at=None,
+            recoveries=Run.recoveries + case((_abandoned(now), 1), else_=0),
+        )
         .returning(Run.id, Run.lease_token)
         .execution_options(synchronize_session=False)
     )
@@ -197,7 +210,10 @@ async def claim_queued(
             or_(Run.due_at.is_(None), Run.due_at <= now),
             _unreserved(now),
         )
-        .values(**_lease(owner, now, lease_s))
+        .values(
+            **_lease(owner, now, lease_s),
+            recoveries=Run.recoveries + case((_abandoned(now), 1), else_=0),
+        )
         .returning(Run.lease_token)
         .execution_options(synchronize_session=False)
     )
@@ -249,7 +265,13 @@ async def requeue_lapsed(session: AsyncSession) -> list[str]:
     stmt = (
         update(Run)
         .where(_lapsed(now))
-        .values(status="queued", lease_owner=None, lease_expires_at=None, updated_at=now)
+        .values(
+            status="queued",
+            lease_owner=None,
+            lease_expires_at=None,
+            updated_at=now,
+            recoveries=Run.recoveries + 1,
+        )
         .returning(Run.id)
         .execution_options(synchronize_session=False)
     )

@@ -117,7 +117,12 @@ async def test_the_base_definition_is_valid(client: httpx.AsyncClient) -> None:
             ["nodes", "approve", "with", "schema"],
             "invalid_schema",
         ),
-        (["nodes", "pay", "agent"], "ghost", ["nodes", "pay", "agent"], "unknown_agent"),
+        (
+            ["agents"],
+            {"payer": {"handoff_targets": ["ghost"]}},
+            ["agents", "payer", "handoff_targets", 0],
+            "unknown_agent",
+        ),
         (
             ["nodes", "pay", "retry"],
             {"max_attempts": 0},

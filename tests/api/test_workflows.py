@@ -14,7 +14,7 @@ import yaml
 
 from tests.conftest import AppFactory
 
-EXAMPLES = sorted(Path("/work/shared/examples").glob("*.yaml"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples" / "workflows").glob("*.yaml"))
 YAML = {"Content-Type": "application/yaml"}
 
 

@@ -13,7 +13,7 @@ from tests.conftest import AppFactory, events_of, run_and_wait, store, until_sta
 from tests.engine.steps_for_tests import make_registry
 from tests.engine.test_runner import start, types_of, wf
 
-EXAMPLES = Path("/work/shared/examples")
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "workflows"
 
 ASK = wf(
     "ask",
@@ -328,6 +328,68 @@ async def test_fork_with_patches(client: httpx.AsyncClient) -> None:
     assert "run.forked" in types_of(await events_of(client, fork["id"]))
     completed = [e["node"] for e in await events_of(client, fork["id"], types="node.completed")]
     assert completed == ["b"]
+
+
+async def test_fork_with_only_an_inputs_patch_runs_to_completion(
+    client: httpx.AsyncClient,
+) -> None:
+    definition = wf(
+        "fork-inputs",
+        {
+            "a": {"step": "set", "set": {"seen": "{{ inputs.amount }}"}},
+            "b": {"step": "set", "set": {"double": "{{ inputs.amount * 2 }}"}},
+        },
+        [{"from": "a", "to": "b"}],
+        inputs={
+            "type": "object",
+            "required": ["amount"],
+            "properties": {"amount": {"type": "number"}, "note": {"type": "string"}},
+        },
+    )
+    run = await start(client, definition, {"amount": 1, "note": "n"})
+    history = (await client.get(f"/runs/{run['id']}/checkpoints")).json()["items"]
+    after_a = next(c for c in history if c["last_node"] == "a")
+    forked = await client.post(
+        f"/runs/{run['id']}/fork",
+        json={"checkpoint_id": after_a["id"], "inputs_patch": {"amount": 5, "note": None}},
+    )
+    assert forked.status_code == 201, forked.text
+    assert forked.json()["inputs"] == {"amount": 5}  # a merge patch: null removes
+    done = await wait_run(client, forked.json()["id"])
+    assert done["status"] == "completed", done
+    assert done["state"] == {"seen": 1, "double": 10}  # the state at the checkpoint, kept
+    assert done["inputs"] == {"amount": 5}
+
+
+async def test_fork_inputs_patch_is_checked_against_the_input_schema(
+    client: httpx.AsyncClient,
+) -> None:
+    definition = wf(
+        "fork-bad-inputs",
+        {"a": {"step": "set", "set": {"seen": "{{ inputs.amount }}"}}},
+        inputs={
+            "type": "object",
+            "required": ["amount"],
+            "properties": {"amount": {"type": "number"}},
+        },
+    )
+    run = await start(client, definition, {"amount": 1})
+    history = (await client.get(f"/runs/{run['id']}/checkpoints")).json()["items"]
+    before = (await client.get("/runs")).json()["items"]
+    for patch, loc in (
+        ({"amount": "five"}, ["body", "inputs_patch", "amount"]),
+        ({"amount": None}, ["body", "inputs_patch"]),
+    ):
+        refused = await client.post(
+            f"/runs/{run['id']}/fork",
+            json={"checkpoint_id": history[0]["id"], "inputs_patch": patch},
+        )
+        assert refused.status_code == 422, refused.text
+        problem = refused.json()
+        assert problem["code"] == "invalid_inputs"
+        assert loc in [e["loc"] for e in problem["errors"]], problem
+    assert (await client.get("/runs")).json()["items"] == before  # no run was made
+    assert "run.forked" not in types_of(await events_of(client, run["id"]))
 
 
 async def test_state_edit_with_goto(client: httpx.AsyncClient) -> None:

@@ -241,6 +241,47 @@ async def test_handoff_routes_to_the_agents_node(client: httpx.AsyncClient) -> N
     assert "run.handoff" in types_of(await events_of(client, run["id"]))
 
 
+async def test_agents_need_no_declaration(client: httpx.AsyncClient) -> None:
+    """`agent: X` on a node binds X; `agents:` only adds options."""
+    definition = handoff_wf("tech")
+    del definition["agents"]
+    run = await start(client, definition)
+    assert run["status"] == "completed", run
+    assert run["state"]["agent"] == "tech"
+    assert run["state"]["handoff"]["to_agent"] == "tech"
+    # options still come from a declaration, of the target alone
+    definition["agents"] = {"tech": {"handoff_approval": True}}
+    run = await start(client, definition)
+    assert run["status"] == "interrupted"
+    assert run["interrupt"]["kind"] == "handoff_approval"
+
+
+async def test_a_handoff_to_an_agent_no_node_is_bound_to_fails_the_node(
+    client: httpx.AsyncClient,
+) -> None:
+    definition = handoff_wf("ghost")
+    del definition["agents"]
+    run = await start(client, definition)
+    assert run["status"] == "failed"
+    assert run["error"]["code"] == "unknown_agent"
+    assert run["error"]["node"] == "triage"
+    assert "ghost" in run["error"]["message"]
+    # declared but bound to no node: the same
+    definition["agents"] = {"ghost": {}}
+    run = await start(client, definition)
+    assert run["error"]["code"] == "unknown_agent"
+
+
+async def test_a_ping_pong_of_handoffs_is_bounded(client: httpx.AsyncClient) -> None:
+    ping = {"step": "handoff", "agent": "ping", "with": {"to": "pong"}}
+    pong = {"step": "handoff", "agent": "pong", "with": {"to": "ping"}}
+    run = await start(client, wf("ping-pong", {"ping": ping, "pong": pong}, max_handoff_depth=4))
+    assert run["status"] == "failed"
+    assert run["error"]["code"] == "max_handoff_depth_exceeded"
+    handoffs = await events_of(client, run["id"], types="run.handoff")
+    assert len(handoffs) == 4
+
+
 async def test_handoff_to_unknown_or_not_allowed_agent_fails(client: httpx.AsyncClient) -> None:
     run = await start(client, handoff_wf("sales"))
     assert run["error"]["code"] == "unknown_agent"
