@@ -10,6 +10,7 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import tracing
 from app.engine.commands import RunCommands
 from app.engine.pool import RunnerPool
 from app.engine.services import Engine
@@ -39,6 +40,7 @@ class Runtime:
         settings = self.settings
         if settings.migrate_on_start:
             await migrate(settings.database_url)
+        tracing.configure()
         self.db = create_engine(settings)
         self.bus = EventBus()
         self.http = make_http_client()
@@ -97,3 +99,4 @@ class Runtime:
         await self.http.aclose()
         if self.db is not None:
             await self.db.dispose()
+        tracing.shutdown()

@@ -26,6 +26,7 @@ from typing import IO
 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
 
+from app import tracing
 from app.engine.failures import record_internal_error
 from app.engine.memory import Handover
 from app.engine.runner import RunExecution
@@ -298,7 +299,8 @@ class RunnerPool:
                 execution = RunExecution(
                     self.engine, run_id, lease, handover if attempt == 0 else None
                 )
-                await execution.execute(stop=lambda: self._stopping)
+                with tracing.run_span(run_id):
+                    await execution.execute(stop=lambda: self._stopping)
                 return
             except asyncio.CancelledError:
                 raise

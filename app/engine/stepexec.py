@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from app import tracing
 from app.schemas.definition import Node
 from app.steps.base import Step, StepContext, StepError, StepResult, StepStatus
 
@@ -45,6 +46,15 @@ async def execute_with_retry(
     ``on_retry`` records the failed attempt durably before the backoff sleep, so a
     restart neither loses nor repeats an attempt count.
     """
+    with tracing.step_span(ctx.run_id, ctx.node, ctx.step, ctx.visit) as span:
+        first = ctx.attempt
+        result = await _with_retry(step, ctx, node, on_retry)
+        code = result.error.code if result.error is not None else None
+        tracing.end_step(span, result.status.value, ctx.attempt - first + 1, code)
+        return result
+
+
+async def _with_retry(step: Step, ctx: StepContext, node: Node, on_retry: OnRetry) -> StepResult:
     max_attempts = node.retry.max_attempts if node.retry else 1
     while True:
         result = await _attempt(step, ctx, node.timeout_s)

@@ -39,6 +39,8 @@ from urllib.request import Request as UrllibRequest
 
 import httpx
 
+from app import tracing
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 ALLOWED_SCHEMES: Final = frozenset({"http", "https"})
@@ -419,6 +421,7 @@ class _TlsNamePartitionedTransport(httpx.AsyncBaseTransport):
         return len(self._pools)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        tracing.inject(request.headers)  # the step's span, as `traceparent`
         key: str | None = None
         if request.url.scheme == "https":
             sni = request.extensions.get("sni_hostname")
