@@ -55,6 +55,8 @@ class Runtime:
             self.engine.sessions,
             max_streams=settings.sse_max_connections,
             poll_s=settings.poll_interval_s,
+            # deadlines and keep-alives are seen at this granularity
+            tick_s=min(1.0, settings.sse_keepalive_s / 2, settings.sse_max_stream_s / 4),
         )
         self.engine.on_committed = self.feeds.offer
         self.engine.on_settled = self.webhooks.notify

@@ -7,18 +7,16 @@ a database connection while it waits.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from sse_starlette import EventSourceResponse
-from starlette.background import BackgroundTask
 
 from app.api import deps
 from app.api.runs import CommandsDep, IdempotencyKey
+from app.api.sse import EventStreamResponse
 from app.engine.services import Engine
 from app.errors import Invalid, NotFound, ServiceUnavailable, error_item
-from app.events.feed import SEP, FeedHub, StreamLimitReached, StreamSlot
+from app.events.feed import FeedHub, StreamLimitReached, StreamSlot
 from app.schemas.runs import EventList, EventOut, RunCreate
 from app.store import events as event_store
 from app.store import runs as run_store
@@ -86,33 +84,23 @@ def event_stream(
     until: str | None,
     types: list[str],
     headers: dict[str, str] | None = None,
-) -> EventSourceResponse:
-    async def frames() -> AsyncIterator[bytes]:
-        try:
-            async for batch in hub.stream(
-                run_id,
-                after,
-                types=types,
-                until_paused=until == "paused",
-                max_s=engine.settings.sse_max_stream_s,
-            ):
-                yield b"".join(event.frame for event in batch)
-        finally:
-            slot.release()
-
-    async def release() -> None:
-        slot.release()
-
+) -> EventStreamResponse:
     settings = engine.settings
-    return EventSourceResponse(
-        frames(),
-        ping=settings.sse_keepalive_s,
-        sep=SEP,
-        headers=headers,
+    batches = hub.stream(
+        run_id,
+        after,
+        types=types,
+        until_paused=until == "paused",
+        max_s=settings.sse_max_stream_s,
+        keepalive_s=settings.sse_keepalive_s,
+    )
+    return EventStreamResponse(
+        batches,
+        on_close=slot.release,
+        watchdog=hub,
         # a client that stops reading is dropped instead of holding the stream open
-        send_timeout=max(30.0, settings.sse_keepalive_s * 2),
-        # released here too: a stream that never starts (HEAD) must not keep its slot
-        background=BackgroundTask(release),
+        send_timeout_s=max(30.0, settings.sse_keepalive_s * 2),
+        headers=headers,
     )
 
 

@@ -91,11 +91,8 @@ class _Changed:
         self._event.set()
         self._event = asyncio.Event()
 
-    async def wait(self, timeout_s: float) -> None:
-        event = self._event
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(timeout_s, 0)):
-                await event.wait()
+    async def wait(self) -> None:
+        await self._event.wait()
 
 
 class RunFeed:
@@ -192,15 +189,19 @@ class FeedHub:
         max_streams: int,
         poll_s: float = 1.0,
         buffer_size: int = 1024,
+        tick_s: float = 1.0,
     ) -> None:
         self.bus = bus
         self.sessions = sessions
         self.max_streams = max_streams
         self.poll_s = poll_s
         self.buffer_size = buffer_size
+        self.tick_s = tick_s
         self.streams = 0
         self.closed = False
         self._feeds: dict[str, RunFeed] = {}
+        self._ticker: asyncio.Task[None] | None = None
+        self._watched: set[Any] = set()  # streams whose sends the ticker checks
 
     # -- admission ---------------------------------------------------------------------
 
@@ -219,6 +220,7 @@ class FeedHub:
         if feed is None or feed.task is None or feed.task.done():
             feed = self._feeds[run_id] = RunFeed(self, run_id)
             feed.task = asyncio.create_task(feed.run(), name=f"stepwise-feed-{run_id}")
+        self._start_ticker()
         feed.subscribers += 1
         try:
             yield feed
@@ -228,6 +230,30 @@ class FeedHub:
                 del self._feeds[run_id]
                 assert feed.task is not None
                 feed.task.cancel()
+
+    def watch(self, stream: Any) -> None:
+        """Have ``stream.check(now)`` called on every tick (a send's deadline)."""
+        self._watched.add(stream)
+        self._start_ticker()
+
+    def unwatch(self, stream: Any) -> None:
+        self._watched.discard(stream)
+
+    def _start_ticker(self) -> None:
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.create_task(self._tick(), name="stepwise-feed-ticker")
+
+    async def _tick(self) -> None:
+        """Wake every stream now and then, so that each can see its deadline and its
+        keep-alive come, and check the sends in progress: a thousand subscribers then
+        cost one timer, not a thousand."""
+        while (self._feeds or self._watched) and not self.closed:
+            await asyncio.sleep(self.tick_s)
+            for feed in list(self._feeds.values()):
+                feed.changed.fire()
+            now = time.monotonic()
+            for stream in list(self._watched):
+                stream.check(now)
 
     def offer(self, run_id: str, rows: Sequence[dict[str, Any]], status: str) -> None:
         """A runner of this process committed ``rows`` of ``run_id``: hand them to its
@@ -254,12 +280,16 @@ class FeedHub:
         types: Sequence[str] = (),
         until_paused: bool = False,
         max_s: float | None = None,
+        keepalive_s: float | None = None,
     ) -> AsyncIterator[list[FeedEvent]]:
         """The run's events after ``after``: stored, then live, each exactly once, in batches
-        (all that were ready at once: one write to the socket for each). Ends when
-        the run is terminal (or paused, with ``until_paused``), when it is deleted, after
-        ``max_s`` seconds, or when the hub closes."""
+        (all that were ready at once: one write to the socket for each), and an empty
+        batch whenever nothing was sent for ``keepalive_s`` (time for a keep-alive). Ends
+        when the run is terminal (or paused, with ``until_paused``), when it is deleted,
+        after ``max_s`` seconds (checked every ``tick_s``), or when the hub closes."""
         deadline = time.monotonic() + (max_s if max_s is not None else float("inf"))
+        quiet_s = keepalive_s if keepalive_s is not None else float("inf")
+        sent = time.monotonic()
         async with self.feed(run_id) as feed:
             cursor = after
             live_from: int | None = None  # events past this one happened while we watch
@@ -268,7 +298,7 @@ class FeedHub:
                 if position is None:  # the feed's first read is on its way
                     if feed.gone:
                         return
-                    await self._wait(feed, deadline)
+                    await feed.changed.wait()
                     if time.monotonic() >= deadline:
                         return
                     continue
@@ -292,6 +322,7 @@ class FeedHub:
                         break
                 if out:
                     yield out
+                    sent = time.monotonic()
                 if ends:
                     return
                 if batch:
@@ -306,16 +337,18 @@ class FeedHub:
                 if time.monotonic() >= deadline:
                     return
                 if lagging or feed.head <= cursor:
-                    await self._wait(feed, deadline)
-
-    @staticmethod
-    async def _wait(feed: RunFeed, deadline: float) -> None:
-        # the feed fires on every read (new events, fallback poll, deletion) and on close
-        await feed.changed.wait(min(deadline - time.monotonic(), 60.0))
+                    # the feed fires on every read (new events, fallback poll, deletion),
+                    # on close and on every tick of the hub
+                    await feed.changed.wait()
+                    if time.monotonic() - sent >= quiet_s and feed.head <= cursor:
+                        yield []
+                        sent = time.monotonic()
 
     async def close(self) -> None:
         """End every stream (server shutdown) and stop the feeds."""
         self.closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
         tasks = [f.task for f in self._feeds.values() if f.task is not None]
         for feed in self._feeds.values():
             feed.changed.fire()
