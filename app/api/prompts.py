@@ -14,9 +14,8 @@ from sqlalchemy.exc import IntegrityError
 from app.api import deps
 from app.api.bodies import parse_document
 from app.api.problems import PROBLEM_RESPONSE
-from app.engine.prompts import prompt_hash
+from app.engine.prompts import prompt_hash, template_errors
 from app.engine.services import Engine
-from app.engine.templates import TemplateError
 from app.engine.validation import pydantic_errors
 from app.errors import Conflict, Invalid, NotFound, error_item
 from app.schemas.definition import NAME_PATTERN
@@ -81,7 +80,7 @@ def _invalid(errors: list[dict[str, Any]]) -> Invalid:
 
 
 def _parse(engine: Engine, body: bytes, content_type: str | None) -> PromptCreate:
-    """The prompt a request body holds, its template compiled once by the sandbox."""
+    """The prompt a request body holds, its template checked."""
     document = parse_document(body, content_type, engine.settings.max_json_depth)
     try:
         prompt = PromptCreate.model_validate(document)
@@ -92,11 +91,9 @@ def _parse(engine: Engine, body: bytes, content_type: str | None) -> PromptCreat
     if size > limit:
         msg = f"the template is {size} bytes; a prompt may be at most {limit} bytes"
         raise _invalid([error_item(["template"], msg, "too_large")])
-    try:
-        engine.templates.check(prompt.template)
-    except TemplateError as exc:
-        msg = f"template does not parse: {exc.message}"
-        raise _invalid([error_item(["template"], msg, "bad_template")]) from None
+    errors = template_errors(engine.templates, prompt.template)
+    if errors:
+        raise _invalid(errors)
     return prompt
 
 

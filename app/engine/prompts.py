@@ -14,9 +14,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import jinja2
+from jinja2 import meta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.engine.templates import has_template
+from app.engine.templates import TemplateEngine, TemplateError, has_template
 from app.engine.validation import canonical_json
 from app.errors import NotFound, error_item
 from app.schemas.definition import NAME_PATTERN
@@ -42,6 +44,23 @@ def prompt_hash(template: str, description: str | None) -> str:
     content, however the request was written."""
     content = canonical_json({"template": template, "description": description})
     return hashlib.sha256(content.encode()).hexdigest()
+
+
+def template_errors(templates: TemplateEngine, template: str) -> list[dict[str, Any]]:
+    """Why a prompt's template cannot be stored: it does not compile in the sandbox, or
+    it names ``secrets`` (a prompt is sent to a model, where no secret may go)."""
+    try:
+        templates.check(template)
+    except TemplateError as exc:
+        msg = f"template does not parse: {exc.message}"
+        return [error_item(["template"], msg, "bad_template")]
+    if has_template(template):
+        # parsing only (the sandbox compiled it above): which names the template reads
+        names = meta.find_undeclared_variables(jinja2.Environment().parse(template))
+        if "secrets" in names:
+            msg = "a prompt is sent to a model: `secrets` cannot be used in a prompt"
+            return [error_item(["template"], msg, "secret_in_prompt")]
+    return []
 
 
 def parse_prompt_ref(ref: str) -> tuple[str, int | None]:
