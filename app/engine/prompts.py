@@ -118,10 +118,9 @@ def _references(raw: dict[str, Any]) -> Iterator[tuple[Loc, Any]]:
     nodes = raw.get("nodes")
     for node_id, node in nodes.items() if isinstance(nodes, dict) else ():
         config = node.get("with") if isinstance(node, dict) else None
-        if isinstance(config, dict) and "prompt_ref" in config:
-            ref = config["prompt_ref"]
-            if not has_template(ref):
-                yield ["nodes", node_id, "with", "prompt_ref"], ref
+        ref = config.get("prompt_ref") if isinstance(config, dict) else None
+        if ref is not None and not has_template(ref):
+            yield ["nodes", node_id, "with", "prompt_ref"], ref
 
 
 async def prompt_ref_errors(session: AsyncSession, raw: Any) -> list[dict[str, Any]]:

@@ -339,9 +339,28 @@ async def test_storing_a_workflow_checks_its_prompt_refs(client: httpx.AsyncClie
             await client.post("/workflows", json=referring(bad)), 422, "invalid_definition"
         )
         assert locs(malformed, "unknown_prompt") == [PROMPT_REF_LOC]
-    # chosen at run time: not checked
+    # chosen at run time: not checked; null is no reference
     templated = await client.post("/workflows", json=referring("{{ inputs.prompt }}", "dyn"))
     assert templated.status_code == 201, templated.text
+    assert (await client.post("/workflows", json=referring(None, "none"))).status_code == 201
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"name": "odd", "nodes": ["a"], "agents": "triage"},
+        {"name": "odd", "nodes": {"a": "set"}, "agents": [1, {"system_prompt_ref": 2}]},
+        {"name": "odd", "nodes": {"a": {"step": "set", "with": ["prompt_ref"]}}},
+        ["not", "an", "object"],
+    ],
+)
+async def test_odd_documents_are_invalid_not_errors(
+    client: httpx.AsyncClient, document: Any
+) -> None:
+    checked = await client.post("/workflows/validate", json=document)
+    assert checked.status_code == 200, checked.text
+    assert checked.json()["valid"] is False
+    assert all(e["type"] != "unknown_prompt" for e in checked.json()["errors"])
 
 
 async def test_agent_system_prompt_refs_are_checked(client: httpx.AsyncClient) -> None:
