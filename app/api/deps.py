@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
 
 from fastapi import Request
@@ -15,6 +16,7 @@ from app.engine.commands import RunCommands
 from app.engine.services import Engine
 from app.errors import Invalid, error_item
 from app.events.bus import EventBus
+from app.schemas.definition import NAME_PATTERN
 
 
 async def engine(request: Request) -> Engine:
@@ -56,6 +58,25 @@ def decode_cursor(cursor: str | None) -> Any:
         return json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise bad_cursor() from None
+
+
+_NAME = re.compile(NAME_PATTERN)
+
+
+def decode_name_cursor(cursor: str | None) -> str | None:
+    """A cursor that carries a workflow or prompt name."""
+    value = decode_cursor(cursor)
+    if value is None or (isinstance(value, str) and _NAME.match(value)):
+        return value
+    raise bad_cursor()
+
+
+def decode_version_cursor(cursor: str | None) -> int | None:
+    """A cursor that carries a version number."""
+    value = decode_cursor(cursor)
+    if value is None or (type(value) is int and 1 <= value <= MAX_SEQ):
+        return value
+    raise bad_cursor()
 
 
 MAX_SEQ = 2**31 - 1

@@ -14,6 +14,7 @@ from app import metrics
 from app.api import deps
 from app.api.bodies import parse_document
 from app.api.problems import PROBLEM_RESPONSE
+from app.engine.prompts import prompt_ref_errors
 from app.engine.services import Engine
 from app.engine.validation import definition_hash
 from app.errors import Conflict, Invalid, NotFound, error_item
@@ -87,8 +88,12 @@ async def _document(request: Request, engine: Engine) -> tuple[Any, list[dict[st
     body = await request.body()
     content_type = request.headers.get("content-type")
     if len(body) > _THREAD_ABOVE_BYTES:
-        return await asyncio.to_thread(_parse_and_validate, engine, body, content_type)
-    return _parse_and_validate(engine, body, content_type)
+        raw, errors = await asyncio.to_thread(_parse_and_validate, engine, body, content_type)
+    else:
+        raw, errors = _parse_and_validate(engine, body, content_type)
+    async with transaction(engine.sessions) as session:
+        errors += await prompt_ref_errors(session, raw)
+    return raw, errors
 
 
 @router.post(
@@ -161,20 +166,6 @@ def _first(errors: list[dict[str, Any]]) -> str:
     return f"{where + ': ' if where else ''}{first['msg']}{more}"
 
 
-def _cursor_name(cursor: str | None) -> str | None:
-    value = deps.decode_cursor(cursor)
-    if value is None or (isinstance(value, str) and _NAME.match(value)):
-        return value
-    raise deps.bad_cursor()
-
-
-def _cursor_version(cursor: str | None) -> int | None:
-    value = deps.decode_cursor(cursor)
-    if value is None or (type(value) is int and 1 <= value <= 2**31 - 1):
-        return value
-    raise deps.bad_cursor()
-
-
 @router.get("/workflows", response_model=WorkflowList)
 async def list_workflows(
     engine: EngineDep,
@@ -182,7 +173,7 @@ async def list_workflows(
     limit: Limit = 50,
 ) -> WorkflowList:
     """The latest version of every workflow, by name."""
-    after = _cursor_name(cursor)
+    after = deps.decode_name_cursor(cursor)
     async with transaction(engine.sessions) as session:
         rows = await workflow_store.list_latest(session, after=after, limit=limit + 1)
     items = [
@@ -225,7 +216,7 @@ async def list_versions(
     """The versions of a workflow, newest first."""
     if not _NAME.match(name):
         raise _not_found(name)
-    before = _cursor_version(cursor)
+    before = deps.decode_version_cursor(cursor)
     async with transaction(engine.sessions) as session:
         rows = await workflow_store.list_versions(session, name, before=before, limit=limit + 1)
         if not rows and (before is None or await workflow_store.latest(session, name) is None):

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.engine import memory
 from app.engine.history import HistoryCommands
 from app.engine.lifecycle import TERMINAL, RunStatus, change_status
+from app.engine.prompts import prompt_ref_errors
 from app.engine.queueing import load_doc
 from app.engine.templates import TemplateError
 from app.engine.validation import canonical_json, definition_hash, instance_errors
@@ -57,7 +58,8 @@ class RunCommands(HistoryCommands):
         if body.definition is not None:
             raw = {"name": "inline", **body.definition}
             definition, errors = self.engine.validator.validate(raw)
-            if definition is None:
+            errors += await prompt_ref_errors(session, raw)
+            if definition is None or errors:
                 errors = [{**e, "loc": ["body", "definition", *e["loc"]]} for e in errors]
                 raise Invalid(
                     "the inline definition is invalid", code="invalid_definition", errors=errors

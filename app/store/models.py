@@ -1,4 +1,4 @@
-"""ORM models: workflows, runs, checkpoints, events.
+"""ORM models: workflows, prompts, runs, checkpoints, events.
 
 These classes are the storage shape only; API schemas live in ``app.schemas``.
 """
@@ -83,6 +83,22 @@ class Workflow(Base):
     description: Mapped[str | None] = mapped_column(Text)
     definition: Mapped[dict[str, Any]] = mapped_column(Json)
     hash: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class Prompt(Base):
+    """One version of a stored prompt (DESIGN §9). Rows are definitions: never changed or
+    deleted, so the versions of a name are 1..latest without gaps."""
+
+    __tablename__ = "prompts"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(Integer)
+    template: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import yaml
 
+from app.engine.prompts import parse_prompt_ref
 from tests.conftest import AppFactory
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples" / "workflows").glob("*.yaml"))
@@ -36,11 +37,28 @@ def canonical_hash(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+async def store_referenced_prompts(client: httpx.AsyncClient, document: dict[str, Any]) -> None:
+    """The prompts a definition names must exist when it is stored (DESIGN §9)."""
+    agents = document.get("agents") or {}
+    refs = [
+        a.get("system_prompt_ref")
+        for a in (agents.values() if isinstance(agents, dict) else agents)
+    ]
+    refs += [(node.get("with") or {}).get("prompt_ref") for node in document["nodes"].values()]
+    for ref in refs:
+        if isinstance(ref, str) and "{{" not in ref:
+            name, version = parse_prompt_ref(ref)
+            for i in range(version or 1):
+                stored = await client.post("/prompts", json={"name": name, "template": f"v{i + 1}"})
+                assert stored.status_code in (200, 201), stored.text
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 async def test_shared_examples_store_as_yaml_and_json(
     client: httpx.AsyncClient, path: Path
 ) -> None:
     text = path.read_text()
+    await store_referenced_prompts(client, yaml.safe_load(text))
     first = await client.post("/workflows", content=text, headers=YAML)
     assert first.status_code == 201, first.text
     body = first.json()
