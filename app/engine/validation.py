@@ -245,6 +245,8 @@ class DefinitionValidator:
             check(["tools", name, "http"], tool.http)
         for name, model in d.models.items():
             check(["models", name, "api_key"], model.api_key)
+        for agent_id, agent in d.agent_map.items():
+            check(["agents", agent_id, "system_prompt"], agent.system_prompt)
         check(["output"], d.output)
         for node_id, node in d.nodes.items():
             check(["nodes", node_id, "with"], node.with_)
