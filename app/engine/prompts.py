@@ -21,8 +21,6 @@ class ResolvedPrompt:
     template: str
 
 
-async def resolve_prompt(
-    sessions: async_sessionmaker[AsyncSession], ref: str
-) -> ResolvedPrompt:
+async def resolve_prompt(sessions: async_sessionmaker[AsyncSession], ref: str) -> ResolvedPrompt:
     """The prompt ``ref`` names: ``name`` (its latest version) or ``name@3``."""
     raise NotFound(f"prompt {ref!r} not found", code="unknown_prompt")

@@ -91,7 +91,8 @@ class AnthropicProvider:
                 for t in request.tools
             ]
         if request.temperature is not None:
-            params["temperature"] = request.temperature
+            # sent as a body field: newer releases of the library no longer type it
+            params["extra_body"] = {"temperature": request.temperature}
         try:
             if request.stream:
                 return await self._streamed(params, on_text)
