@@ -68,6 +68,6 @@ def tool_results(fake: FakeModel, body: dict[str, Any]) -> list[dict[str, Any]]:
                             "id": b["tool_use_id"],
                             "content": b["content"],
                             "is_error": b.get("is_error"),
-                        }  # fmt: skip
+                        }
                     )
     return found
