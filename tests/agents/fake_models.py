@@ -188,8 +188,8 @@ class FakeModel:
                 await writer.drain()
                 writer.close()
                 return False
-            if answer.malformed and i == 1:
-                event = b"data: {not json\n\n"
+            if answer.malformed and i == len(events) // 2:
+                event = event.split(b"data: ")[0] + b"data: {not json\n\n"
             writer.write(b"%x\r\n%s\r\n" % (len(event), event))
             await writer.drain()
             if answer.chunk_delay_s:
