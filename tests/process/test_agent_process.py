@@ -51,7 +51,7 @@ async def test_a_killed_worker_does_not_make_recorded_model_calls_again(
                 "parameters": {"type": "object"},
                 "http": {"method": "POST", "url": fake.url("/lookup"), "json": {}},
             },
-        },  # fmt: skip
+        },
         "agents": {"helper": {"model": "m", "system_prompt": "You help.", "tools": ["lookup"]}},
         "nodes": {
             "ask": {
@@ -60,7 +60,7 @@ async def test_a_killed_worker_does_not_make_recorded_model_calls_again(
                 "with": {"prompt": "Where is it?"},
                 "set": {"answer": "{{ output.text }}"},
             },
-        },  # fmt: skip
+        },
     }
     first = await procs.start("worker")
     response = await api.post("/runs", json={"definition": definition, "inputs": {}})
