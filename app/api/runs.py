@@ -76,7 +76,7 @@ async def _answered(engine: Engine, answered: Answered) -> RunOut:
     """The resource of an answered run, from the document the answer read if it did."""
     if answered.doc is None:
         return await _resource(engine, answered.run)
-    return run_resource(answered.run, answered.doc["frames"][0]["state"])
+    return run_resource(answered.run, answered.doc["frames"][0]["state"], answered.doc.get("usage"))
 
 
 async def wait_for_run(engine: Engine, bus: EventBus, run_id: str, timeout_s: float) -> RunOut:

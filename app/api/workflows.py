@@ -14,7 +14,7 @@ from app import metrics
 from app.api import deps
 from app.api.bodies import parse_document
 from app.api.problems import PROBLEM_RESPONSE
-from app.engine.prompts import prompt_ref_errors
+from app.engine.prompts import check_prompt_refs
 from app.engine.services import Engine
 from app.engine.validation import definition_hash
 from app.errors import Conflict, Invalid, NotFound, error_item
@@ -61,14 +61,17 @@ def _not_found(name: str, version: int | None = None) -> NotFound:
     return NotFound(f"{which} not found", code="workflow_not_found")
 
 
-def _out(row: Workflow) -> WorkflowOut:
-    return WorkflowOut(
-        name=row.name,
-        version=row.version,
-        hash=row.hash,
-        description=row.description,
-        definition=row.definition,
-        created_at=row.created_at,
+def _out(row: Workflow, warnings: list[dict[str, Any]] | None = None) -> WorkflowOut:
+    return WorkflowOut.model_validate(
+        {
+            "name": row.name,
+            "version": row.version,
+            "hash": row.hash,
+            "description": row.description,
+            "definition": row.definition,
+            "created_at": row.created_at,
+            "warnings": warnings or None,
+        }
     )
 
 
@@ -84,7 +87,11 @@ def _parse_and_validate(
     return raw, engine.validator.validate(raw)[1]
 
 
-async def _document(request: Request, engine: Engine) -> tuple[Any, list[dict[str, Any]]]:
+async def _document(
+    request: Request, engine: Engine
+) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The document, its errors, and its warnings (prompts it names that are not stored
+    yet: a run of it is refused until they are)."""
     body = await request.body()
     content_type = request.headers.get("content-type")
     if len(body) > _THREAD_ABOVE_BYTES:
@@ -92,8 +99,8 @@ async def _document(request: Request, engine: Engine) -> tuple[Any, list[dict[st
     else:
         raw, errors = _parse_and_validate(engine, body, content_type)
     async with transaction(engine.sessions) as session:
-        errors += await prompt_ref_errors(session, raw)
-    return raw, errors
+        malformed, missing = await check_prompt_refs(session, raw)
+    return raw, errors + malformed, missing
 
 
 @router.post(
@@ -113,7 +120,7 @@ async def store_workflow(request: Request, response: Response, engine: EngineDep
     """Store a definition: 201 with a new version, or 200 with the latest version when its
     content is identical (compared as canonical JSON: key order and YAML versus JSON do
     not matter)."""
-    raw, errors = await _document(request, engine)
+    raw, errors, warnings = await _document(request, engine)
     if errors:
         raise Invalid(
             f"the workflow definition is invalid: {_first(errors)}",
@@ -132,14 +139,14 @@ async def store_workflow(request: Request, response: Response, engine: EngineDep
                 latest = await workflow_store.latest(session, name)
                 if latest is not None and latest.hash == digest:
                     response.status_code = 200
-                    return _out(latest)
+                    return _out(latest, warnings)
                 version = 1 if latest is None else latest.version + 1
                 row = await workflow_store.add_version(session, name, version, raw, digest)
         except IntegrityError:
             continue
         metrics.workflow_stored()
         response.headers["Location"] = f"/workflows/{name}/versions/{version}"
-        return _out(row)
+        return _out(row, warnings)
     raise Conflict("could not store the workflow under concurrent updates; retry", code="conflict")
 
 
@@ -152,11 +159,14 @@ async def store_workflow(request: Request, response: Response, engine: EngineDep
 async def validate_workflow(request: Request, engine: EngineDep) -> ValidationResult:
     """Validate a definition without storing it: 200 with ``{valid, errors}``, also when
     the document does not parse (a media type other than JSON or YAML is still a 415)."""
+    warnings: list[dict[str, Any]] = []
     try:
-        _, errors = await _document(request, engine)
+        _, errors, warnings = await _document(request, engine)
     except Invalid as exc:
         errors = exc.errors
-    return ValidationResult.model_validate({"valid": not errors, "errors": errors})
+    return ValidationResult.model_validate(
+        {"valid": not errors, "errors": errors, "warnings": warnings or None}
+    )
 
 
 def _first(errors: list[dict[str, Any]]) -> str:

@@ -46,6 +46,21 @@ class Answered:
     doc: memory.Doc | None = None  # the head checkpoint's document, when it was read
 
 
+def _prompt_refs(definition: WorkflowDefinition) -> dict[str, Any]:
+    """The prompt references of a definition, in the shape of a raw document (empty: none)."""
+    agents = {
+        agent_id: {"system_prompt_ref": agent.system_prompt_ref}
+        for agent_id, agent in definition.agent_map.items()
+        if agent.system_prompt_ref is not None
+    }
+    nodes = {
+        node_id: {"with": {"prompt_ref": node.with_["prompt_ref"]}}
+        for node_id, node in definition.nodes.items()
+        if node.with_.get("prompt_ref") is not None
+    }
+    return {"agents": agents, "nodes": nodes} if agents or nodes else {}
+
+
 class RunCommands(HistoryCommands):
     """Every command a client can give (``HistoryCommands`` brings resume, fork and
     state edits)."""
@@ -69,6 +84,15 @@ class RunCommands(HistoryCommands):
         definition, version, digest = await self.engine.definitions.stored(
             session, body.workflow, body.version
         )
+        refs = _prompt_refs(definition)
+        if refs:  # stored before its prompts were: a run needs them
+            errors = await prompt_ref_errors(session, refs)
+            if errors:
+                raise Invalid(
+                    f"workflow {body.workflow!r} names prompts that are not stored",
+                    code="unknown_prompt",
+                    errors=errors,
+                )
         return definition, body.workflow, version, digest, None
 
     async def start(self, body: RunCreate, idempotency_key: str | None) -> Started:

@@ -124,28 +124,36 @@ def _references(raw: dict[str, Any]) -> Iterator[tuple[Loc, Any]]:
 
 
 async def prompt_ref_errors(session: AsyncSession, raw: Any) -> list[dict[str, Any]]:
-    """An ``unknown_prompt`` error for each reference in a raw definition that does not
-    name a stored prompt (and version); none, and no query, for a definition without
-    references."""
+    """An ``unknown_prompt`` error for each reference in a raw definition that is
+    malformed or does not name a stored prompt (and version): what a run refuses."""
+    malformed, missing = await check_prompt_refs(session, raw)
+    return malformed + missing
+
+
+async def check_prompt_refs(
+    session: AsyncSession, raw: Any
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The references of a raw definition that are malformed, and those that name no
+    stored prompt (yet). A workflow may be stored before its prompts (the second list is
+    a warning then); a run cannot start without them. None, and no query, for a
+    definition without references."""
     if not isinstance(raw, dict):
-        return []
-    found: list[tuple[Loc, str, int | None] | dict[str, Any]] = []
+        return [], []
+    found: list[tuple[Loc, str, int | None]] = []
+    malformed: list[dict[str, Any]] = []
     for loc, ref in _references(raw):
         try:
             if not isinstance(ref, str):
                 raise ValueError(REF_SYNTAX)
             found.append((loc, *parse_prompt_ref(ref)))
         except ValueError as exc:
-            found.append(error_item(loc, str(exc), "unknown_prompt"))
-    names = {item[1] for item in found if isinstance(item, tuple)}
-    latest = await prompt_store.latest_versions(session, names)
-    errors = []
-    for item in found:
-        if isinstance(item, dict):
-            errors.append(item)
-            continue
-        loc, name, version = item
+            malformed.append(error_item(loc, str(exc), "unknown_prompt"))
+    if not found:
+        return malformed, []
+    latest = await prompt_store.latest_versions(session, {name for _, name, _ in found})
+    missing = []
+    for loc, name, version in found:
         newest = latest.get(name)
         if newest is None or (version is not None and version > newest):
-            errors.append(error_item(loc, _unknown(name, version, newest), "unknown_prompt"))
-    return errors
+            missing.append(error_item(loc, _unknown(name, version, newest), "unknown_prompt"))
+    return malformed, missing

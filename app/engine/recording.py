@@ -27,6 +27,7 @@ from app.store.models import utcnow
 from app.store.progress import StepWrite, record_step
 
 MAX_GROUP = 32  # pure steps that may share one commit
+EMPTY_USAGE = {"input_tokens": 0, "output_tokens": 0, "model_calls": 0}
 
 
 class LeaseLost(Exception):
@@ -54,8 +55,22 @@ class RunRecorder:
         self.pure = False  # whether the step that just ran may share its commit
 
     async def _progress(self, path: str | None, data: dict[str, Any]) -> None:
-        self.events.append(NewEvent("step.progress", path, self.engine.redactor.json(data)))
+        await self._step_event(path, "step.progress", data)
+
+    async def _step_event(self, path: str | None, type_: str, data: dict[str, Any]) -> None:
+        """An event a step emits itself, written at once (so watchers see it live)."""
+        self.events.append(NewEvent(type_, path, self.engine.redactor.json(data)))
         await self._flush()
+
+    def _account(self, delta: dict[str, int] | None) -> dict[str, int]:
+        """Add a step's model usage to the run's (kept in the run's document, so resume
+        and fork carry it); the run's total."""
+        usage = dict(self.doc.get("usage") or EMPTY_USAGE)
+        if delta:
+            for key in EMPTY_USAGE:
+                usage[key] = usage.get(key, 0) + int(delta.get(key, 0))
+            self.doc = {**self.doc, "usage": usage}
+        return usage
 
     async def _retrying(self, attempt: int, delay: float, error: StepError, node: str) -> None:
         self.attempt = attempt

@@ -6,22 +6,23 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.schemas.runs import RunError, RunOut, WorkflowRef
+from app.schemas.runs import RunError, RunOut, Usage, WorkflowRef
 from app.store import checkpoints as checkpoint_store
 from app.store.models import Run
 
 
 async def run_out(session: AsyncSession, run: Run) -> RunOut:
     """The run resource; its state is read from the run's head checkpoint."""
-    state = None
+    state = usage = None
     if run.head_checkpoint_id is not None:
         loaded = await checkpoint_store.load(session, run.head_checkpoint_id)
         if loaded is not None:
             state = loaded[1]["frames"][0]["state"]
-    return run_resource(run, state)
+            usage = loaded[1].get("usage")
+    return run_resource(run, state, usage)
 
 
-def run_resource(run: Run, state: Any) -> RunOut:
+def run_resource(run: Run, state: Any, usage: dict[str, int] | None = None) -> RunOut:
     queued = run.status == "queued"
     return RunOut(
         id=run.id,
@@ -39,6 +40,7 @@ def run_resource(run: Run, state: Any) -> RunOut:
         parent_run_id=run.parent_run_id,
         forked_from_checkpoint_id=run.forked_from_checkpoint_id,
         step_count=run.step_count,
+        usage=Usage.model_validate(usage) if usage else Usage(),
         metadata=run.meta,
         webhook=run.webhook,
         created_at=run.created_at,

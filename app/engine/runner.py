@@ -137,7 +137,7 @@ class RunExecution(RunRecorder):
             if kind == "handoff_approval":
                 self._route_handoff(len(self.doc["frames"]) - 1, self.doc["pending_handoff"])
                 self.doc = {**self.doc, "pending_handoff": None}
-            elif kind in ("interrupt", "interrupt_before"):
+            elif kind in ("interrupt", "interrupt_before", "agent_question"):
                 self.inject = {"response": resume["response"], "skip_before": True}
         elif "message" in resume:
             i = len(self.doc["frames"]) - 1
@@ -216,6 +216,11 @@ class RunExecution(RunRecorder):
             http=self.engine.http,
             services=self.engine,
             emit=lambda data: self._progress(path, data),
+            # agents (DESIGN §9): their own events, the run's usage, their definition
+            emit_event=lambda type_, data: self._step_event(path, type_, data),
+            usage=self._account,
+            definition=definition,
+            scope=scope,
         )
         began = time.perf_counter()
         result = await execute_with_retry(step, ctx, node, self._retrying)
@@ -251,10 +256,12 @@ class RunExecution(RunRecorder):
             return await self._commit(RunStatus.SUSPENDED, i, node_id, due_at=due)
         if result.status is StepStatus.INTERRUPTED:
             interrupt = result.interrupt or {}
+            # agents (DESIGN §9): an agent's ask_human pauses with kind agent_question
+            kind = "agent_question" if interrupt.get("kind") == "agent_question" else "interrupt"
             return await self._interrupt(
                 i,
                 node_id,
-                "interrupt",
+                kind,
                 redact(interrupt.get("payload")),
                 redact(interrupt.get("schema")),
             )
@@ -391,6 +398,8 @@ class RunExecution(RunRecorder):
             "to_agent": target,
             "payload": self.engine.redactor.json(handoff.get("payload")),
         }
+        if handoff.get("messages") is not None:  # agents (DESIGN §9): the conversation
+            obj["messages"] = self.engine.redactor.json(handoff["messages"])
         self._record_output(i, node_id, obj)
         self.step_count += 1
         route = {**obj, "from_node": node_id, "to_node": targets[target]}
@@ -407,7 +416,8 @@ class RunExecution(RunRecorder):
         return await self._commit(RunStatus.RUNNING, i, node_id)
 
     def _route_handoff(self, i: int, route: dict[str, Any]) -> bool:
-        obj = {k: route[k] for k in ("from_agent", "to_agent", "payload")}
+        keys = ("from_agent", "to_agent", "payload", "messages")
+        obj: dict[str, Any] = {k: route[k] for k in keys if k in route}
         frame = self.doc["frames"][i]
         self.doc = memory.replace_frame(
             self.doc,

@@ -15,6 +15,7 @@ from urllib.parse import quote, quote_plus
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.engine import prompts
 from app.engine.memory import Handover
 from app.engine.templates import TemplateEngine
 from app.engine.validation import DefinitionLimits, DefinitionValidator
@@ -23,7 +24,9 @@ from app.schemas.definition import WorkflowDefinition
 from app.settings import Settings
 from app.steps.outbound import OutboundPolicy
 from app.steps.registry import StepRegistry
+from app.store import agent_turns as agent_turn_store
 from app.store import workflows as workflow_store
+from app.store.database import transaction
 from app.store.models import Run
 
 SECRET_PREFIX = "STEPWISE_SECRET_"
@@ -221,6 +224,21 @@ class Engine:
     runner_owner: str | None = None  # this process's runner pool, if it has one
     # called after a commit that paused or ended a run that has a webhook
     on_settled: Callable[[str], None] = field(default=lambda run_id: None)
+
+    # -- for agent steps (DESIGN §9): stored prompts and the loop's journal -----------------
+
+    async def resolve_prompt(self, ref: str) -> prompts.ResolvedPrompt:
+        return await prompts.resolve_prompt(self.sessions, ref)
+
+    async def agent_turns(self, run_id: str, node: str, visit: int) -> list[dict[str, Any]]:
+        async with transaction(self.sessions) as session:
+            return await agent_turn_store.load(session, run_id, node, visit)
+
+    async def record_agent_turn(
+        self, run_id: str, node: str, visit: int, seq: int, kind: str, data: Any
+    ) -> None:
+        async with transaction(self.sessions) as session:
+            await agent_turn_store.record(session, run_id, node, visit, seq, kind, data)
 
     @classmethod
     def build(

@@ -15,7 +15,14 @@ from pydantic import ValidationError
 
 from app.engine.templates import TemplateEngine, TemplateError
 from app.errors import Invalid, error_item
-from app.schemas.definition import AGENT_LIST, AGENT_MAPPING, NODE_ID_PATTERN, WorkflowDefinition
+from app.schemas.definition import (
+    AGENT_LIST,
+    AGENT_MAPPING,
+    NODE_ID_PATTERN,
+    PROMPT_REF_PATTERN,
+    TOOL_NAME_PATTERN,
+    WorkflowDefinition,
+)
 from app.steps.registry import StepRegistry
 
 Loc = list[str | int]
@@ -68,6 +75,10 @@ def instance_errors(schema: dict[str, Any], value: Any, loc: Loc) -> list[dict[s
 
 
 _NODE_ID = re.compile(NODE_ID_PATTERN)
+_PROMPT_REF = re.compile(PROMPT_REF_PATTERN)
+_TOOL_NAME = re.compile(TOOL_NAME_PATTERN)
+# tools the agent step itself gives a model (DESIGN §9); no declared tool may take their names
+BUILTIN_TOOLS = frozenset({"transfer_to_agent", "ask_human", "end_session"})
 
 
 class DefinitionValidator:
@@ -104,6 +115,7 @@ class DefinitionValidator:
             return None, pydantic_errors(exc)
         errors = [
             *self._agent_errors(definition),
+            *self._agent_model_errors(definition),
             *self._node_errors(definition),
             *self._edge_errors(definition),
             *self._template_errors(definition),
@@ -155,6 +167,45 @@ class DefinitionValidator:
                     errors.append(error_item(loc, msg, "unknown_agent"))
         return errors
 
+    def _agent_model_errors(self, d: WorkflowDefinition) -> list[dict[str, Any]]:
+        """Models, tools and agent settings of agent workflows (DESIGN §9)."""
+        errors = []
+        for name, tool in d.tools.items():
+            if not _TOOL_NAME.match(name) or name in BUILTIN_TOOLS:
+                msg = f"a tool name is 1-64 letters, digits, '_' or '-', and not one of {sorted(BUILTIN_TOOLS)}"
+                errors.append(error_item(["tools", name], msg, "invalid_tool_name"))
+            errors += schema_errors(tool.parameters, ["tools", name, "parameters"])
+        agents = d.agent_map
+        for agent_id, agent in agents.items():
+            loc: Loc = ["agents", agent_id, "model"]
+            if isinstance(agent.model, str) and agent.model not in d.models:
+                msg = f"unknown model {agent.model!r}; declared: {sorted(d.models)}"
+                errors.append(error_item(loc, msg, "unknown_model"))
+            for i, tool_name in enumerate(agent.tools):
+                if tool_name not in d.tools:
+                    msg = f"unknown tool {tool_name!r}; declared: {sorted(d.tools)}"
+                    errors.append(error_item(["agents", agent_id, "tools", i], msg, "unknown_tool"))
+        for node_id, node in d.nodes.items():
+            if node.step != "agent":
+                continue
+            loc = ["nodes", node_id, "agent"]
+            if node.agent is None:
+                msg = "a `step: agent` node must be bound to an agent (`agent:`)"
+                errors.append(error_item(loc, msg, "agent_required"))
+            elif node.agent in agents and agents[node.agent].model is None:
+                msg = f"agent {node.agent!r} has no `model`: a `step: agent` node needs one"
+                errors.append(error_item(loc, msg, "model_required"))
+            ref = node.with_.get("prompt_ref")
+            if ref is not None and not (
+                isinstance(ref, str)
+                and (_PROMPT_REF.match(ref) or self._templates.has_template(ref))
+            ):
+                msg = "a prompt reference is `name` or `name@<version>`"
+                errors.append(
+                    error_item(["nodes", node_id, "with", "prompt_ref"], msg, "invalid_prompt_ref")
+                )
+        return errors
+
     def _node_errors(self, d: WorkflowDefinition) -> list[dict[str, Any]]:
         errors = []
         if d.entry is not None and d.entry not in d.nodes:
@@ -195,6 +246,12 @@ class DefinitionValidator:
                     )
 
         check(["state"], d.state)
+        for name, tool in d.tools.items():
+            check(["tools", name, "http"], tool.http)
+        for name, model in d.models.items():
+            check(["models", name, "api_key"], model.api_key)
+        for agent_id, agent in d.agent_map.items():
+            check(["agents", agent_id, "system_prompt"], agent.system_prompt)
         check(["output"], d.output)
         for node_id, node in d.nodes.items():
             check(["nodes", node_id, "with"], node.with_)

@@ -6,12 +6,17 @@ schemas and agents are checked by ``app.engine.validation``.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,99}$"
 NODE_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$"
+# a stored prompt: ``name`` (its latest version) or ``name@3`` (a fixed one)
+PROMPT_REF_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,99}(@[1-9][0-9]{0,8})?$"
+# what both providers accept as a function name
+TOOL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+DEFAULT_MAX_TURNS = 10
 
 
 class _Strict(BaseModel):
@@ -52,11 +57,55 @@ class Edge(_Strict):
     loop: bool = False
 
 
+class ModelConfig(_Strict):
+    """A language model (DESIGN §9): a provider's wire format, where, which, and how."""
+
+    provider: Literal["openai", "anthropic"]
+    base_url: str | None = Field(default=None, min_length=1)
+    model: str = Field(min_length=1, max_length=200)
+    api_key: str | None = None  # usually "{{ secrets.NAME }}", rendered at call time
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    timeout_s: float = Field(default=120.0, gt=0, le=3600)
+
+
+class ToolDef(_Strict):
+    """A tool an agent may call: an ``http`` request templated with ``args``, or a Python
+    plugin (entry-point group ``stepwise.tools``)."""
+
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    http: dict[str, Any] | None = None
+    plugin: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ToolDef:
+        if (self.http is None) == (self.plugin is None):
+            raise ValueError("a tool has exactly one of `http` or `plugin`")
+        return self
+
+
 class Agent(_Strict):
     description: str | None = None
     # None: may hand off to any agent a node is bound to
     handoff_targets: list[str] | None = None
     handoff_approval: bool = False
+    # the language model settings of `step: agent` nodes bound to this agent (DESIGN §9)
+    model: str | ModelConfig | None = None
+    system_prompt: str | None = None
+    system_prompt_ref: str | None = Field(default=None, pattern=PROMPT_REF_PATTERN)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    tools: list[str] = Field(default_factory=list)
+    ask_human: bool = False
+    max_turns: int = Field(default=DEFAULT_MAX_TURNS, ge=1, le=1000)
+    stream: bool = True
+
+    @model_validator(mode="after")
+    def _one_system_prompt(self) -> Agent:
+        if self.system_prompt is not None and self.system_prompt_ref is not None:
+            raise ValueError("give `system_prompt` or `system_prompt_ref`, not both")
+        return self
 
 
 class AgentItem(Agent):
@@ -86,6 +135,9 @@ class WorkflowDefinition(_Strict):
     max_steps: int | None = Field(default=None, ge=1)
     max_handoff_depth: int = Field(default=10, ge=0, le=1000)
     output: Any = None
+    token_budget: int | None = Field(default=None, ge=1)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    tools: dict[str, ToolDef] = Field(default_factory=dict)
     agents: Agents = Field(default_factory=dict)
     nodes: dict[str, Node] = Field(min_length=1)
     edges: list[Edge] = Field(default_factory=list)
@@ -101,3 +153,9 @@ class WorkflowDefinition(_Strict):
         return {
             item.id: Agent.model_validate(item.model_dump(exclude={"id"})) for item in self.agents
         }
+
+    def model_of(self, agent: Agent) -> ModelConfig | None:
+        """The agent's model: a name under ``models``, or an inline object."""
+        if isinstance(agent.model, str):
+            return self.models.get(agent.model)
+        return agent.model

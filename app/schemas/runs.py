@@ -75,6 +75,14 @@ class RunError(BaseModel):
     details: dict[str, Any] | None = None
 
 
+class Usage(BaseModel):
+    """Language-model usage of the run's agent steps (DESIGN §9)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    model_calls: int = 0
+
+
 class RunOut(BaseModel):
     id: str
     workflow: WorkflowRef
@@ -91,6 +99,7 @@ class RunOut(BaseModel):
     parent_run_id: str | None
     forked_from_checkpoint_id: str | None
     step_count: int
+    usage: Usage = Usage()
     metadata: dict[str, Any] | None
     webhook: str | None
     created_at: datetime

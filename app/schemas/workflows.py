@@ -5,7 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
 
 
 class WorkflowOut(BaseModel):
@@ -15,6 +21,9 @@ class WorkflowOut(BaseModel):
     description: str | None
     definition: dict[str, Any]
     created_at: datetime
+    # on a store, and only when there are some: what does not stop it from being stored
+    # but would stop a run (prompts it names that are not stored yet, `unknown_prompt`)
+    warnings: list[ValidationIssue] | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class WorkflowSummary(BaseModel):
@@ -35,12 +44,8 @@ class VersionList(BaseModel):
     next_cursor: str | None
 
 
-class ValidationIssue(BaseModel):
-    loc: list[str | int]
-    msg: str
-    type: str
-
-
 class ValidationResult(BaseModel):
     valid: bool
     errors: list[ValidationIssue]
+    # only when there are some
+    warnings: list[ValidationIssue] | None = Field(default=None, exclude_if=lambda v: v is None)

@@ -70,10 +70,15 @@ class StepResult:
         return cls(StepStatus.NEEDS_CONTINUATION, output=output, resume_at=resume_at)
 
     @classmethod
-    def interrupted(cls, payload: Any = None, schema: dict[str, Any] | None = None) -> StepResult:
+    def interrupted(
+        cls, payload: Any = None, schema: dict[str, Any] | None = None, *, kind: str = "interrupt"
+    ) -> StepResult:
+        """``kind``: ``interrupt``, or ``agent_question`` (an agent's ``ask_human``)."""
         interrupt: dict[str, Any] = {"payload": payload}
         if schema is not None:
             interrupt["schema"] = schema
+        if kind != "interrupt":
+            interrupt["kind"] = kind
         return cls(StepStatus.INTERRUPTED, interrupt=interrupt)
 
     @classmethod
@@ -81,15 +86,33 @@ class StepResult:
         return cls(StepStatus.AWAITING_INPUT, prompt=prompt)
 
     @classmethod
-    def handoff_to(cls, to: str, payload: Any = None) -> StepResult:
-        return cls(StepStatus.HANDOFF, handoff={"to": to, "payload": payload})
+    def handoff_to(
+        cls, to: str, payload: Any = None, messages: list[dict[str, Any]] | None = None
+    ) -> StepResult:
+        """``messages``: the conversation handed to the target (an agent's handoff)."""
+        handoff: dict[str, Any] = {"to": to, "payload": payload}
+        if messages is not None:
+            handoff["messages"] = messages
+        return cls(StepStatus.HANDOFF, handoff=handoff)
 
 
 ProgressEmitter = Callable[[dict[str, Any]], Awaitable[None]]
+EventEmitter = Callable[[str, dict[str, Any]], Awaitable[None]]
+# adds a usage delta ({input_tokens, output_tokens, model_calls}) to the run's; the total
+UsageMeter = Callable[[dict[str, int] | None], dict[str, int]]
+STEP_EVENT_TYPES = frozenset({"step.progress", "message.delta", "tool.called", "tool.completed"})
 
 
 async def _no_progress(_: dict[str, Any]) -> None:
     return None
+
+
+async def _no_event(_: str, __: dict[str, Any]) -> None:
+    return None
+
+
+def _no_usage(delta: dict[str, int] | None) -> dict[str, int]:
+    return {"input_tokens": 0, "output_tokens": 0, "model_calls": 0}
 
 
 @dataclass(slots=True)
@@ -108,6 +131,10 @@ class StepContext:
     http: httpx.AsyncClient | None = None
     services: Any = None  # the engine's StepServices (settings, outbound guard, subgraphs)
     emit: ProgressEmitter = field(default=_no_progress)
+    emit_event: EventEmitter = field(default=_no_event)  # see ``event``
+    usage: UsageMeter = field(default=_no_usage)
+    definition: Any = None  # the workflow definition of the node (models, tools, agents)
+    scope: Mapping[str, Any] | None = None  # the run's template scope at this node
 
     @property
     def idempotency_key(self) -> str:
@@ -117,6 +144,13 @@ class StepContext:
     async def progress(self, **data: Any) -> None:
         """Emit a ``step.progress`` event (progress, partial output, tokens...)."""
         await self.emit(data)
+
+    async def event(self, type_: str, **data: Any) -> None:
+        """Emit a stored event of a type steps may emit (``STEP_EVENT_TYPES``), e.g.
+        ``message.delta``; it is redacted and written at once, like progress."""
+        if type_ not in STEP_EVENT_TYPES:
+            raise ValueError(f"steps may not emit {type_!r} events")
+        await self.emit_event(type_, data)
 
 
 class Step(Protocol):

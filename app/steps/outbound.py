@@ -712,3 +712,64 @@ async def _read_capped(response: httpx.Response, method: str, url: httpx.URL, li
             raise too_large()
         buffer += chunk
     return bytes(buffer)
+
+
+# --------------------------------------------------------------------------- for libraries
+
+
+class GuardedTransport(httpx.AsyncBaseTransport):
+    """A transport that checks every request against the policy, as ``send_guarded`` does.
+
+    For client libraries that send through an ``httpx.AsyncClient`` of their own (the
+    language-model SDKs): each request — each redirect hop too, since a client following
+    redirects sends every hop through its transport — is resolved and checked before any
+    connection is made, and sent to the checked addresses only. Responses stream.
+    """
+
+    def __init__(self, policy: OutboundPolicy, inner: httpx.AsyncBaseTransport) -> None:
+        self._policy = policy
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        addresses = await resolve_checked(request.url, self._policy)
+        url = _canonical(request.url)
+        headers = request.headers.copy()
+        headers["Host"] = url.netloc.decode("ascii")
+        extensions = dict(request.extensions)
+        if url.scheme == "https":
+            extensions["sni_hostname"] = url.raw_host.decode("ascii")
+        last_error: httpx.TransportError | None = None
+        for ip in addresses:
+            pinned = httpx.Request(
+                request.method,
+                url.copy_with(host=str(ip)),
+                headers=headers,
+                stream=request.stream,
+                extensions=extensions,
+            )
+            try:
+                return await self._inner.handle_async_request(pinned)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                last_error = exc  # nothing was sent: the next checked address may answer
+        assert last_error is not None
+        raise last_error
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def make_guarded_client(policy: OutboundPolicy, *, timeout_s: float) -> httpx.AsyncClient:
+    """A client whose every request goes through the outbound guard: no environment
+    proxies, no redirects followed, no cookies, TLS pools per server name."""
+    ssl_context = httpx.create_ssl_context(trust_env=False)
+
+    def factory() -> httpx.AsyncHTTPTransport:
+        return httpx.AsyncHTTPTransport(verify=ssl_context, trust_env=False, retries=0)
+
+    return httpx.AsyncClient(
+        transport=GuardedTransport(policy, _TlsNamePartitionedTransport(factory, max_pools=8)),
+        trust_env=False,
+        follow_redirects=False,
+        timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+        cookies=CookieJar(policy=_NoCookies()),
+    )

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Mapping
 from importlib.metadata import entry_points
 
+from app.steps.agent import AgentStep
 from app.steps.base import Step
 from app.steps.call import CallStep
 from app.steps.fail import FailStep
@@ -33,6 +34,7 @@ def builtin_steps() -> dict[str, Step]:
         "wait": WaitStep(),
         "http": HttpStep(),
         "call": CallStep(),
+        "agent": AgentStep(),
     }
 
 

@@ -1,4 +1,4 @@
-"""ORM models: workflows, prompts, runs, checkpoints, events.
+"""ORM models: workflows, prompts, runs, checkpoints, events, agent turns.
 
 These classes are the storage shape only; API schemas live in ``app.schemas``.
 """
@@ -193,3 +193,20 @@ class Event(Base):
     node: Mapped[str | None] = mapped_column(String(200))
     ts: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     data: Mapped[Any] = mapped_column(Json)
+
+
+class AgentTurn(Base):
+    """The durable journal of an agent step's loop (DESIGN §9): each model answer and
+    each tool result of one visit of a node, recorded before the loop goes on."""
+
+    __tablename__ = "agent_turns"
+
+    run_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    node: Mapped[str] = mapped_column(String(200), primary_key=True)
+    visit: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))  # model, tool, human, user
+    data: Mapped[Any] = mapped_column(Json, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

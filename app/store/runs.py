@@ -297,10 +297,11 @@ async def next_due_at(session: AsyncSession) -> datetime | None:
 
 
 async def delete_run(session: AsyncSession, run_id: str) -> None:
-    # Events and checkpoints go with it (ON DELETE CASCADE; SQLite enforces it with
+    # Events, checkpoints and agent turns go with it (ON DELETE CASCADE; SQLite enforces it with
     # foreign_keys=ON). Explicit deletes keep it true whatever the backend's settings.
-    from app.store.models import Checkpoint, Event
+    from app.store.models import AgentTurn, Checkpoint, Event
 
+    await session.execute(delete(AgentTurn).where(AgentTurn.run_id == run_id))
     await session.execute(delete(Event).where(Event.run_id == run_id))
     await session.execute(delete(Checkpoint).where(Checkpoint.run_id == run_id))
     await session.execute(update(Run).where(Run.parent_run_id == run_id).values(parent_run_id=None))

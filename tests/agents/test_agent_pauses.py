@@ -1,0 +1,202 @@
+"""Agents that pause: ask_human (an agent_question interrupt), handoffs with approval,
+session agents over POST /messages; and the definition checks of agent workflows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.agents.fake_models import Answer, FakeModel
+from tests.agents.helpers import agent_workflow, tool_results, user_texts
+from tests.conftest import events_of, run_and_wait, until_status, wait_run
+
+
+async def test_ask_human_pauses_and_the_answer_becomes_the_tool_result(
+    client: httpx.AsyncClient, fake: FakeModel
+) -> None:
+    fake.push(
+        Answer(
+            text="I need to ask.",
+            tool_calls=[("call_q", "ask_human", {"question": "Which order?"})],
+        ),
+        Answer(text="Order A-1 it is."),
+    )
+    definition = agent_workflow(fake, agent={"ask_human": True})
+    run = await run_and_wait(client, {"definition": definition, "inputs": {"question": "refund"}})
+    assert run["status"] == "interrupted", run
+    interrupt = run["interrupt"]
+    assert interrupt["kind"] == "agent_question"
+    assert interrupt["node"] == "ask"
+    assert interrupt["payload"]["question"] == "Which order?"
+    assert len(fake.model_requests) == 1
+    answer = await client.post(
+        f"/runs/{run['id']}/response", json={"interrupt_id": interrupt["id"], "value": "A-1"}
+    )
+    assert answer.status_code == 202, answer.text
+    done = await wait_run(client, run["id"])
+    assert done["status"] == "completed", done
+    assert done["state"]["answer"] == "Order A-1 it is."
+    # the first model call was answered before the pause: it is not made again
+    assert len(fake.model_requests) == 2
+    [result] = tool_results(fake, fake.model_requests[1].body)
+    assert result["id"] == "call_q" and result["content"] == "A-1"
+    assert done["usage"]["model_calls"] == 2
+    tools = [e["type"] for e in await events_of(client, run["id"], types="tool.*")]
+    assert tools == ["tool.called", "tool.completed"]
+
+
+def _triage_and_billing(fake: FakeModel, **billing: Any) -> dict[str, Any]:
+    definition = agent_workflow(fake)
+    definition["agents"] = {
+        "triage": {"model": "m", "system_prompt": "You route.", "handoff_targets": ["billing"]},
+        "billing": {"model": "m", "system_prompt": "You do billing.", **billing},
+    }
+    definition["nodes"] = {
+        "triage": {"step": "agent", "agent": "triage", "with": {"prompt": "{{ inputs.question }}"}},
+        "billing": {"step": "agent", "agent": "billing", "set": {"answer": "{{ output.text }}"}},
+    }
+    return definition
+
+
+async def test_transfer_to_agent_hands_the_conversation_over_after_approval(
+    client: httpx.AsyncClient, fake: FakeModel
+) -> None:
+    fake.push(
+        Answer(tool_calls=[("call_t", "transfer_to_agent",
+                            {"agent": "billing", "reason": "a refund"})]),
+        Answer(text="Your refund is on its way."),
+    )  # fmt: skip
+    definition = _triage_and_billing(fake, handoff_approval=True)
+    run = await run_and_wait(
+        client, {"definition": definition, "inputs": {"question": "I want my money back"}}
+    )
+    assert run["status"] == "interrupted", run
+    interrupt = run["interrupt"]
+    assert interrupt["kind"] == "handoff_approval"
+    payload = interrupt["payload"]
+    assert (payload["from_agent"], payload["to_agent"]) == ("triage", "billing")
+    assert payload["payload"] == {"reason": "a refund"}
+    assert payload["messages"] == [{"role": "user", "content": "I want my money back"}]
+    names = [t.get("name") or t["function"]["name"] for t in fake.model_requests[0].body["tools"]]
+    assert names == ["transfer_to_agent"]
+    answer = await client.post(
+        f"/runs/{run['id']}/response", json={"interrupt_id": interrupt["id"]}
+    )
+    assert answer.status_code == 202
+    done = await wait_run(client, run["id"])
+    assert done["status"] == "completed", done
+    assert done["state"]["answer"] == "Your refund is on its way."
+    assert done["state"]["handoff"]["messages"] == payload["messages"]
+    billing_request = fake.model_requests[1].body
+    texts = user_texts(fake, billing_request)
+    assert texts[0] == "I want my money back"
+    assert "triage" in texts[-1] and "a refund" in texts[-1]
+    assert len(fake.model_requests) == 2
+    assert [
+        e["data"]["to_agent"] for e in await events_of(client, run["id"], types="run.handoff")
+    ] == ["billing"]
+
+
+async def test_a_transfer_to_an_agent_not_in_the_targets_goes_back_as_an_error(
+    client: httpx.AsyncClient, fake: FakeModel
+) -> None:
+    fake.push(
+        Answer(tool_calls=[("c1", "transfer_to_agent", {"agent": "sales", "reason": "x"})]),
+        Answer(text="I will handle it myself."),
+    )
+    run = await run_and_wait(
+        client, {"definition": _triage_and_billing(fake), "inputs": {"question": "?"}}
+    )
+    assert run["status"] == "completed", run
+    [result] = tool_results(fake, fake.model_requests[1].body)
+    assert "sales" in result["content"] or "enum" in result["content"]
+
+
+def _session(fake: FakeModel, **with_: Any) -> dict[str, Any]:
+    return agent_workflow(
+        fake, node={"with": {"prompt": "{{ inputs.question }}", "session": True, **with_}}
+    )
+
+
+async def _say(client: httpx.AsyncClient, run_id: str, message: str) -> dict[str, Any]:
+    response = await client.post(f"/runs/{run_id}/messages", json={"message": message})
+    assert response.status_code == 202, response.text
+    return await until_status(client, run_id, "awaiting_input", "completed", "failed")
+
+
+async def test_a_session_agent_converses_until_an_exit_command(
+    client: httpx.AsyncClient, fake: FakeModel
+) -> None:
+    fake.push(Answer(text="Hello! What else?"), Answer(text="Anything more?"))
+    run = await run_and_wait(client, {"definition": _session(fake), "inputs": {"question": "hi"}})
+    assert run["status"] == "awaiting_input", run
+    assert run["awaiting_input"]["prompt"] == "Hello! What else?"
+    run = await _say(client, run["id"], "my invoice")
+    assert run["status"] == "awaiting_input"
+    assert run["awaiting_input"]["prompt"] == "Anything more?"
+    assert user_texts(fake, fake.model_requests[1].body) == ["hi", "my invoice"]
+    run = await _say(client, run["id"], "/done")
+    assert run["status"] == "completed", run
+    assert run["state"]["answer"] == "Anything more?"
+    assert len(fake.model_requests) == 2
+    assert run["usage"]["model_calls"] == 2
+
+
+async def test_a_session_ends_after_max_turns_or_end_session(
+    client: httpx.AsyncClient, fake: FakeModel
+) -> None:
+    fake.push(Answer(text="one"), Answer(text="two"))
+    run = await run_and_wait(
+        client, {"definition": _session(fake, max_turns=2), "inputs": {"question": "hi"}}
+    )
+    run = await _say(client, run["id"], "again")
+    assert run["status"] == "completed", run
+    assert run["state"]["answer"] == "two"
+
+    fake.push(
+        Answer(text="Hi."), Answer(text="Goodbye!", tool_calls=[("c_end", "end_session", {})])
+    )
+    run = await run_and_wait(client, {"definition": _session(fake), "inputs": {"question": "hi"}})
+    names = [t.get("name") or t["function"]["name"] for t in fake.model_requests[-1].body["tools"]]
+    assert "end_session" in names
+    run = await _say(client, run["id"], "that is all")
+    assert run["status"] == "completed", run
+    assert run["state"]["answer"] == "Goodbye!"
+    assert len(fake.model_requests) == 4
+
+
+async def test_agent_definitions_are_checked(client: httpx.AsyncClient) -> None:
+    definition = {
+        "name": "bad-agents",
+        "models": {"m": {"provider": "openai", "model": "x"}},
+        "tools": {
+            "t": {"description": "d", "parameters": {"type": "nope"}, "http": {"url": "http://x"}}
+        },
+        "agents": {
+            "a": {"model": "missing", "tools": ["t", "ghost"]},
+            "b": {"model": "m", "system_prompt_ref": "Bad Ref!"},
+            "c": {"description": "no model"},
+        },
+        "nodes": {
+            "one": {"step": "agent", "agent": "a", "with": {"prompt_ref": "x@y"}},
+            "two": {"step": "agent"},
+            "three": {"step": "agent", "agent": "c"},
+        },
+        "edges": [{"from": "one", "to": "two"}, {"from": "two", "to": "three"}],
+    }
+    response = await client.post("/workflows", json=definition)
+    assert response.status_code == 422, response.text
+    locs = [e["loc"] for e in response.json()["errors"]]
+    assert ["agents", "b", "system_prompt_ref"] in locs  # structure first
+    del definition["agents"]["b"]
+    response = await client.post("/workflows", json=definition)
+    assert response.status_code == 422, response.text
+    locs = [e["loc"] for e in response.json()["errors"]]
+    assert ["tools", "t", "parameters", "type"] in locs or ["tools", "t", "parameters"] in locs
+    assert ["agents", "a", "model"] in locs
+    assert ["agents", "a", "tools", 1] in locs
+    assert ["nodes", "one", "with", "prompt_ref"] in locs
+    assert ["nodes", "two", "agent"] in locs
+    assert ["nodes", "three", "agent"] in locs
+    assert ["agents", "a", "tools", 0] not in locs
