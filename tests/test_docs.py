@@ -118,6 +118,14 @@ def _event_types_in(tree: ast.AST) -> Iterator[str]:
                 yield from (s for s in _all_strings(node.value) if EVENT_TYPE.match(s))
 
 
+def _problem_types_in(tree: ast.AST) -> Iterator[str]:
+    """The ``type`` of each ``errors[]`` item: ``error_item(loc, msg, "unknown_step")``."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and _name(node.func) == "error_item":
+            args = [*node.args[2:3], *(kw.value for kw in node.keywords if kw.arg == "type_")]
+            yield from (s for arg in args for s in _literals(arg) if CODE.match(s))
+
+
 def _env_vars_in(tree: ast.AST) -> Iterator[str]:
     """``STEPWISE_*`` names in any string: ``os.environ.get("STEPWISE_MIGRATIONS_DIR")``,
     ``envvar="STEPWISE_URL"``, a message that says which variable to set."""
@@ -141,7 +149,12 @@ def _app_trees() -> Iterator[tuple[Path, ast.AST]]:
 
 def _collect(finder: str) -> dict[str, str]:
     """What ``finder`` finds in app/, each with the first file it was found in."""
-    find = {"codes": _codes_in, "events": _event_types_in, "env": _env_vars_in}[finder]
+    find = {
+        "codes": _codes_in,
+        "events": _event_types_in,
+        "problem types": _problem_types_in,
+        "env": _env_vars_in,
+    }[finder]
     found: dict[str, str] = {}
     for path, tree in _app_trees():
         for item in find(tree):
@@ -202,6 +215,8 @@ error = {"code": "from_dict", "message": "m"}
 code = "from_if" if rejected else "from_else"
 _HTTP_CODES = {404: ("from_table", "Not found")}
 NewEvent("run.from_newevent", None, {})
+error_item(["nodes", "a"], "message", "from_error_item")
+error_item(["x"], "message", type_="from_type_keyword")
 ctx.event("tool.from_ctx_event", node=n)
 STEP_EVENT_TYPES = frozenset({"step.from_set"})
 """
@@ -217,6 +232,7 @@ STEP_EVENT_TYPES = frozenset({"step.from_set"})
         "from_else",
         "from_table",
     }
+    assert set(_problem_types_in(tree)) == {"from_error_item", "from_type_keyword"}
     assert set(_event_types_in(tree)) == {
         "run.from_newevent",
         "tool.from_ctx_event",
@@ -245,6 +261,16 @@ def test_every_error_code_is_documented() -> None:
     missing = _missing(codes, documented)
     assert not missing, (
         f"error codes missing from docs/api.md and docs/definitions.md: {_where(codes, missing)}"
+    )
+
+
+def test_every_validation_error_type_is_documented() -> None:
+    types = _collect("problem types")
+    assert {"unknown_step", "unreachable", "unmarked_cycle"} <= set(types)
+    documented = _code_spans(_read("api.md")) | _code_spans(_read("definitions.md"))
+    missing = _missing(types, documented)
+    assert not missing, (
+        f"errors[].type values missing from docs/definitions.md: {_where(types, missing)}"
     )
 
 
