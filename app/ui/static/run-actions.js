@@ -123,10 +123,10 @@ export function actionPanel(panel, { onDone }) {
   };
 }
 
-// A cancel button that asks for a second click.
-export function cancelButton(run, onDone, problems) {
-  if (TERMINAL.has(run.status)) return null;
-  const button = h("button", { type: "button", class: "cancel danger" }, "Cancel run");
+// A cancel button that asks for a second click; made once, so that a refresh of the page
+// between the two clicks keeps it armed.
+export function cancelControl(runId, onDone, problems) {
+  const button = h("button", { type: "button", class: "cancel danger", hidden: true }, "Cancel run");
   button.addEventListener("click", () => {
     if (!button.classList.contains("confirm")) {
       button.classList.add("confirm");
@@ -134,7 +134,16 @@ export function cancelButton(run, onDone, problems) {
       return;
     }
     button.disabled = true;
-    submit(problems, () => api.post(`/runs/${run.id}/cancel`), onDone);
+    submit(problems, () => api.post(`/runs/${runId}/cancel`), onDone).finally(() => {
+      button.disabled = false;
+      button.classList.remove("confirm");
+      button.textContent = "Cancel run";
+    });
   });
-  return button;
+  return {
+    element: button,
+    update(run) {
+      button.hidden = TERMINAL.has(run.status);
+    },
+  };
 }

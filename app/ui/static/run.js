@@ -5,7 +5,7 @@ import { api } from "./api.js";
 import { checkpointPanel } from "./checkpoints.js";
 import { clear, compact, errorBox, h, link, pretty, statusBadge, when } from "./dom.js";
 import { renderGraph } from "./graph.js";
-import { actionPanel, cancelButton, pendingInterrupts } from "./run-actions.js";
+import { actionPanel, cancelControl, pendingInterrupts } from "./run-actions.js";
 import { followEvents } from "./sse.js";
 
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
@@ -57,8 +57,10 @@ function legend() {
 }
 
 export function mountRun(root, runId, navigate) {
-  const header = h("header", { class: "run-header" });
+  const headInfo = h("div", {});
   const problems = h("div", { class: "problems" });
+  const cancel = cancelControl(runId, () => refresh(), problems);
+  const header = h("header", { class: "run-header" }, headInfo, h("div", { class: "actions" }, cancel.element, h("button", { type: "button", onclick: () => refresh() }, "Refresh")));
   const graphBox = h("div", { class: "graph-box" }, h("p", { class: "muted" }, "loading the definition…"));
   const pending = h("section", { class: "panel pending", hidden: true });
   const streamStatus = h("span", { class: "stream-status", "data-stream": "connecting" }, "connecting…");
@@ -98,8 +100,9 @@ export function mountRun(root, runId, navigate) {
   function drawHeader() {
     const wf = run.workflow;
     const wfLink = wf.version ? link(`#/workflows/${encodeURIComponent(wf.name)}/${wf.version}`, `${wf.name} v${wf.version}`) : `${wf.name} (inline)`;
+    cancel.update(run);
     clear(
-      header,
+      headInfo,
       h("h1", {}, "Run ", h("code", { class: "run-id" }, run.id)),
       h(
         "p",
@@ -113,7 +116,6 @@ export function mountRun(root, runId, navigate) {
         run.resume_at ? ` · resumes at ${when(run.resume_at)}` : null,
       ),
       run.error ? h("div", { class: "error run-error", "data-code": run.error.code }, h("strong", {}, run.error.code), run.error.node ? [" at ", h("code", {}, run.error.node)] : null, h("div", { class: "detail" }, run.error.message)) : null,
-      h("div", { class: "actions" }, cancelButton(run, () => refresh(), problems), h("button", { type: "button", onclick: () => refresh() }, "Refresh")),
     );
   }
 
