@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, async_playwright, expect
 
 from app.main import create_app
 from app.steps.registry import StepRegistry
@@ -37,6 +37,12 @@ CHROMIUM_ARGS = [
 ]
 TIMEOUT_MS = 15_000
 
+Serve = Callable[..., Awaitable[str]]
+
+# generous: the machines running CI are shared
+expect.set_options(timeout=TIMEOUT_MS)
+
+
 @pytest.fixture(scope="session")
 async def browser() -> AsyncIterator[Browser]:
     if not Path(CHROMIUM).is_file():
@@ -52,8 +58,9 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 @pytest.fixture
-async def page(browser: Browser) -> AsyncIterator[Page]:
-    """A fresh browser context (its own local storage); a script error fails the test."""
+async def page(browser: Browser, serve: Serve) -> AsyncIterator[Page]:
+    """A fresh browser context (its own local storage); a script error fails the test.
+    (It closes before the servers stop: their open event streams end with it.)"""
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
     context.set_default_timeout(TIMEOUT_MS)
     new_page = await context.new_page()
@@ -62,9 +69,6 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
     yield new_page
     await context.close()
     assert not errors, f"the page raised: {errors}"
-
-
-Serve = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture
@@ -77,7 +81,14 @@ async def serve(database_url: str) -> AsyncIterator[Serve]:
         port = free_port()
         app = create_app(settings_for(database_url, **overrides), registry=registry)
         server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=port,
+                log_level="warning",
+                lifespan="on",
+                timeout_graceful_shutdown=5,
+            )
         )
         task = asyncio.create_task(server.serve())
         running.append((server, task))

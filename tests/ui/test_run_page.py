@@ -14,7 +14,11 @@ from tests.ui.helpers import expect_node, expect_status, has_class, open_ui, run
 
 APPROVAL: dict[str, Any] = {
     "name": "ui-approval",
-    "inputs": {"type": "object", "required": ["amount"], "properties": {"amount": {"type": "number"}}},
+    "inputs": {
+        "type": "object",
+        "required": ["amount"],
+        "properties": {"amount": {"type": "number"}},
+    },
     "nodes": {
         "prep": {"step": "set", "set": {"amount": "{{ inputs.amount }}"}},
         "ask": {
@@ -44,7 +48,11 @@ APPROVAL: dict[str, Any] = {
 SESSION: dict[str, Any] = {
     "name": "ui-session",
     "nodes": {
-        "chat": {"step": "input", "with": {"prompt": "Your name?"}, "set": {"name": "{{ output }}"}},
+        "chat": {
+            "step": "input",
+            "with": {"prompt": "Your name?"},
+            "set": {"name": "{{ output }}"},
+        },
         "greet": {"step": "set", "set": {"greeting": "Hello {{ state.name }}"}},
     },
     "edges": [{"from": "chat", "to": "greet"}],
@@ -104,7 +112,12 @@ async def test_start_pause_answer_complete(page: Page, api: httpx.AsyncClient) -
 
     run = await wait_run(api, run_id)
     assert run["status"] == "completed"
-    assert run["state"] == {"amount": 250, "approved": True, "note": "looks right", "result": "paid"}
+    assert run["state"] == {
+        "amount": 250,
+        "approved": True,
+        "note": "looks right",
+        "result": "paid",
+    }
     events = (
         await api.get(
             f"/runs/{run_id}/events",
