@@ -6,6 +6,7 @@ import { clear, errorBox, h, link, statusBadge, when } from "./dom.js";
 
 export const STATUSES = ["queued", "running", "interrupted", "awaiting_input", "suspended", "completed", "failed", "cancelled"];
 const POLL_MS = 2000;
+const clamp = (n, low, high) => Math.min(high, Math.max(low, n));
 
 export function mountRuns(root, params, navigate) {
   const status = h("select", { name: "status", "aria-label": "status" }, h("option", { value: "" }, "any status"), STATUSES.map((s) => h("option", { value: s, selected: params.get("status") === s }, s)));
@@ -20,7 +21,7 @@ export function mountRuns(root, params, navigate) {
       class: "filters",
       onsubmit: (event) => {
         event.preventDefault();
-        navigate(`#/runs${query({ status: status.value, workflow: workflow.value.trim() })}`);
+        navigate(`#/runs${query({ status: status.value, workflow: workflow.value.trim(), limit: params.get("limit") })}`);
       },
     },
     status,
@@ -39,6 +40,7 @@ export function mountRuns(root, params, navigate) {
   );
 
   const filter = { status: params.get("status") || undefined, workflow: params.get("workflow") || undefined };
+  const pageSize = clamp(Math.trunc(Number(params.get("limit"))) || 50, 1, 500);
   let items = [];
   let nextCursor = null;
   let timer = null;
@@ -67,7 +69,8 @@ export function mountRuns(root, params, navigate) {
   }
 
   async function load(cursor) {
-    const limit = cursor ? 50 : Math.min(500, Math.max(50, items.length));
+    // a poll reloads everything shown so far in one page
+    const limit = cursor ? pageSize : clamp(items.length, pageSize, 500);
     const page = await api.get(`/runs${query({ ...filter, cursor, limit })}`);
     items = cursor ? [...items, ...page.items] : page.items;
     nextCursor = page.next_cursor;
