@@ -106,6 +106,9 @@ async def test_start_pause_answer_complete(page: Page, api: httpx.AsyncClient) -
     )
     await expect(page.locator("pre.output")).to_contain_text('"result": "paid"')
     await expect(page.locator("form.interrupt-form")).to_have_count(0)
+    # a node's latest output, from the newest checkpoint
+    await page.click('svg.graph g.node[data-node="ask"]')
+    await expect(page.locator(".node-detail .node-output")).to_contain_text('"note": "looks right"')
     # the live stream delivered the events that followed the answer
     await expect(page.locator('ol.events li[data-type="run.resumed"]')).to_have_count(1)
     await expect(page.locator('ol.events li[data-type="run.completed"]')).to_have_count(1)
@@ -147,6 +150,29 @@ async def test_a_refused_answer_shows_the_problem_and_the_run_stays_paused(
     await form.locator("button.approve").click()
     await expect_status(page, "completed")
     assert (await wait_run(api, run_id))["state"]["approved"] is True
+
+
+async def test_an_answer_without_a_schema_is_json_or_text(
+    page: Page, api: httpx.AsyncClient
+) -> None:
+    definition = {
+        "name": "ui-why",
+        "nodes": {
+            "why": {
+                "step": "interrupt",
+                "with": {"question": "Why?"},
+                "set": {"why": "{{ output }}"},
+            }
+        },
+    }
+    await store(api, definition)
+    run_id = await start_in_page(page, api, "ui-why", "{}")
+    await expect_status(page, "interrupted")
+    form = page.locator("form.interrupt-form")
+    await form.get_by_label("value").fill("because it is due")  # not JSON: sent as text
+    await form.locator("button.approve").click()
+    await expect_status(page, "completed")
+    assert (await wait_run(api, run_id))["state"] == {"why": "because it is due"}
 
 
 async def test_reject_fails_the_run(page: Page, api: httpx.AsyncClient) -> None:

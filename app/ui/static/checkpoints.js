@@ -139,5 +139,10 @@ export function checkpointPanel(panel, runId, { navigate, onChanged }) {
       checkpoints = await all(`/runs/${runId}/checkpoints`);
       drawTree();
     },
+    // the newest checkpoint with its full state (node outputs, visits), or null
+    async latest() {
+      const newest = checkpoints.reduce((a, b) => (!a || b.seq > a.seq ? b : a), null);
+      return newest ? load(newest.id) : null;
+    },
   };
 }

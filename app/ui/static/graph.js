@@ -197,7 +197,7 @@ export function renderGraph(container, definition, { onSelect } = {}) {
       "data-node": node.id,
       "data-state": "unreached",
       transform: `translate(${node.x},${node.y})`,
-      tabindex: 0,
+      tabindex: onSelect ? 0 : null,
     });
     const title = s("title", {}, node.id);
     const branchText = s("text", { x: node.w / 2, y: node.h + 13, class: "branches", "text-anchor": "middle" });

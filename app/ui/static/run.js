@@ -12,6 +12,8 @@ const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 const PAUSED = new Set(["interrupted", "awaiting_input", "suspended"]);
 const REFRESH_ON = /^(run\.|checkpoint\.saved|state\.updated|node\.(completed|failed))/;
 
+const MAX_SHOWN_EVENTS = 2000; // all are kept for the graph; the list shows the newest
+
 const topNode = (node) => (node ? String(node).split("/")[0] : null);
 
 // Node id → done | current | failed | paused | cancelled (absent: not reached).
@@ -62,6 +64,7 @@ export function mountRun(root, runId, navigate) {
   const cancel = cancelControl(runId, () => refresh(), problems);
   const header = h("header", { class: "run-header" }, headInfo, h("div", { class: "actions" }, cancel.element, h("button", { type: "button", onclick: () => refresh() }, "Refresh")));
   const graphBox = h("div", { class: "graph-box" }, h("p", { class: "muted" }, "loading the definition…"));
+  const nodeBox = h("div", { class: "node-detail" }, h("p", { class: "muted" }, "Click a node for its configuration and latest output."));
   const pending = h("section", { class: "panel pending", hidden: true });
   const streamStatus = h("span", { class: "stream-status", "data-stream": "connecting" }, "connecting…");
   const eventList = h("ol", { class: "events" });
@@ -76,7 +79,7 @@ export function mountRun(root, runId, navigate) {
     h(
       "div",
       { class: "run-grid" },
-      h("section", { class: "panel graph-panel" }, h("h2", {}, "Graph"), legend(), graphBox),
+      h("section", { class: "panel graph-panel" }, h("h2", {}, "Graph"), legend(), graphBox, nodeBox),
       pending,
       h("section", { class: "panel events-panel" }, h("h2", {}, "Events ", streamStatus), eventList),
       h("section", { class: "panel transcript-panel" }, h("h2", {}, "Transcript"), transcripts),
@@ -87,6 +90,7 @@ export function mountRun(root, runId, navigate) {
 
   let run = null;
   let graph = null;
+  let definition = null;
   const events = [];
   const transcriptText = new Map();
   let timer = null;
@@ -159,6 +163,7 @@ export function mountRun(root, runId, navigate) {
     events.push(event);
     const atBottom = eventList.scrollHeight - eventList.scrollTop - eventList.clientHeight < 40;
     const branch = event.data && typeof event.data === "object" ? event.data.branch : null;
+    if (eventList.childElementCount >= MAX_SHOWN_EVENTS) eventList.firstElementChild.remove();
     eventList.append(
       h(
         "li",
@@ -177,6 +182,27 @@ export function mountRun(root, runId, navigate) {
     if (REFRESH_ON.test(event.type)) soon();
   }
 
+  async function showNode(id) {
+    for (const el of graphBox.querySelectorAll("g.node")) el.classList.toggle("selected", el.dataset.node === id);
+    const node = definition.nodes[id] || {};
+    const state = nodeStates(events, run)[id] || "unreached";
+    clear(nodeBox, h("p", { class: "muted" }, "loading…"));
+    try {
+      const latest = await checkpoints.latest();
+      const kept = latest && latest.nodes ? latest.nodes[id] : undefined;
+      clear(
+        nodeBox,
+        h("h3", {}, h("code", {}, id), " ", h("span", { class: "node-state", "data-state": state }, state)),
+        h("p", { class: "muted" }, `step ${node.step}`, node.agent ? ` · agent ${node.agent}` : "", ` · visits ${latest && latest.visits ? latest.visits[id] || 0 : 0}`, ` · ${events.filter((e) => topNode(e.node) === id).length} events`),
+        node.with ? [h("h4", {}, "Configuration (with)"), h("pre", { class: "json-view" }, pretty(node.with))] : null,
+        h("h4", {}, "Latest output"),
+        kept && "output" in kept ? h("pre", { class: "json-view node-output" }, pretty(kept.output)) : h("p", { class: "muted node-output" }, "no output yet"),
+      );
+    } catch (error) {
+      clear(nodeBox, errorBox(error));
+    }
+  }
+
   async function loadGraph() {
     const wf = run.workflow;
     if (!wf.version) {
@@ -185,7 +211,8 @@ export function mountRun(root, runId, navigate) {
     }
     try {
       const stored = await api.get(`/workflows/${encodeURIComponent(wf.name)}/versions/${wf.version}`);
-      graph = renderGraph(graphBox, stored.definition);
+      definition = stored.definition;
+      graph = renderGraph(graphBox, definition, { onSelect: showNode });
       recolour();
     } catch (error) {
       clear(graphBox, errorBox(error));

@@ -80,10 +80,18 @@ export function schemaForm(schema, initial) {
       },
     };
   }
-  const textarea = h("textarea", { class: "json", rows: 6, spellcheck: "false", name: "value", "aria-label": "value (JSON)" });
+  const textarea = h("textarea", { class: "json", rows: 6, spellcheck: "false", name: "value", "aria-label": "value" });
   textarea.value = initial === undefined ? "" : pretty(initial);
+  const read = () => {
+    // JSON when it parses; any other text is sent as a string (an answer in words)
+    try {
+      return parseJson(textarea.value, "the value") ?? null;
+    } catch {
+      return textarea.value.trim();
+    }
+  };
   return {
-    element: h("div", { class: "schema-form" }, h("label", {}, "Value (JSON)"), textarea, schema ? h("details", {}, h("summary", {}, "schema"), h("pre", {}, pretty(schema))) : null),
-    read: () => parseJson(textarea.value, "the value") ?? null,
+    element: h("div", { class: "schema-form" }, h("label", {}, "Value (JSON, or plain text)"), textarea, schema ? h("details", {}, h("summary", {}, "schema"), h("pre", {}, pretty(schema))) : null),
+    read,
   };
 }
