@@ -39,13 +39,14 @@ FAN_OUT: dict[str, Any] = {
     ],
 }
 
-DRAW = """async ([definition, states, branches]) => {
+DRAW = """async ([definition, states, branches, taken]) => {
   const { renderGraph } = await import("/ui/static/graph.js");
   const box = document.createElement("div");
   box.id = "probe";
   document.body.append(box);
   const graph = renderGraph(box, definition);
-  graph.update(states, Object.fromEntries(Object.entries(branches).map(([k, v]) => [k, new Set(v)])));
+  const sets = Object.fromEntries(Object.entries(branches).map(([k, v]) => [k, new Set(v)]));
+  graph.update(states, sets, new Set(taken));
 }"""
 
 
@@ -58,7 +59,8 @@ def translate(transform: str | None) -> tuple[float, float]:
 async def test_fan_out_join_and_loop_edges_are_drawn(page: Page, api: httpx.AsyncClient) -> None:
     await page.goto(f"{api.base_url}/ui#/workflows")
     states = {"plan": "done", "research": "current", "draft": "done", "review": "paused"}
-    await page.evaluate(DRAW, [FAN_OUT, states, {"research": ["research"], "draft": ["draft"]}])
+    branches = {"research": ["research"], "draft": ["draft"]}
+    await page.evaluate(DRAW, [FAN_OUT, states, branches, ["plan>draft", "plan>research"]])
     probe = page.locator("#probe svg.graph")
 
     fan = probe.locator('g.edge.fan[data-from="plan"]')
@@ -89,9 +91,9 @@ async def test_fan_out_join_and_loop_edges_are_drawn(page: Page, api: httpx.Asyn
     for name, state in {**states, "merge": "unreached"}.items():
         await expect(node(name)).to_have_attribute("data-state", state)
     await expect(node("research").locator("text.branches")).to_have_text("⑂ research")
-    await expect(probe.locator('g.edge[data-from="plan"][data-to="draft"]')).to_have_class(
-        has_class("taken")
-    )
+    taken = probe.locator("g.edge.taken")
+    await expect(taken).to_have_count(2)
+    assert {await e.get_attribute("data-to") for e in await taken.all()} == {"draft", "research"}
 
 
 SSE_FRAMES = """async (chunks) => {

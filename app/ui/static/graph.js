@@ -115,11 +115,26 @@ export function layoutGraph(definition) {
       x += w + NODE_GAP;
     }
   });
+  // an edge that skips layers and would cross a node in between goes round on the right
+  const byId = new Map(placed.map((n) => [n.id, n]));
+  let detours = 0;
+  let right = MARGIN + widest;
+  for (const edge of forward) {
+    const a = byId.get(edge.from);
+    const b = byId.get(edge.to);
+    if (b.layer - a.layer < 2) continue;
+    const low = Math.min(a.x + a.w / 2, b.x + b.w / 2) - 8;
+    const high = Math.max(a.x + a.w / 2, b.x + b.w / 2) + 8;
+    const between = placed.filter((n) => n.layer > a.layer && n.layer < b.layer);
+    if (!between.some((n) => n.x < high && n.x + n.w > low)) continue;
+    edge.detour = Math.max(...between.map((n) => n.x + n.w), a.x + a.w, b.x + b.w) + 26 + 14 * detours++;
+    right = Math.max(right, edge.detour);
+  }
   const hasBack = edges.some((e) => e.back);
   return {
     nodes: placed,
     edges,
-    width: widest + 2 * MARGIN + (hasBack ? 90 : 0),
+    width: right + MARGIN + (hasBack ? 90 : 0),
     height: MARGIN * 2 + layers.length * NODE_H + (layers.length - 1) * LAYER_GAP,
   };
 }
@@ -145,6 +160,10 @@ function edgePath(a, b, edge, rightEdge) {
   const sy = a.y + a.h;
   const tx = b.x + b.w / 2;
   const ty = b.y;
+  if (edge.detour) {
+    const x = edge.detour;
+    return `M${sx},${sy} C${sx},${sy + 30} ${x},${sy + 10} ${x},${sy + 45} L${x},${ty - 45} C${x},${ty - 10} ${tx},${ty - 30} ${tx},${ty}`;
+  }
   const dy = (ty - sy) / 2;
   return `M${sx},${sy} C${sx},${sy + dy} ${tx},${ty - dy} ${tx},${ty}`;
 }
@@ -155,7 +174,7 @@ const shorten = (text, max = 28) => (text.length > max ? text.slice(0, max - 1) 
 export function renderGraph(container, definition, { onSelect } = {}) {
   const layout = layoutGraph(definition);
   const byId = new Map(layout.nodes.map((n) => [n.id, n]));
-  const rightEdge = Math.max(0, ...layout.nodes.map((n) => n.x + n.w));
+  const rightEdge = Math.max(0, ...layout.nodes.map((n) => n.x + n.w), ...layout.edges.map((e) => e.detour || 0));
   const svg = s("svg", {
     class: "graph",
     viewBox: `0 0 ${layout.width} ${layout.height}`,
@@ -177,7 +196,7 @@ export function renderGraph(container, definition, { onSelect } = {}) {
     const group = s("g", { class: cls, "data-from": edge.from, "data-to": edge.to });
     group.append(s("path", { d, "marker-end": "url(#arrow)" }, s("title", {}, `${edge.from} → ${edge.to}${edge.when ? ` when ${edge.when}` : ""}${edge.fan ? " (parallel)" : ""}`)));
     if (edge.when) {
-      const mx = edge.back ? Math.max(a.x + a.w, b.x + b.w, rightEdge) + 40 : (a.x + a.w / 2 + b.x + b.w / 2) / 2;
+      const mx = edge.back ? Math.max(a.x + a.w, b.x + b.w, rightEdge) + 40 : edge.detour || (a.x + a.w / 2 + b.x + b.w / 2) / 2;
       const my = edge.back ? (a.y + b.y + a.h) / 2 : (a.y + a.h + b.y) / 2;
       group.append(s("text", { x: mx, y: my, class: "edge-label", "text-anchor": "middle" }, shorten(edge.when)));
     }
@@ -221,7 +240,8 @@ export function renderGraph(container, definition, { onSelect } = {}) {
 
   return {
     layout,
-    update(states = {}, branches = {}) {
+    // taken: a Set of "from>to" edges the run went along
+    update(states = {}, branches = {}, taken = new Set()) {
       for (const [id, { group, title, branchText }] of elements) {
         const state = states[id] || "unreached";
         group.setAttribute("data-state", state);
@@ -230,9 +250,7 @@ export function renderGraph(container, definition, { onSelect } = {}) {
         title.textContent = `${id}: ${state}${ids.length ? ` (branches: ${ids.join(", ")})` : ""}`;
       }
       for (const group of svg.querySelectorAll(".edge")) {
-        const from = states[group.dataset.from];
-        const to = states[group.dataset.to];
-        group.classList.toggle("taken", Boolean(from === "done" && to && to !== "unreached"));
+        group.classList.toggle("taken", taken.has(`${group.dataset.from}>${group.dataset.to}`));
       }
     },
   };

@@ -53,6 +53,17 @@ function branchesOf(events) {
   return branches;
 }
 
+// The edges the run went along, from its branch.evaluated events (top-level nodes only).
+function takenEdges(events) {
+  const taken = new Set();
+  for (const event of events) {
+    if (event.type !== "branch.evaluated" || !event.data || !event.data.result) continue;
+    if (event.node && String(event.node).includes("/")) continue; // inside a subgraph
+    for (const to of [].concat(event.data.to)) taken.add(`${event.data.from}>${to}`);
+  }
+  return taken;
+}
+
 function legend() {
   const items = [["done", "done"], ["current", "current"], ["paused", "paused"], ["failed", "failed"], ["unreached", "not reached"]];
   return h("div", { class: "legend" }, items.map(([state, text]) => h("span", { class: "legend-item", "data-state": state }, h("i", {}), text)));
@@ -97,7 +108,7 @@ export function mountRun(root, runId, navigate) {
   let closed = false;
   let following = () => {};
 
-  const recolour = () => graph && graph.update(nodeStates(events, run), branchesOf(events));
+  const recolour = () => graph && graph.update(nodeStates(events, run), branchesOf(events), takenEdges(events));
   const checkpoints = checkpointPanel(cpPanel, runId, { navigate, onChanged: () => refresh() });
   const actions = actionPanel(pending, { onDone: () => refresh() });
 
