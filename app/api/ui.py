@@ -29,7 +29,7 @@ _HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"}
 _TYPES = {".js": "text/javascript", ".css": "text/css", ".txt": "text/plain; charset=utf-8"}
 
 
-@router.get("/ui")
+@router.api_route("/ui", methods=["GET", "HEAD"])
 async def shell() -> Response:
     return FileResponse(STATIC / "index.html", media_type="text/html", headers=_HEADERS)
 
@@ -39,7 +39,7 @@ async def shell_slash() -> Response:
     return RedirectResponse("/ui", status_code=307)
 
 
-@router.get("/ui/static/{asset:path}")
+@router.api_route("/ui/static/{asset:path}", methods=["GET", "HEAD"])
 async def asset(asset: str) -> Response:
     path = STATIC / asset
     if not _ASSET.match(asset) or ".." in asset or not path.is_file():

@@ -71,6 +71,7 @@ TWO_STEPS: dict[str, Any] = {
 
 async def start_in_page(page: Page, api: httpx.AsyncClient, name: str, inputs: str) -> str:
     await open_ui(page, api, f"/workflows/{name}")
+    await expect(page.locator("svg.graph g.node").first).to_be_visible()
     await page.fill("form.start-form textarea[name=inputs]", inputs)
     await page.click("form.start-form button[type=submit]")
     return await run_id_from_url(page)
@@ -78,6 +79,10 @@ async def start_in_page(page: Page, api: httpx.AsyncClient, name: str, inputs: s
 
 async def paused_at_ask(page: Page, api: httpx.AsyncClient) -> str:
     await store(api, APPROVAL)
+    await open_ui(page, api, "/workflows/ui-approval")
+    # the inputs start as the input schema's required properties
+    inputs = page.locator("form.start-form textarea[name=inputs]")
+    await expect(inputs).to_have_value('{\n  "amount": 0\n}')
     run_id = await start_in_page(page, api, "ui-approval", '{"amount": 250}')
     await expect_status(page, "interrupted")
     await expect_node(page, "prep", "done")

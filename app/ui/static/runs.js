@@ -80,7 +80,7 @@ export function mountRuns(root, params, navigate) {
 
   async function poll() {
     try {
-      await load();
+      if (!document.hidden) await load();
     } catch (error) {
       clear(problems, errorBox(error));
     }

@@ -40,9 +40,23 @@ export function mountWorkflows(root) {
   load();
 }
 
+// A first value for the inputs: the required properties of the input schema, typed.
+export function inputSkeleton(schema) {
+  const blank = { string: "", number: 0, integer: 0, boolean: false, array: [], object: {} };
+  const skeleton = {};
+  if (schema && schema.type === "object" && schema.properties) {
+    for (const name of schema.required || []) {
+      const property = schema.properties[name] || {};
+      const type = Array.isArray(property.type) ? property.type[0] : property.type;
+      skeleton[name] = "default" in property ? property.default : Array.isArray(property.enum) ? property.enum[0] : blank[type] ?? null;
+    }
+  }
+  return skeleton;
+}
+
 function startForm(workflow, navigate) {
   const inputs = h("textarea", { class: "json", name: "inputs", rows: 5, spellcheck: "false", "aria-label": "inputs (JSON)" });
-  inputs.value = "{}";
+  inputs.value = JSON.stringify(inputSkeleton(workflow.definition.inputs), null, 2);
   const problems = h("div", { class: "problems" });
   return h(
     "form",
