@@ -136,6 +136,23 @@ async def test_start_pause_answer_complete(page: Page, api: httpx.AsyncClient) -
     assert events[0]["data"]["from"] == "interrupted"
 
 
+async def test_bad_inputs_are_reported_on_the_start_form(
+    page: Page, api: httpx.AsyncClient
+) -> None:
+    await store(api, APPROVAL)
+    await open_ui(page, api, "/workflows/ui-approval")
+    inputs = page.locator("form.start-form textarea[name=inputs]")
+    await inputs.fill('{"amount": "a lot"}')
+    await page.click("form.start-form button[type=submit]")
+    error = page.locator("form.start-form .error")
+    await expect(error).to_contain_text("422")
+    await expect(error.locator("li").first).to_contain_text("amount")
+    await inputs.fill("{oops")
+    await page.click("form.start-form button[type=submit]")
+    await expect(error).to_contain_text("not valid JSON")
+    assert (await api.get("/runs")).json()["items"] == []
+
+
 async def test_a_refused_answer_shows_the_problem_and_the_run_stays_paused(
     page: Page, api: httpx.AsyncClient
 ) -> None:

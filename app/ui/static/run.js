@@ -129,6 +129,7 @@ export function mountRun(root, runId, navigate) {
         ` · ${run.step_count} steps · started ${when(run.created_at)} · updated ${when(run.updated_at)}`,
         run.parent_run_id ? [" · forked from ", link(`#/runs/${run.parent_run_id}`, run.parent_run_id.slice(0, 8))] : null,
         run.resume_at ? ` · resumes at ${when(run.resume_at)}` : null,
+        run.usage && run.usage.model_calls ? ` · ${run.usage.model_calls} model calls, ${run.usage.input_tokens} + ${run.usage.output_tokens} tokens` : null,
       ),
       run.error ? h("div", { class: "error run-error", "data-code": run.error.code }, h("strong", {}, run.error.code), run.error.node ? [" at ", h("code", {}, run.error.node)] : null, h("div", { class: "detail" }, run.error.message)) : null,
     );
