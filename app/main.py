@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from app import __version__, metrics
-from app.api import events, health, problems, prompts, runs, workflows
+from app.api import events, health, problems, prompts, runs, ui, workflows
 from app.api.guards import RequestGuards
 from app.openapi import build_openapi
 from app.runtime import Runtime
@@ -44,7 +44,7 @@ def create_app(
     app = FastAPI(title="Stepwise", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     problems.install(app)
-    for module in (workflows, prompts, runs, events, health):
+    for module in (workflows, prompts, runs, events, health, ui):
         app.include_router(module.router)
     # added last, runs first: HttpMetrics sees every answer, guards' refusals included
     app.add_middleware(

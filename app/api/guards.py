@@ -15,7 +15,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.bodies import unstorable_json
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/ui", "/ui/"})
+# the web inspector's static files: they hold no data, and its API calls send the key
+OPEN_PREFIXES = ("/ui/static/",)
 # A string literal, or an unterminated one running to the end: every match attempt from a
 # quote succeeds, so the scan stays linear whatever the body holds.
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
@@ -33,6 +35,10 @@ def json_depth(body: bytes, at_most: int | None = None) -> int:
     if not brackets:
         return 0
     return max(itertools.accumulate(map(_DEPTH_STEP.__getitem__, brackets)))
+
+
+def _open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 async def _send_problem(
@@ -93,7 +99,7 @@ class RequestGuards:
                 message["headers"] = [*message.get("headers", []), id_header]
             await send(message)
 
-        if self.api_keys and scope["path"] not in OPEN_PATHS and not self._authorized(headers):
+        if self.api_keys and not _open(scope["path"]) and not self._authorized(headers):
             await _send_problem(
                 send_with_id,
                 401,
