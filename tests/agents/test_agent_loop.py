@@ -176,3 +176,22 @@ async def test_token_budget_fails_the_run_once_passed(
     assert run["error"]["code"] == "token_budget_exceeded"
     assert len(fake.model_requests) == 2
     assert run["usage"] == {"input_tokens": 100, "output_tokens": 20, "model_calls": 2}
+
+
+async def test_deltas_are_coalesced_but_not_held_back(
+    client: httpx.AsyncClient, fake: FakeModel
+) -> None:
+    """Chunks arriving in a burst share events; a chunk followed by a pause is written
+    before the next one arrives (the flush timer does not wait for more text)."""
+    burst = "".join(f"word{i} " for i in range(300))
+    fake.push(Answer(text=burst, pieces=300), Answer(text="one two three", pieces=3,
+                                                     chunk_delay_s=0.4))  # fmt: skip
+    first = await run_and_wait(client, {"definition": agent_workflow(fake),
+                                        "inputs": {"question": "q"}})  # fmt: skip
+    deltas = await events_of(client, first["id"], types="message.delta")
+    assert "".join(e["data"]["text"] for e in deltas) == burst
+    assert len(deltas) < 100  # 300 chunks, far fewer rows
+    second = await run_and_wait(client, {"definition": agent_workflow(fake),
+                                         "inputs": {"question": "q"}})  # fmt: skip
+    deltas = await events_of(client, second["id"], types="message.delta")
+    assert [e["data"]["text"] for e in deltas] == ["one t", "wo th", "ree"]
