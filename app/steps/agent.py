@@ -154,7 +154,13 @@ class _Loop:
         if self.provider is None:
             api_key = setup.model.api_key
             if api_key is not None and ctx.services.templates.has_template(api_key):
-                api_key = ctx.services.templates.render(api_key, {"secrets": ctx.services.secrets})
+                try:
+                    api_key = ctx.services.templates.render(
+                        api_key, {"secrets": ctx.services.secrets}
+                    )
+                except Exception as exc:  # a TemplateError: e.g. an unknown secret
+                    message = getattr(exc, "message", type(exc).__name__)
+                    raise ModelError("invalid_step_config", f"api_key: {message}") from None
             self.provider = make_provider(
                 setup.model.provider,
                 base_url=setup.model.base_url,
