@@ -143,3 +143,31 @@ async def test_a_retry_replays_recorded_turns_without_asking_again(
 
 def _unused(request: Request) -> tuple[int, object]:
     return 500, None
+
+
+async def test_tool_header_secrets_reach_the_tool_but_never_the_model(
+    make_client: AppFactory, fake: FakeModel
+) -> None:
+    secret = "tool-token-5d1e8a2b"
+    import os
+
+    os.environ["STEPWISE_SECRET_ORDERS_TOKEN"] = secret
+    try:
+        client = await make_client()
+    finally:
+        del os.environ["STEPWISE_SECRET_ORDERS_TOKEN"]
+    fake.routes["/echo"] = lambda request: (200, {"you_sent": request.headers["authorization"]})
+    tools = {
+        "echo": {"description": "Echo", "parameters": {"type": "object"},
+                 "http": {"method": "GET", "url": fake.url("/echo"),
+                          "headers": {"Authorization": "Bearer {{ secrets.ORDERS_TOKEN }}"}}},
+    }  # fmt: skip
+    fake.push(Answer(tool_calls=[("c1", "echo", {})]), Answer(text="done"))
+    definition = agent_workflow(fake, agent={"tools": ["echo"]}, tools=tools)
+    run = await run_and_wait(client, {"definition": definition, "inputs": {"question": "q"}})
+    assert run["status"] == "completed", run["error"]
+    [echo] = [r for r in fake.requests if r.path == "/echo"]
+    assert echo.headers["authorization"] == f"Bearer {secret}"
+    second = str(fake.model_requests[1].body)
+    assert secret not in second and "***" in second
+    assert secret not in str(await events_of(client, run["id"]))

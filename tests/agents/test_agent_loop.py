@@ -4,11 +4,13 @@ deltas, tools (http and argument checking), usage and the limits."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.agents.fake_models import Answer, FakeModel, Request
+from tests.agents.fake_models import Answer, Error, FakeModel, Request
 from tests.agents.helpers import agent_workflow, system_of, tool_results, user_texts
 from tests.conftest import events_of, run_and_wait
 
@@ -195,3 +197,55 @@ async def test_deltas_are_coalesced_but_not_held_back(
                                          "inputs": {"question": "q"}})  # fmt: skip
     deltas = await events_of(client, second["id"], types="message.delta")
     assert [e["data"]["text"] for e in deltas] == ["one t", "wo th", "ree"]
+
+
+@pytest.fixture
+def tool_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test plugins made discoverable as an installation would (a .dist-info)."""
+    dist = tmp_path / "agent_test_tools-0.1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: agent-test-tools\nVersion: 0.1.0\n"
+    )
+    (dist / "entry_points.txt").write_text(
+        "[stepwise.tools]\n"
+        "word_count = tests.agents.tool_plugins:word_count\n"
+        "broken = tests.agents.tool_plugins:broken\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+async def test_plugin_tools_run_through_their_entry_point(
+    client: httpx.AsyncClient, fake: FakeModel, tool_plugins: None
+) -> None:
+    tools = {
+        "count": {"description": "Count words", "plugin": "word_count",
+                  "parameters": {"type": "object", "required": ["text"],
+                                 "properties": {"text": {"type": "string"}}}},
+        "fragile": {"description": "Breaks", "plugin": "broken"},
+    }  # fmt: skip
+    fake.push(Answer(tool_calls=[("c1", "count", {"text": "one two three"})]), Answer(text="3"))
+    definition = agent_workflow(fake, agent={"tools": ["count", "fragile"]}, tools=tools)
+    run = await run_and_wait(client, {"definition": definition, "inputs": {"question": "?"}})
+    assert run["status"] == "completed", run["error"]
+    [result] = tool_results(fake, fake.model_requests[1].body)
+    assert json.loads(result["content"]) == {"words": 3, "run": run["id"]}
+
+    fake.push(Answer(tool_calls=[("c2", "fragile", {})]))
+    run = await run_and_wait(client, {"definition": definition, "inputs": {"question": "?"}})
+    assert run["status"] == "failed"
+    assert run["error"]["code"] == "tool_failed"
+    assert "the plugin broke" in run["error"]["message"]
+
+
+async def test_model_requests_do_not_follow_redirects(
+    client: httpx.AsyncClient, fake: FakeModel
+) -> None:
+    fake.push(Error(307, [("Location", "http://10.255.255.1/v1/chat/completions")]))
+    run = await run_and_wait(
+        client, {"definition": agent_workflow(fake), "inputs": {"question": "q"}}
+    )
+    assert run["status"] == "failed"
+    assert run["error"]["code"] == "model_error"
+    assert run["error"]["details"]["status"] == 307
+    assert len(fake.requests) == 1
