@@ -90,13 +90,15 @@ class _Loop:
                     )  # fmt: skip
                 record = answer.as_record()
                 await self.journal.record("model", record)
-                total = self.ctx.usage({**record["usage"], "model_calls": 1})
+                total = self._count(record, len(self.journal.entries) - 1)
                 self._answered(record)
                 over = self._over_budget(total, before=False)
                 if over is not None:
                     return over
             else:
                 record = entry["data"]
+                # a call answered before a crash, not yet counted in a checkpoint
+                self._count(record, entry["seq"])
                 self._answered(record)
             calls += 1
             for call in record["tool_calls"]:
@@ -118,6 +120,11 @@ class _Loop:
             self.messages.append({"role": "user", "content": message})
             user_turns += 1
             calls = 0
+
+    def _count(self, record: dict[str, Any], seq: int) -> dict[str, int]:
+        """Count a model call in the run's usage, once (keyed by the journal's turn)."""
+        turn = (f"{self.ctx.node}:{self.ctx.visit}", seq)
+        return self.ctx.usage({**record["usage"], "model_calls": 1}, turn)
 
     def _answered(self, record: dict[str, Any]) -> None:
         said: dict[str, Any] = {"role": "assistant", "content": record["text"]}
