@@ -110,6 +110,7 @@ class UsageMeter(Protocol):
         self, delta: dict[str, int] | None = None, turn: tuple[str, int] | None = None
     ) -> dict[str, int]: ...
 
+
 STEP_EVENT_TYPES = frozenset({"step.progress", "message.delta", "tool.called", "tool.completed"})
 
 
