@@ -123,7 +123,7 @@ class _Loop:
 
     def _count(self, record: dict[str, Any], seq: int) -> dict[str, int]:
         """Count a model call in the run's usage, once (keyed by the journal's turn)."""
-        turn = (f"{self.ctx.node}:{self.ctx.visit}", seq)
+        turn = (self.ctx.idempotency_key, seq)  # run:node:visit — a fork starts its own
         return self.ctx.usage({**record["usage"], "model_calls": 1}, turn)
 
     def _answered(self, record: dict[str, Any]) -> None:
@@ -341,6 +341,8 @@ class AgentStep:
                 if isinstance(first, StepResult):
                     return first
                 start["messages"].append({"role": "user", "content": first})
+            # a secret in `with` or a prompt is never sent to a model
+            start = ctx.services.redactor.json(start)
             await journal.record("start", start)
         else:
             start = start_entry["data"]

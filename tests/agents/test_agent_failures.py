@@ -94,6 +94,8 @@ async def test_the_api_key_secret_is_sent_and_never_stored(
         fake.push(Error(401), Answer(text="fine"))
         definition = agent_workflow(fake)
         definition["models"]["m"]["api_key"] = "{{ secrets.MODEL_KEY }}"
+        # a secret put in the prompt is redacted before it reaches the model
+        definition["nodes"]["ask"]["with"]["prompt"] = "my key is {{ secrets.MODEL_KEY }}"
         failed = await run_and_wait(client, {"definition": definition, "inputs": {"question": "q"}})
         ok = await run_and_wait(client, {"definition": definition, "inputs": {"question": "q"}})
     finally:
@@ -102,7 +104,7 @@ async def test_the_api_key_secret_is_sent_and_never_stored(
     for request in fake.model_requests:
         sent = request.headers.get("authorization") or request.headers.get("x-api-key")
         assert sent is not None and secret in sent
-        assert secret not in str(request.body)
+        assert secret not in str(request.body) and "my key is ***" in str(request.body)
     for run in (failed, ok):
         assert secret not in (await client.get(f"/runs/{run['id']}")).text
         assert secret not in str(await events_of(client, run["id"]))
