@@ -8,7 +8,7 @@ import httpx
 
 from tests.agents.fake_models import Answer, Error, FakeModel, Request
 from tests.agents.helpers import agent_workflow, tool_results
-from tests.conftest import AppFactory, events_of, run_and_wait
+from tests.conftest import AppFactory, events_of, run_and_wait, wait_run
 
 RETRY = {"max_attempts": 3, "initial_delay_s": 0.05, "backoff": 1.0}
 
@@ -173,3 +173,27 @@ async def test_tool_header_secrets_reach_the_tool_but_never_the_model(
     second = str(fake.model_requests[1].body)
     assert secret not in second and "***" in second
     assert secret not in str(await events_of(client, run["id"]))
+
+
+async def test_resuming_a_failed_agent_continues_from_the_last_recorded_turn(
+    client: httpx.AsyncClient, fake: FakeModel
+) -> None:
+    fake.routes["/stock"] = lambda request: (200, {"left": 3})
+    tools = {
+        "stock": {"description": "Stock left", "parameters": {"type": "object"},
+                  "http": {"method": "POST", "url": fake.url("/stock"), "json": {}}},
+    }  # fmt: skip
+    fake.push(Answer(tool_calls=[("call_1", "stock", {})]), Error(500))
+    definition = agent_workflow(fake, agent={"tools": ["stock"]}, tools=tools)
+    run = await run_and_wait(client, {"definition": definition, "inputs": {"question": "q"}})
+    assert run["status"] == "failed" and run["error"]["code"] == "model_error"
+    assert run["usage"]["model_calls"] == 1
+    fake.push(Answer(text="Three left."))
+    resumed = await client.post(f"/runs/{run['id']}/resume", json={})
+    assert resumed.status_code == 202, resumed.text
+    done = await wait_run(client, run["id"])
+    assert done["status"] == "completed", done["error"]
+    assert done["state"]["answer"] == "Three left."
+    assert len(fake.model_requests) == 3  # the answered first call was not made again
+    assert len([r for r in fake.requests if r.path == "/stock"]) == 1
+    assert done["usage"]["model_calls"] == 2
