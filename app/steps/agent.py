@@ -17,15 +17,13 @@ from __future__ import annotations
 from typing import Any
 
 from app.agents.providers import ModelAnswer, ModelError, ModelRequest, Provider, make_provider
-from app.agents.setup import AgentSetup, handoff_messages, load_setup, opening
+from app.agents.setup import AgentSetup, handoff_messages, load_setup, opening, transfer_spec
 from app.agents.stream import DeltaCoalescer
 from app.agents.tools import argument_errors, result_text, run_http_tool, run_plugin_tool
 from app.agents.transport import model_http_client
 from app.errors import StepwiseError
 from app.steps.base import StepContext, StepResult
 from app.steps.http import config_error, outbound_policy
-
-BUILTIN_TOOLS = ("transfer_to_agent", "ask_human", "end_session")
 
 
 class _Journal:
@@ -255,8 +253,6 @@ class _Loop:
         if name == "end_session" and setup.options.session:
             return {"result": "the session ends", "effect": "end_session"}
         if name == "transfer_to_agent" and setup.handoff_targets:
-            from app.agents.setup import transfer_spec
-
             problem = argument_errors(transfer_spec(setup.handoff_targets).parameters, args)
             if problem is not None:
                 return {"error": problem}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.agents.fake_models import Answer, Error, FakeModel, Request
+from tests.agents.fake_models import Answer, Error, FakeModel
 from tests.agents.helpers import agent_workflow, tool_results
 from tests.conftest import AppFactory, events_of, run_and_wait, wait_run
 
@@ -141,10 +141,6 @@ async def test_a_retry_replays_recorded_turns_without_asking_again(
     assert run["usage"]["model_calls"] == 2
     events = await events_of(client, run["id"], types="tool.*")
     assert [e["type"] for e in events] == ["tool.called", "tool.completed"]
-
-
-def _unused(request: Request) -> tuple[int, object]:
-    return 500, None
 
 
 async def test_tool_header_secrets_reach_the_tool_but_never_the_model(

@@ -135,7 +135,6 @@ async def test_bad_arguments_go_back_to_the_model_as_an_error(
 async def test_a_tool_failing_for_good_fails_the_node(
     client: httpx.AsyncClient, fake: FakeModel
 ) -> None:
-    fake.routes["/orders/A-1"] = lambda request: (404, {"error": "gone"})
     tools = _orders(fake)
     fake.routes["/orders/A-1"] = lambda request: (404, {"error": "gone"})
     fake.push(Answer(tool_calls=[("call_1", "lookup_order", {"order_id": "A-1"})]))
