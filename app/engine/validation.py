@@ -187,7 +187,8 @@ class DefinitionValidator:
             if node.agent is None:
                 msg = "a `step: agent` node must be bound to an agent (`agent:`)"
                 errors.append(error_item(loc, msg, "agent_required"))
-            elif node.agent in agents and agents[node.agent].model is None:
+            elif node.agent not in agents or agents[node.agent].model is None:
+                # also when `agents` does not declare it: the model comes from there
                 msg = f"agent {node.agent!r} has no `model`: a `step: agent` node needs one"
                 errors.append(error_item(loc, msg, "model_required"))
             ref = node.with_.get("prompt_ref")
