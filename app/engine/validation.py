@@ -167,7 +167,10 @@ class DefinitionValidator:
         errors = []
         for name, tool in d.tools.items():
             if not _TOOL_NAME.match(name) or name in BUILTIN_TOOLS:
-                msg = f"a tool name is 1-64 letters, digits, '_' or '-', and not one of {sorted(BUILTIN_TOOLS)}"
+                msg = (
+                    "a tool name is 1-64 letters, digits, '_' or '-', and not one of "
+                    f"{sorted(BUILTIN_TOOLS)}"
+                )
                 errors.append(error_item(["tools", name], msg, "invalid_tool_name"))
             errors += schema_errors(tool.parameters, ["tools", name, "parameters"])
         agents = d.agent_map

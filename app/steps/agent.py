@@ -74,7 +74,10 @@ class _Loop:
             entry = self.journal.next()
             if entry is None:
                 if calls >= self.setup.agent.max_turns:
-                    msg = f"agent {self.setup.agent_id!r} made {calls} model calls without a final answer (max_turns {self.setup.agent.max_turns})"
+                    msg = (
+                        f"agent {self.setup.agent_id!r} made {calls} model calls without a "
+                        f"final answer (max_turns {self.setup.agent.max_turns})"
+                    )
                     return StepResult.failed("max_turns_exceeded", msg)
                 over = self._over_budget(self.ctx.usage(None), before=True)
                 if over is not None:
