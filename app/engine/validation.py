@@ -13,6 +13,7 @@ from jsonschema import SchemaError
 from jsonschema.validators import validator_for
 from pydantic import ValidationError
 
+from app.agents.setup import AgentWith
 from app.engine.templates import TemplateEngine, TemplateError
 from app.errors import Invalid, error_item
 from app.schemas.definition import (
@@ -194,6 +195,10 @@ class DefinitionValidator:
                 # also when `agents` does not declare it: the model comes from there
                 msg = f"agent {node.agent!r} has no `model`: a `step: agent` node needs one"
                 errors.append(error_item(loc, msg, "model_required"))
+            for key in node.with_:
+                if key not in AgentWith.model_fields:
+                    msg = f"unknown setting {key!r}; known: {sorted(AgentWith.model_fields)}"
+                    errors.append(error_item(["nodes", node_id, "with", key], msg, "unknown_field"))
             ref = node.with_.get("prompt_ref")
             if ref is not None and not (
                 isinstance(ref, str)
