@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.agents.fake_models import Answer, Error, FakeModel, Request
 from tests.agents.helpers import agent_workflow, system_of, tool_results, user_texts
@@ -248,3 +250,22 @@ async def test_model_requests_do_not_follow_redirects(
     assert run["error"]["code"] == "model_error"
     assert run["error"]["details"]["status"] == 307
     assert len(fake.requests) == 1
+
+
+async def test_the_journal_goes_with_its_run(
+    client: httpx.AsyncClient, fake: FakeModel, database_url: str
+) -> None:
+    fake.push(Answer(text="ok"))
+    run = await run_and_wait(
+        client, {"definition": agent_workflow(fake), "inputs": {"question": "q"}}
+    )
+    count = "SELECT count(*) FROM agent_turns WHERE run_id = :id"
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(text(count), {"id": run["id"]})).scalar() == 2
+        assert (await client.delete(f"/runs/{run['id']}")).status_code in (200, 204)
+        async with engine.connect() as conn:
+            assert (await conn.execute(text(count), {"id": run["id"]})).scalar() == 0
+    finally:
+        await engine.dispose()
