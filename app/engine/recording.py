@@ -62,14 +62,24 @@ class RunRecorder:
         self.events.append(NewEvent(type_, path, self.engine.redactor.json(data)))
         await self._flush()
 
-    def _account(self, delta: dict[str, int] | None) -> dict[str, int]:
+    def _account(
+        self, delta: dict[str, int] | None = None, turn: tuple[str, int] | None = None
+    ) -> dict[str, int]:
         """Add a step's model usage to the run's (kept in the run's document, so resume
-        and fork carry it); the run's total."""
+        and fork carry it); the run's total. With ``turn``, a delta is counted once: the
+        document keeps the last counted turn per key (``usage_marks``)."""
         usage = dict(self.doc.get("usage") or EMPTY_USAGE)
-        if delta:
-            for key in EMPTY_USAGE:
-                usage[key] = usage.get(key, 0) + int(delta.get(key, 0))
-            self.doc = {**self.doc, "usage": usage}
+        if not delta:
+            return usage
+        marks = self.doc.get("usage_marks") or {}
+        if turn is not None:
+            key, seq = turn
+            if seq <= marks.get(key, -1):
+                return usage
+            marks = {**marks, key: seq}
+        for name in EMPTY_USAGE:
+            usage[name] = usage.get(name, 0) + int(delta.get(name, 0))
+        self.doc = {**self.doc, "usage": usage, "usage_marks": marks}
         return usage
 
     async def _retrying(self, attempt: int, delay: float, error: StepError, node: str) -> None:

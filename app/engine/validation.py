@@ -13,6 +13,7 @@ from jsonschema import SchemaError
 from jsonschema.validators import validator_for
 from pydantic import ValidationError
 
+from app.agents.setup import AgentWith
 from app.engine.templates import TemplateEngine, TemplateError
 from app.errors import Invalid, error_item
 from app.schemas.definition import (
@@ -172,7 +173,10 @@ class DefinitionValidator:
         errors = []
         for name, tool in d.tools.items():
             if not _TOOL_NAME.match(name) or name in BUILTIN_TOOLS:
-                msg = f"a tool name is 1-64 letters, digits, '_' or '-', and not one of {sorted(BUILTIN_TOOLS)}"
+                msg = (
+                    "a tool name is 1-64 letters, digits, '_' or '-', and not one of "
+                    f"{sorted(BUILTIN_TOOLS)}"
+                )
                 errors.append(error_item(["tools", name], msg, "invalid_tool_name"))
             errors += schema_errors(tool.parameters, ["tools", name, "parameters"])
         agents = d.agent_map
@@ -192,9 +196,14 @@ class DefinitionValidator:
             if node.agent is None:
                 msg = "a `step: agent` node must be bound to an agent (`agent:`)"
                 errors.append(error_item(loc, msg, "agent_required"))
-            elif node.agent in agents and agents[node.agent].model is None:
+            elif node.agent not in agents or agents[node.agent].model is None:
+                # also when `agents` does not declare it: the model comes from there
                 msg = f"agent {node.agent!r} has no `model`: a `step: agent` node needs one"
                 errors.append(error_item(loc, msg, "model_required"))
+            for key in node.with_:
+                if key not in AgentWith.model_fields:
+                    msg = f"unknown setting {key!r}; known: {sorted(AgentWith.model_fields)}"
+                    errors.append(error_item(["nodes", node_id, "with", key], msg, "unknown_field"))
             ref = node.with_.get("prompt_ref")
             if ref is not None and not (
                 isinstance(ref, str)

@@ -17,15 +17,13 @@ from __future__ import annotations
 from typing import Any
 
 from app.agents.providers import ModelAnswer, ModelError, ModelRequest, Provider, make_provider
-from app.agents.setup import AgentSetup, handoff_messages, load_setup, opening
+from app.agents.setup import AgentSetup, handoff_messages, load_setup, opening, transfer_spec
 from app.agents.stream import DeltaCoalescer
 from app.agents.tools import argument_errors, result_text, run_http_tool, run_plugin_tool
 from app.agents.transport import model_http_client
 from app.errors import StepwiseError
 from app.steps.base import StepContext, StepResult
 from app.steps.http import config_error, outbound_policy
-
-BUILTIN_TOOLS = ("transfer_to_agent", "ask_human", "end_session")
 
 
 class _Journal:
@@ -76,7 +74,10 @@ class _Loop:
             entry = self.journal.next()
             if entry is None:
                 if calls >= self.setup.agent.max_turns:
-                    msg = f"agent {self.setup.agent_id!r} made {calls} model calls without a final answer (max_turns {self.setup.agent.max_turns})"
+                    msg = (
+                        f"agent {self.setup.agent_id!r} made {calls} model calls without a "
+                        f"final answer (max_turns {self.setup.agent.max_turns})"
+                    )
                     return StepResult.failed("max_turns_exceeded", msg)
                 over = self._over_budget(self.ctx.usage(None), before=True)
                 if over is not None:
@@ -90,13 +91,15 @@ class _Loop:
                     )  # fmt: skip
                 record = answer.as_record()
                 await self.journal.record("model", record)
-                total = self.ctx.usage({**record["usage"], "model_calls": 1})
+                total = self._count(record, len(self.journal.entries) - 1)
                 self._answered(record)
                 over = self._over_budget(total, before=False)
                 if over is not None:
                     return over
             else:
                 record = entry["data"]
+                # a call answered before a crash, not yet counted in a checkpoint
+                self._count(record, entry["seq"])
                 self._answered(record)
             calls += 1
             for call in record["tool_calls"]:
@@ -118,6 +121,11 @@ class _Loop:
             self.messages.append({"role": "user", "content": message})
             user_turns += 1
             calls = 0
+
+    def _count(self, record: dict[str, Any], seq: int) -> dict[str, int]:
+        """Count a model call in the run's usage, once (keyed by the journal's turn)."""
+        turn = (self.ctx.idempotency_key, seq)  # run:node:visit — a fork starts its own
+        return self.ctx.usage({**record["usage"], "model_calls": 1}, turn)
 
     def _answered(self, record: dict[str, Any]) -> None:
         said: dict[str, Any] = {"role": "assistant", "content": record["text"]}
@@ -154,7 +162,13 @@ class _Loop:
         if self.provider is None:
             api_key = setup.model.api_key
             if api_key is not None and ctx.services.templates.has_template(api_key):
-                api_key = ctx.services.templates.render(api_key, {"secrets": ctx.services.secrets})
+                try:
+                    api_key = ctx.services.templates.render(
+                        api_key, {"secrets": ctx.services.secrets}
+                    )
+                except Exception as exc:  # a TemplateError: e.g. an unknown secret
+                    message = getattr(exc, "message", type(exc).__name__)
+                    raise ModelError("invalid_step_config", f"api_key: {message}") from None
             self.provider = make_provider(
                 setup.model.provider,
                 base_url=setup.model.base_url,
@@ -242,8 +256,6 @@ class _Loop:
         if name == "end_session" and setup.options.session:
             return {"result": "the session ends", "effect": "end_session"}
         if name == "transfer_to_agent" and setup.handoff_targets:
-            from app.agents.setup import transfer_spec
-
             problem = argument_errors(transfer_spec(setup.handoff_targets).parameters, args)
             if problem is not None:
                 return {"error": problem}
@@ -328,6 +340,8 @@ class AgentStep:
                 if isinstance(first, StepResult):
                     return first
                 start["messages"].append({"role": "user", "content": first})
+            # a secret in `with` or a prompt is never sent to a model
+            start = ctx.services.redactor.json(start)
             await journal.record("start", start)
         else:
             start = start_entry["data"]

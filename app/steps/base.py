@@ -98,8 +98,19 @@ class StepResult:
 
 ProgressEmitter = Callable[[dict[str, Any]], Awaitable[None]]
 EventEmitter = Callable[[str, dict[str, Any]], Awaitable[None]]
-# adds a usage delta ({input_tokens, output_tokens, model_calls}) to the run's; the total
-UsageMeter = Callable[[dict[str, int] | None], dict[str, int]]
+
+
+class UsageMeter(Protocol):
+    """Adds a usage delta (``{input_tokens, output_tokens, model_calls}``) to the run's and
+    returns the run's total. ``turn`` (a key and a sequence number, e.g. a node visit and a
+    model call's turn) counts a delta once: a turn at or below the key's last counted one
+    is not added again, so replaying recorded turns after a crash counts each call once."""
+
+    def __call__(
+        self, delta: dict[str, int] | None = None, turn: tuple[str, int] | None = None
+    ) -> dict[str, int]: ...
+
+
 STEP_EVENT_TYPES = frozenset({"step.progress", "message.delta", "tool.called", "tool.completed"})
 
 
@@ -111,7 +122,9 @@ async def _no_event(_: str, __: dict[str, Any]) -> None:
     return None
 
 
-def _no_usage(delta: dict[str, int] | None) -> dict[str, int]:
+def _no_usage(
+    delta: dict[str, int] | None = None, turn: tuple[str, int] | None = None
+) -> dict[str, int]:
     return {"input_tokens": 0, "output_tokens": 0, "model_calls": 0}
 
 

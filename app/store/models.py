@@ -208,5 +208,5 @@ class AgentTurn(Base):
     visit: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(20))  # model, tool, human, user
-    data: Mapped[Any] = mapped_column(Json, nullable=True)
+    data: Mapped[Any] = mapped_column(Json)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

@@ -24,7 +24,7 @@ def upgrade() -> None:
         sa.Column("visit", sa.Integer(), nullable=False),
         sa.Column("seq", sa.Integer(), nullable=False),
         sa.Column("kind", sa.String(length=20), nullable=False),
-        sa.Column("data", sa.JSON(), nullable=True),
+        sa.Column("data", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["run_id"], ["runs.id"], name=op.f("fk_agent_turns_run_id_runs"), ondelete="CASCADE"

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import httpx
 
-from tests.agents.fake_models import Answer, Error, FakeModel, Request
+from tests.agents.fake_models import Answer, Error, FakeModel
 from tests.agents.helpers import agent_workflow, tool_results
-from tests.conftest import AppFactory, events_of, run_and_wait
+from tests.conftest import AppFactory, events_of, run_and_wait, wait_run
 
 RETRY = {"max_attempts": 3, "initial_delay_s": 0.05, "backoff": 1.0}
 
@@ -94,6 +94,8 @@ async def test_the_api_key_secret_is_sent_and_never_stored(
         fake.push(Error(401), Answer(text="fine"))
         definition = agent_workflow(fake)
         definition["models"]["m"]["api_key"] = "{{ secrets.MODEL_KEY }}"
+        # a secret put in the prompt is redacted before it reaches the model
+        definition["nodes"]["ask"]["with"]["prompt"] = "my key is {{ secrets.MODEL_KEY }}"
         failed = await run_and_wait(client, {"definition": definition, "inputs": {"question": "q"}})
         ok = await run_and_wait(client, {"definition": definition, "inputs": {"question": "q"}})
     finally:
@@ -102,7 +104,7 @@ async def test_the_api_key_secret_is_sent_and_never_stored(
     for request in fake.model_requests:
         sent = request.headers.get("authorization") or request.headers.get("x-api-key")
         assert sent is not None and secret in sent
-        assert secret not in str(request.body)
+        assert secret not in str(request.body) and "my key is ***" in str(request.body)
     for run in (failed, ok):
         assert secret not in (await client.get(f"/runs/{run['id']}")).text
         assert secret not in str(await events_of(client, run["id"]))
@@ -141,5 +143,53 @@ async def test_a_retry_replays_recorded_turns_without_asking_again(
     assert [e["type"] for e in events] == ["tool.called", "tool.completed"]
 
 
-def _unused(request: Request) -> tuple[int, object]:
-    return 500, None
+async def test_tool_header_secrets_reach_the_tool_but_never_the_model(
+    make_client: AppFactory, fake: FakeModel
+) -> None:
+    secret = "tool-token-5d1e8a2b"
+    import os
+
+    os.environ["STEPWISE_SECRET_ORDERS_TOKEN"] = secret
+    try:
+        client = await make_client()
+    finally:
+        del os.environ["STEPWISE_SECRET_ORDERS_TOKEN"]
+    fake.routes["/echo"] = lambda request: (200, {"you_sent": request.headers["authorization"]})
+    tools = {
+        "echo": {"description": "Echo", "parameters": {"type": "object"},
+                 "http": {"method": "GET", "url": fake.url("/echo"),
+                          "headers": {"Authorization": "Bearer {{ secrets.ORDERS_TOKEN }}"}}},
+    }  # fmt: skip
+    fake.push(Answer(tool_calls=[("c1", "echo", {})]), Answer(text="done"))
+    definition = agent_workflow(fake, agent={"tools": ["echo"]}, tools=tools)
+    run = await run_and_wait(client, {"definition": definition, "inputs": {"question": "q"}})
+    assert run["status"] == "completed", run["error"]
+    [echo] = [r for r in fake.requests if r.path == "/echo"]
+    assert echo.headers["authorization"] == f"Bearer {secret}"
+    second = str(fake.model_requests[1].body)
+    assert secret not in second and "***" in second
+    assert secret not in str(await events_of(client, run["id"]))
+
+
+async def test_resuming_a_failed_agent_continues_from_the_last_recorded_turn(
+    client: httpx.AsyncClient, fake: FakeModel
+) -> None:
+    fake.routes["/stock"] = lambda request: (200, {"left": 3})
+    tools = {
+        "stock": {"description": "Stock left", "parameters": {"type": "object"},
+                  "http": {"method": "POST", "url": fake.url("/stock"), "json": {}}},
+    }  # fmt: skip
+    fake.push(Answer(tool_calls=[("call_1", "stock", {})]), Error(500))
+    definition = agent_workflow(fake, agent={"tools": ["stock"]}, tools=tools)
+    run = await run_and_wait(client, {"definition": definition, "inputs": {"question": "q"}})
+    assert run["status"] == "failed" and run["error"]["code"] == "model_error"
+    assert run["usage"]["model_calls"] == 1
+    fake.push(Answer(text="Three left."))
+    resumed = await client.post(f"/runs/{run['id']}/resume", json={})
+    assert resumed.status_code == 202, resumed.text
+    done = await wait_run(client, run["id"])
+    assert done["status"] == "completed", done["error"]
+    assert done["state"]["answer"] == "Three left."
+    assert len(fake.model_requests) == 3  # the answered first call was not made again
+    assert len([r for r in fake.requests if r.path == "/stock"]) == 1
+    assert done["usage"]["model_calls"] == 2

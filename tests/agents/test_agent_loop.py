@@ -4,11 +4,15 @@ deltas, tools (http and argument checking), usage and the limits."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.agents.fake_models import Answer, FakeModel, Request
+from tests.agents.fake_models import Answer, Error, FakeModel, Request
 from tests.agents.helpers import agent_workflow, system_of, tool_results, user_texts
 from tests.conftest import events_of, run_and_wait
 
@@ -133,7 +137,6 @@ async def test_bad_arguments_go_back_to_the_model_as_an_error(
 async def test_a_tool_failing_for_good_fails_the_node(
     client: httpx.AsyncClient, fake: FakeModel
 ) -> None:
-    fake.routes["/orders/A-1"] = lambda request: (404, {"error": "gone"})
     tools = _orders(fake)
     fake.routes["/orders/A-1"] = lambda request: (404, {"error": "gone"})
     fake.push(Answer(tool_calls=[("call_1", "lookup_order", {"order_id": "A-1"})]))
@@ -176,3 +179,93 @@ async def test_token_budget_fails_the_run_once_passed(
     assert run["error"]["code"] == "token_budget_exceeded"
     assert len(fake.model_requests) == 2
     assert run["usage"] == {"input_tokens": 100, "output_tokens": 20, "model_calls": 2}
+
+
+async def test_deltas_are_coalesced_but_not_held_back(
+    client: httpx.AsyncClient, fake: FakeModel
+) -> None:
+    """Chunks arriving in a burst share events; a chunk followed by a pause is written
+    before the next one arrives (the flush timer does not wait for more text)."""
+    burst = "".join(f"word{i} " for i in range(300))
+    fake.push(Answer(text=burst, pieces=300), Answer(text="one two three", pieces=3,
+                                                     chunk_delay_s=0.4))  # fmt: skip
+    first = await run_and_wait(client, {"definition": agent_workflow(fake),
+                                        "inputs": {"question": "q"}})  # fmt: skip
+    deltas = await events_of(client, first["id"], types="message.delta")
+    assert "".join(e["data"]["text"] for e in deltas) == burst
+    assert len(deltas) < 100  # 300 chunks, far fewer rows
+    second = await run_and_wait(client, {"definition": agent_workflow(fake),
+                                         "inputs": {"question": "q"}})  # fmt: skip
+    deltas = await events_of(client, second["id"], types="message.delta")
+    assert [e["data"]["text"] for e in deltas] == ["one t", "wo th", "ree"]
+
+
+@pytest.fixture
+def tool_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test plugins made discoverable as an installation would (a .dist-info)."""
+    dist = tmp_path / "agent_test_tools-0.1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: agent-test-tools\nVersion: 0.1.0\n"
+    )
+    (dist / "entry_points.txt").write_text(
+        "[stepwise.tools]\n"
+        "word_count = tests.agents.tool_plugins:word_count\n"
+        "broken = tests.agents.tool_plugins:broken\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+async def test_plugin_tools_run_through_their_entry_point(
+    client: httpx.AsyncClient, fake: FakeModel, tool_plugins: None
+) -> None:
+    tools = {
+        "count": {"description": "Count words", "plugin": "word_count",
+                  "parameters": {"type": "object", "required": ["text"],
+                                 "properties": {"text": {"type": "string"}}}},
+        "fragile": {"description": "Breaks", "plugin": "broken"},
+    }  # fmt: skip
+    fake.push(Answer(tool_calls=[("c1", "count", {"text": "one two three"})]), Answer(text="3"))
+    definition = agent_workflow(fake, agent={"tools": ["count", "fragile"]}, tools=tools)
+    run = await run_and_wait(client, {"definition": definition, "inputs": {"question": "?"}})
+    assert run["status"] == "completed", run["error"]
+    [result] = tool_results(fake, fake.model_requests[1].body)
+    assert json.loads(result["content"]) == {"words": 3, "run": run["id"]}
+
+    fake.push(Answer(tool_calls=[("c2", "fragile", {})]))
+    run = await run_and_wait(client, {"definition": definition, "inputs": {"question": "?"}})
+    assert run["status"] == "failed"
+    assert run["error"]["code"] == "tool_failed"
+    assert "the plugin broke" in run["error"]["message"]
+
+
+async def test_model_requests_do_not_follow_redirects(
+    client: httpx.AsyncClient, fake: FakeModel
+) -> None:
+    fake.push(Error(307, [("Location", "http://10.255.255.1/v1/chat/completions")]))
+    run = await run_and_wait(
+        client, {"definition": agent_workflow(fake), "inputs": {"question": "q"}}
+    )
+    assert run["status"] == "failed"
+    assert run["error"]["code"] == "model_error"
+    assert run["error"]["details"]["status"] == 307
+    assert len(fake.requests) == 1
+
+
+async def test_the_journal_goes_with_its_run(
+    client: httpx.AsyncClient, fake: FakeModel, database_url: str
+) -> None:
+    fake.push(Answer(text="ok"))
+    run = await run_and_wait(
+        client, {"definition": agent_workflow(fake), "inputs": {"question": "q"}}
+    )
+    count = "SELECT count(*) FROM agent_turns WHERE run_id = :id"
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(text(count), {"id": run["id"]})).scalar() == 2
+        assert (await client.delete(f"/runs/{run['id']}")).status_code in (200, 204)
+        async with engine.connect() as conn:
+            assert (await conn.execute(text(count), {"id": run["id"]})).scalar() == 0
+    finally:
+        await engine.dispose()

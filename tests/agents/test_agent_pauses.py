@@ -179,7 +179,7 @@ async def test_agent_definitions_are_checked(client: httpx.AsyncClient) -> None:
             "c": {"description": "no model"},
         },
         "nodes": {
-            "one": {"step": "agent", "agent": "a", "with": {"prompt_ref": "x@y"}},
+            "one": {"step": "agent", "agent": "a", "with": {"prompt_ref": "x@y", "promt": "hi"}},
             "two": {"step": "agent"},
             "three": {"step": "agent", "agent": "c"},
         },
@@ -197,6 +197,7 @@ async def test_agent_definitions_are_checked(client: httpx.AsyncClient) -> None:
     assert ["agents", "a", "model"] in locs
     assert ["agents", "a", "tools", 1] in locs
     assert ["nodes", "one", "with", "prompt_ref"] in locs
+    assert ["nodes", "one", "with", "promt"] in locs
     assert ["nodes", "two", "agent"] in locs
     assert ["nodes", "three", "agent"] in locs
     assert ["agents", "a", "tools", 0] not in locs

@@ -83,6 +83,8 @@ async def test_a_killed_worker_does_not_make_recorded_model_calls_again(
     assert fake.model_requests[2].body["messages"] == fake.model_requests[1].body["messages"]
     assert fake.model_requests[2].body["messages"][-1]["tool_call_id"] == "call_1"
     assert lookups == [f"{run_id}:ask:1:call_1"]  # the tool ran once
+    # two calls were answered (the first before the crash, counted once on replay)
+    assert run["usage"] == {"input_tokens": 20, "output_tokens": 10, "model_calls": 2}
     turns = await scalar(db, "SELECT count(*) FROM agent_turns WHERE run_id = :id", id=run_id)
     assert turns == 4  # start, model answer, tool result, final answer
 

@@ -18,7 +18,7 @@ from app.store.database import migrate
 from app.store.models import Base
 from tests.conftest import REQUIRE_PG, _pg_admin, _pg_available, _pg_url
 
-TABLES = {"workflows", "prompts", "runs", "checkpoints", "events"}
+TABLES = {"workflows", "prompts", "runs", "checkpoints", "events", "agent_turns"}
 
 
 async def _state(url: str) -> tuple[set[str], list[Any], str | None]:
