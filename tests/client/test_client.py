@@ -253,3 +253,69 @@ async def test_until_paused_and_the_blocking_client(serve: ServerFactory) -> Non
         assert rest[0].seq == first[-1].seq + 1
         assert_whole(first + rest)
         assert status == "completed"
+
+
+class CuttingProxy:
+    """A TCP proxy to the server that aborts the first ``cuts`` event-stream connections
+    after ``after_bytes`` of the answer: a connection dropped mid-stream, mid-frame."""
+
+    def __init__(self, target: str, cuts: int, after_bytes: int) -> None:
+        self.target_port = int(target.rsplit(":", 1)[1])
+        self.cuts = cuts
+        self.after_bytes = after_bytes
+        self.cut = 0
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def stop(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        streaming = asyncio.Event()
+
+        async def upstream() -> None:
+            while chunk := await reader.read(65536):
+                if b"text/event-stream" in chunk:
+                    streaming.set()
+                up_writer.write(chunk)
+                await up_writer.drain()
+
+        async def downstream() -> None:
+            sent = 0
+            while chunk := await up_reader.read(self.after_bytes):
+                if streaming.is_set() and self.cut < self.cuts:
+                    sent += len(chunk)
+                    if sent >= self.after_bytes:
+                        writer.write(chunk[: len(chunk) // 2])  # half a frame, then gone
+                        self.cut += 1
+                        writer.transport.abort()
+                        up_writer.transport.abort()
+                        return
+                writer.write(chunk)
+                await writer.drain()
+
+        tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        writer.close()
+        up_writer.close()
+
+
+async def test_stream_resumes_after_the_connection_drops_mid_frame(live_server: str) -> None:
+    proxy = CuttingProxy(live_server, cuts=2, after_bytes=700)
+    url = await proxy.start()
+    try:
+        async with AsyncClient(url) as stepwise:
+            await stepwise.store_workflow(SLOW)
+            run = await stepwise.start_run("slow")
+            events = [event async for event in stepwise.stream_events(run.id)]
+    finally:
+        await proxy.stop()
+    assert proxy.cut == 2
+    assert_whole(events)
