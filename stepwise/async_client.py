@@ -214,6 +214,10 @@ class AsyncClient:
     async def ready(self) -> Any:
         return await self._send(Calls.ready())
 
+    async def metrics(self) -> str:
+        """The Prometheus metrics, as text."""
+        return await self._send(Calls.metrics())
+
     async def stream_events(
         self,
         run_id: str,

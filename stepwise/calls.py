@@ -71,6 +71,10 @@ def _json(response: httpx.Response) -> Any:
     return response.json()
 
 
+def _text(response: httpx.Response) -> str:
+    return response.text
+
+
 def nothing(response: httpx.Response) -> None:
     return None
 
@@ -282,6 +286,10 @@ class Calls:
     @staticmethod
     def ready() -> Call[Any]:
         return Call("GET", "/readyz", _json)
+
+    @staticmethod
+    def metrics() -> Call[str]:
+        return Call("GET", "/metrics", _text)
 
 
 def base_url_from(base_url: str | None) -> str:

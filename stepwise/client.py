@@ -270,6 +270,10 @@ class Client:
     def ready(self) -> Any:
         return self._send(Calls.ready())
 
+    def metrics(self) -> str:
+        """The Prometheus metrics, as text."""
+        return self._send(Calls.metrics())
+
     # -- streams --------------------------------------------------------------------------
 
     def stream_events(

@@ -29,6 +29,8 @@ from app.store.retention import RetentionRule
 
 log = logging.getLogger(__name__)
 
+FIRST_SWEEP_S = 60.0
+
 
 @dataclass(slots=True)
 class PruneReport:
@@ -202,8 +204,12 @@ class RetentionSweeper:
         return report
 
     async def _loop(self) -> None:
+        # the first sweep soon after start, so that a process restarted more often than
+        # the interval still sweeps
+        delay = min(self.settings.retention_interval_s, FIRST_SWEEP_S)
         while True:
-            await asyncio.sleep(self.settings.retention_interval_s)
+            await asyncio.sleep(delay)
+            delay = self.settings.retention_interval_s
             try:
                 await self.sweep()
             except asyncio.CancelledError:

@@ -15,12 +15,24 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, delete, func, not_, or_, select, text, true, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    delete,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    text,
+    true,
+    tuple_,
+)
 from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.store.database import dialect_name
-from app.store.models import Checkpoint, Event, Run, Workflow, table
+from app.store.models import Checkpoint, Event, Run, UtcDateTime, Workflow, table
 
 ENDED = ("completed", "failed", "cancelled")
 # pg_try_advisory_xact_lock key ("StepPrun"): one process prunes at a time
@@ -149,7 +161,8 @@ async def due_runs(
         .limit(limit)
     )
     if after is not None:
-        stmt = stmt.where(tuple_(_runs.c.updated_at, _runs.c.id) > tuple_(*after))
+        position = tuple_(literal(after[0], UtcDateTime()), literal(after[1]))
+        stmt = stmt.where(tuple_(_runs.c.updated_at, _runs.c.id) > position)
     rows = (await session.execute(stmt)).all()
     return [(str(row[0]), row[1]) for row in rows]
 

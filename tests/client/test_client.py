@@ -58,6 +58,7 @@ async def test_every_endpoint(live_server: str) -> None:
     async with AsyncClient(live_server) as stepwise:
         assert (await stepwise.health())["status"] == "ok"
         assert (await stepwise.ready())["status"] == "ready"
+        assert "# TYPE" in await stepwise.metrics()
         stored = await stepwise.store_workflow(APPROVAL)
         assert (stored.name, stored.version) == ("approval", 1)
         yaml_text = "name: chat\nnodes:\n  listen: {step: input}\n"
