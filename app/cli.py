@@ -19,7 +19,8 @@ from rich.console import Console
 from sqlalchemy.exc import DBAPIError
 
 from app.settings import Settings
-from app.terminal.verbs import register as register_client_verbs
+from app.terminal.verbs import register as register_run_verbs
+from app.terminal.workflow_verbs import register as register_workflow_verbs
 
 cli = typer.Typer(help="Stepwise: durable workflow execution over HTTP.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -175,8 +176,11 @@ def prune(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="only say what would go")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Delete ended runs (completed, failed, cancelled) with their checkpoints and events,
-    straight from the database (STEPWISE_DATABASE_URL). Paused and running runs stay."""
+    """Delete ended runs with their checkpoints and events (straight from the database).
+
+    Only completed, failed and cancelled runs go; paused and running runs stay. Uses
+    STEPWISE_DATABASE_URL.
+    """
     from app.engine.retention import PruneReport, policy_rules
     from app.engine.retention import prune as prune_runs
     from app.store.database import create_engine, create_sessionmaker
@@ -230,7 +234,8 @@ def prune(
         report_out.print("another process is pruning right now; it does the rest")
 
 
-register_client_verbs(cli)
+register_run_verbs(cli)
+register_workflow_verbs(cli)
 
 
 def main() -> None:

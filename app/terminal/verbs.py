@@ -1,5 +1,5 @@
-"""Client verbs: ``stepwise runs|status|events|run|resume|fork|cancel|respond|message``
-and the workflow verbs, on ``stepwise.client``.
+"""Run verbs: ``stepwise runs|status|events|run|resume|fork|cancel|respond|message``, on
+``stepwise.client``.
 
 Human output by default, ``--json`` for scripts. Whatever goes wrong is one line on
 stderr and exit status 1: a server that is not there (``cannot reach …``), or an error
@@ -8,88 +8,29 @@ the server answered (its code and detail).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from collections.abc import Callable
+from typing import Annotated
 
 import typer
-from pydantic import BaseModel
-from rich.console import Console
 from rich.markup import escape
 
-from app.terminal.live import LiveView, follow
-from app.terminal.render import (
-    DEFAULT_SERVER,
-    run_summary,
-    runs_table,
-    workflow_lines,
-    workflows_table,
+from app.terminal.common import (
+    FollowOpt,
+    JsonOpt,
+    KeyOpt,
+    ServerOpt,
+    connected,
+    fail,
+    json_arg,
+    out,
+    print_json,
 )
-from stepwise.client import ApiError, Client, StepwiseError
+from app.terminal.live import LiveView, follow
+from app.terminal.render import DEFAULT_SERVER, run_summary, runs_table
+from stepwise.client import Client
 from stepwise.models import Run
-
-# piped output is not cut at 80 columns: a script gets whole ids
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 250)
-err = Console(stderr=True, highlight=False)
-
-ServerOpt = Annotated[
-    str, typer.Option("--server", envvar="STEPWISE_URL", help="server URL", show_default=True)
-]
-KeyOpt = Annotated[str | None, typer.Option("--api-key", envvar="STEPWISE_API_KEY", help="API key")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON (for scripts)")]
-FollowOpt = Annotated[bool, typer.Option("--follow", "-f", help="watch it live")]
-
-
-def fail(message: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
-    raise typer.Exit(1)
-
-
-@contextlib.contextmanager
-def connected(server: str, api_key: str | None) -> Iterator[Client]:
-    """A client; every failure becomes one line and exit status 1."""
-    try:
-        with Client(server, api_key=api_key) as client:
-            yield client
-    except ApiError as exc:
-        fail(f"{exc.code}: {exc.detail}" + _locations(exc))
-    except StepwiseError as exc:
-        err.print(escape(str(exc)), soft_wrap=True)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        err.print("stopped")
-        raise typer.Exit(130) from None
-
-
-def _locations(exc: ApiError) -> str:
-    places = [
-        ".".join(str(part) for part in error.get("loc", [])) + f": {error.get('msg', '')}"
-        for error in exc.errors[:3]
-        if isinstance(error, dict)
-    ]
-    return f" ({'; '.join(places)})" if places else ""
-
-
-def json_arg(text: str | None, name: str) -> Any:
-    if text is None:
-        return None
-    if text.startswith("@"):
-        try:
-            text = Path(text[1:]).read_text()
-        except OSError as exc:
-            fail(f"{name}: cannot read {text[1:]}: {exc.strerror}")
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        fail(f"{name} is not valid JSON: {exc}")
-
-
-def print_json(value: BaseModel | Any) -> None:
-    data = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
-    out.print_json(json.dumps(data, ensure_ascii=False))
 
 
 def show_run(run: Run, server: str, as_json: bool) -> None:
@@ -113,7 +54,7 @@ def _exit_for(run: Run) -> None:
 
 
 def register(cli: typer.Typer) -> None:
-    """Add the client verbs to the ``stepwise`` command."""
+    """Add the run verbs to the ``stepwise`` command."""
 
     @cli.command("runs")
     def list_runs(
@@ -199,8 +140,11 @@ def register(cli: typer.Typer) -> None:
         server: ServerOpt = DEFAULT_SERVER,
         api_key: KeyOpt = None,
     ) -> None:
-        """Start a run of a stored workflow; --follow watches it live and, at a terminal,
-        asks for the answer when it pauses."""
+        """Start a run of a stored workflow (--follow: watch it live).
+
+        With --follow at a terminal, a pause for an interrupt or a message asks for the
+        answer there and then.
+        """
         values = json_arg(inputs, "--inputs")
         if not isinstance(values, dict):
             fail("--inputs must be a JSON object")
@@ -349,69 +293,6 @@ def register(cli: typer.Typer) -> None:
             run = client.send_message(run_id, sent)
             run = _then(client, run, before if follow_ else None, as_json, server)
         show_run(run, server, as_json)
-
-    @cli.command("apply")
-    def apply_workflow(
-        path: Path,
-        as_json: JsonOpt = False,
-        server: ServerOpt = DEFAULT_SERVER,
-        api_key: KeyOpt = None,
-    ) -> None:
-        """Store a workflow definition from a JSON or YAML file."""
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            fail(f"cannot read {path}: {exc.strerror}")
-        definition: dict[str, Any] | str = text
-        if path.suffix not in (".yaml", ".yml"):
-            parsed = json_arg(text, str(path))
-            if not isinstance(parsed, dict):
-                fail(f"{path}: a definition is a JSON object")
-            definition = parsed
-        with connected(server, api_key) as client:
-            stored = client.store_workflow(definition)
-        if as_json:
-            print_json(stored)
-        else:
-            out.print(f"stored {stored.name} v{stored.version}")
-
-    @cli.command("workflows")
-    def list_workflows(
-        as_json: JsonOpt = False, server: ServerOpt = DEFAULT_SERVER, api_key: KeyOpt = None
-    ) -> None:
-        """List stored workflows."""
-        with connected(server, api_key) as client:
-            items = []
-            cursor = None
-            while True:
-                page = client.list_workflows(cursor=cursor, limit=500)
-                items += page.items
-                cursor = page.next_cursor
-                if cursor is None:
-                    break
-        if as_json:
-            print_json([item.model_dump(mode="json") for item in items])
-        elif not items:
-            out.print("no workflows")
-        else:
-            out.print(workflows_table(items))
-
-    @cli.command("workflow")
-    def show_workflow(
-        name: str,
-        version: Annotated[int | None, typer.Option()] = None,
-        as_json: JsonOpt = False,
-        server: ServerOpt = DEFAULT_SERVER,
-        api_key: KeyOpt = None,
-    ) -> None:
-        """Show a stored workflow (the latest version, or the one named)."""
-        with connected(server, api_key) as client:
-            found = client.get_workflow(name, version)
-        if as_json:
-            print_json(found)
-        else:
-            for line in workflow_lines(found):
-                out.print(line)
 
 
 def _latest_checkpoint(client: Client, run_id: str) -> str:

@@ -121,8 +121,8 @@ async def test_follow_shows_progress_and_the_exit_status_says_how_it_ended(
     async with httpx.AsyncClient(base_url=live_server) as http:
         for definition in (APPROVAL, SLOW, FAILING):
             await store(http, definition)
-    code, out, _ = await cli("run", "slow", "--follow", "--server", live_server)
-    assert code == 0
+    code, out, err = await cli("run", "slow", "--follow", "--server", live_server)
+    assert code == 0, err
     lines = out.splitlines()
     assert [line.split()[-1] for line in lines if "✓" in line] == [
         "one",
@@ -139,7 +139,8 @@ async def test_follow_shows_progress_and_the_exit_status_says_how_it_ended(
         "run", "approval", "--inputs", '{"n": 1}', "--follow", "--server", live_server
     )
     assert code == 0 and "⏸ interrupted at ask" in out and "answer with: stepwise respond" in out
-    code, out, _ = await cli("run", "slow", "--follow", "--json", "--server", live_server)
+    code, out, err = await cli("run", "slow", "--follow", "--json", "--server", live_server)
+    assert code == 0, err
     events = [json.loads(line) for line in out.splitlines()]
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert events[-1]["type"] == "run.completed"
