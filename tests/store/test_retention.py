@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.engine.retention import policy_rules, prune
 from app.store.database import create_engine, create_sessionmaker, transaction
 from app.store.models import Checkpoint, Event, Run, UtcDateTime, Workflow, utcnow
-from app.store.retention import age_rule
+from app.store.retention import ADVISORY_KEY, age_rule
 from tests.conftest import settings_for, truncate
 
 DAY = timedelta(days=1)
@@ -310,3 +310,20 @@ async def test_a_million_events_go_in_small_transactions_while_others_write(
         live = await session.get(Run, "live")
     assert live is not None and live.status == "running"
     assert left == len(writes) + 1
+
+
+@pytest.mark.postgres_only
+async def test_one_process_prunes_at_a_time(db: Any) -> None:
+    """While another transaction holds the pruning lock (another process pruning), a
+    prune deletes nothing and says so; once it is released, the prune does the work."""
+    engine, sessions = db
+    await seed_policy_world(sessions)
+    before = await rows(sessions)
+    async with engine.connect() as other:
+        await other.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_KEY})
+        report = await prune(sessions, await policy_rules(sessions, 30))
+        assert report.busy and report.runs == 0 and report.events == 0
+        assert await rows(sessions) == before
+        await other.rollback()
+    report = await prune(sessions, await policy_rules(sessions, 30))
+    assert not report.busy and report.runs == 6
