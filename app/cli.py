@@ -6,21 +6,25 @@ import asyncio
 import ipaddress
 import json
 import logging
+import re
 import signal
 import socket
 import sys
-from pathlib import Path
+from datetime import timedelta
 from types import FrameType
-from typing import Annotated, Any
+from typing import Annotated
 
-import httpx
 import typer
 from rich.console import Console
+from sqlalchemy.exc import DBAPIError
 
 from app.settings import Settings
+from app.terminal.verbs import register as register_run_verbs
+from app.terminal.workflow_verbs import register as register_workflow_verbs
 
 cli = typer.Typer(help="Stepwise: durable workflow execution over HTTP.", no_args_is_help=True)
 console = Console(stderr=True)
+report_out = Console(soft_wrap=True, highlight=False)
 log = logging.getLogger("app.cli")
 
 
@@ -142,81 +146,96 @@ def migrate(
     console.print(f"[green]database at {'revision ' + revision if down else 'head'}[/green]")
 
 
-# -- client verbs -----------------------------------------------------------------------------
+# -- retention ---------------------------------------------------------------------------------
 
-ServerOpt = Annotated[str, typer.Option(envvar="STEPWISE_URL", help="server URL")]
-KeyOpt = Annotated[str | None, typer.Option(envvar="STEPWISE_API_KEY", help="API key")]
-
-
-def _client(server: str, key: str | None) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.Client(base_url=server, headers=headers, timeout=330)
+_AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def _show(response: httpx.Response) -> None:
+def parse_age(text: str) -> timedelta:
+    """``30d``, ``12h``, ``2w``, ``90m``, ``45s``."""
+    match = _AGE.match(text)
+    if match is None or int(match.group(1)) == 0:
+        raise typer.BadParameter("a positive age with a unit: 30d, 12h, 2w, 90m or 45s")
+    return timedelta(seconds=int(match.group(1)) * _UNIT_S[match.group(2)])
+
+
+@cli.command()
+def prune(
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than",
+            help="delete runs that ended longer ago than this (30d, 12h, 2w); "
+            "default: the configured retention (STEPWISE_RETENTION_DAYS, retention_days)",
+        ),
+    ] = None,
+    workflow: Annotated[
+        str | None, typer.Option(help="only runs of this workflow (with --older-than)")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only say what would go")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Delete ended runs with their checkpoints and events (straight from the database).
+
+    Only completed, failed and cancelled runs go; paused and running runs stay. Uses
+    STEPWISE_DATABASE_URL.
+    """
+    from app.engine.retention import PruneReport, policy_rules
+    from app.engine.retention import prune as prune_runs
+    from app.store.database import create_engine, create_sessionmaker
+    from app.store.models import utcnow
+    from app.store.retention import age_rule
+
+    age = parse_age(older_than) if older_than is not None else None
+    if workflow is not None and age is None:
+        raise typer.BadParameter("--workflow goes with --older-than", param_hint="--workflow")
+    settings = Settings()
+
+    async def run() -> PruneReport:
+        engine = create_engine(settings)
+        sessions = create_sessionmaker(engine)
+        try:
+            if age is not None:
+                rules = [age_rule(utcnow() - age, workflow)]
+            else:
+                rules = await policy_rules(sessions, settings.retention_days)
+            return await prune_runs(
+                sessions,
+                rules,
+                batch_runs=settings.retention_batch_runs,
+                batch_rows=settings.retention_batch_rows,
+                dry_run=dry_run,
+            )
+        finally:
+            await engine.dispose()
+
     try:
-        body: Any = response.json()
-    except ValueError:
-        body = response.text
-    Console().print_json(json.dumps(body))
-    if response.is_error:
-        raise typer.Exit(1)
+        report = asyncio.run(run())
+    except (OSError, DBAPIError) as exc:
+        console.print(f"[red]error:[/red] database: {str(exc).splitlines()[0]}")
+        raise typer.Exit(1) from None
+    if as_json:
+        fields = ("runs", "checkpoints", "events", "dry_run", "busy", "rules")
+        summary = {name: getattr(report, name) for name in fields}
+        report_out.print_json(json.dumps({**summary, "transactions": len(report.transactions)}))
+        return
+    if not report.rules:
+        report_out.print(
+            "no retention configured (STEPWISE_RETENTION_DAYS, retention_days): nothing to prune"
+        )
+        return
+    verb = "would delete" if dry_run else "deleted"
+    report_out.print(
+        f"{verb} {report.runs} run(s), {report.checkpoints} checkpoint(s), "
+        f"{report.events} event(s) ({'; '.join(report.rules)})"
+    )
+    if report.busy:
+        report_out.print("another process is pruning right now; it does the rest")
 
 
-@cli.command("apply")
-def apply_workflow(
-    path: Path, server: ServerOpt = "http://127.0.0.1:8000", api_key: KeyOpt = None
-) -> None:
-    """Store a workflow definition from a JSON or YAML file."""
-    kind = "application/yaml" if path.suffix in (".yaml", ".yml") else "application/json"
-    with _client(server, api_key) as client:
-        _show(client.post("/workflows", content=path.read_bytes(), headers={"Content-Type": kind}))
-
-
-@cli.command("run")
-def start_run(
-    workflow: str,
-    inputs: Annotated[str, typer.Option(help="inputs as JSON")] = "{}",
-    wait: Annotated[bool, typer.Option(help="wait until it completes, fails or pauses")] = True,
-    server: ServerOpt = "http://127.0.0.1:8000",
-    api_key: KeyOpt = None,
-) -> None:
-    """Start a run of a stored workflow."""
-    body = {"workflow": workflow, "inputs": json.loads(inputs)}
-    with _client(server, api_key) as client:
-        _show(client.post("/runs/wait" if wait else "/runs", json=body))
-
-
-@cli.command("status")
-def run_status(
-    run_id: str, server: ServerOpt = "http://127.0.0.1:8000", api_key: KeyOpt = None
-) -> None:
-    """Show a run."""
-    with _client(server, api_key) as client:
-        _show(client.get(f"/runs/{run_id}"))
-
-
-@cli.command("approve")
-def approve(
-    run_id: str,
-    value: Annotated[str, typer.Option(help="the answer's value as JSON")] = "null",
-    reject: Annotated[bool, typer.Option(help="reject instead of approving")] = False,
-    server: ServerOpt = "http://127.0.0.1:8000",
-    api_key: KeyOpt = None,
-) -> None:
-    """Answer a run's pending interrupt."""
-    with _client(server, api_key) as client:
-        run = client.get(f"/runs/{run_id}").json()
-        interrupt = run.get("interrupt")
-        if not interrupt:
-            console.print(f"[red]run {run_id} has no pending interrupt ({run.get('status')})[/red]")
-            raise typer.Exit(1)
-        body = {
-            "interrupt_id": interrupt["id"],
-            "status": "rejected" if reject else "approved",
-            "value": json.loads(value),
-        }
-        _show(client.post(f"/runs/{run_id}/response", json=body))
+register_run_verbs(cli)
+register_workflow_verbs(cli)
 
 
 def main() -> None:

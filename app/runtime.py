@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import tracing
 from app.engine.commands import RunCommands
 from app.engine.pool import RunnerPool
+from app.engine.retention import RetentionSweeper
 from app.engine.services import Engine
 from app.engine.webhooks import WebhookSender
 from app.events.bus import EventBus, PostgresListener
@@ -35,6 +36,7 @@ class Runtime:
         self.db: AsyncEngine | None = None
         self.listener: PostgresListener | None = None
         self.pool: RunnerPool | None = None
+        self.retention: RetentionSweeper | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -76,6 +78,8 @@ class Runtime:
                 lambda action, run_id: pool.cancel(run_id) if action == "cancel" else None
             )
             await pool.start()
+        self.retention = RetentionSweeper(settings, self.engine.sessions)
+        self.retention.start()
         log.info(
             "stepwise started (%s, %d runners)",
             "sqlite" if settings.is_sqlite else "postgres",
@@ -93,6 +97,8 @@ class Runtime:
 
     async def stop(self) -> None:
         await self.feeds.close()  # end the streams first: they hold no runs, only clients
+        if self.retention is not None:
+            await self.retention.stop()
         if self.pool is not None:
             await self.pool.stop()
         if self.listener is not None:

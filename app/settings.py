@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     sse_max_connections: int = Field(default=10_000, gt=0)
     sse_max_stream_s: float = Field(default=3600.0, gt=0)
 
+    # retention: ended runs older than this many days are deleted (None: kept)
+    retention_days: int | None = Field(default=None, ge=1)
+    retention_interval_s: float = Field(default=3600.0, gt=0)
+    retention_batch_runs: int = Field(default=500, ge=1)
+    retention_batch_rows: int = Field(default=5000, ge=1)
+
     log_level: str = "INFO"
     log_json: bool = False
 

@@ -134,6 +134,8 @@ class WorkflowDefinition(_Strict):
     max_node_iterations: int = Field(default=25, ge=1, le=100_000)
     max_steps: int | None = Field(default=None, ge=1)
     max_handoff_depth: int = Field(default=10, ge=0, le=1000)
+    # how long an ended run of this workflow is kept (overrides STEPWISE_RETENTION_DAYS)
+    retention_days: int | None = Field(default=None, ge=1)
     output: Any = None
     token_budget: int | None = Field(default=None, ge=1)
     models: dict[str, ModelConfig] = Field(default_factory=dict)

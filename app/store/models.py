@@ -123,6 +123,14 @@ class Run(Base):
         Index("ix_runs_list", "created_at", "id"),
         Index("ix_runs_workflow_created", "workflow_name", "created_at"),
         Index("ix_runs_status_created", "status", "created_at"),
+        # ended runs by age, for retention
+        Index(
+            "ix_runs_ended",
+            "updated_at",
+            "id",
+            postgresql_where=text("status IN ('completed', 'failed', 'cancelled')"),
+            sqlite_where=text("status IN ('completed', 'failed', 'cancelled')"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
