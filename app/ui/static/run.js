@@ -107,10 +107,17 @@ export function mountRun(root, runId, navigate) {
   let timer = null;
   let closed = false;
   let following = () => {};
+  // set by an action that makes a run go on (a resume, an answer): its stream must come
+  // back even if the run is terminal again before the page next looks
+  let restart = false;
 
   const recolour = () => graph && graph.update(nodeStates(events, run), branchesOf(events), takenEdges(events));
-  const checkpoints = checkpointPanel(cpPanel, runId, { navigate, onChanged: () => refresh() });
-  const actions = actionPanel(pending, { onDone: () => refresh() });
+  const goneOn = () => {
+    restart = true;
+    return refresh();
+  };
+  const checkpoints = checkpointPanel(cpPanel, runId, { navigate, onChanged: goneOn });
+  const actions = actionPanel(pending, { onDone: goneOn });
 
   function drawHeader() {
     const wf = run.workflow;
@@ -240,7 +247,10 @@ export function mountRun(root, runId, navigate) {
         streamStatus.dataset.stream = status;
         streamStatus.textContent = { live: "live", reconnecting: "reconnecting…", closed: "closed" }[status] || status;
         if (error) clear(problems, errorBox(error));
-        if (status === "closed") stream = null;
+        if (status === "closed") {
+          stream = null;
+          following(); // an action during the stream's last moments
+        }
       },
       async isFinished() {
         await refresh();
@@ -256,7 +266,10 @@ export function mountRun(root, runId, navigate) {
     follow();
     // a terminal run that is resumed again gets its stream back
     following = () => {
-      if (!stream && !closed && run && !TERMINAL.has(run.status)) follow();
+      if (!stream && !closed && run && (restart || !TERMINAL.has(run.status))) {
+        restart = false;
+        follow();
+      }
     };
   })();
 
