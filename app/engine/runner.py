@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app import metrics
-from app.engine import memory
+from app.engine import branchdoc, memory
 from app.engine.edges import choose_next
 from app.engine.lifecycle import RunStatus
 from app.engine.recording import LeaseLost, RunRecorder
@@ -125,6 +125,11 @@ class RunExecution(RunRecorder):
         self.events.append(
             NewEvent("run.resumed", None, {"from": status, **resume.get("info", {})})
         )
+        if branchdoc.section_index(self.doc) is not None:  # for a branch: it takes it
+            from app.engine import branches
+
+            self.doc = branches.route_resume(self.doc, status, resume)
+            return
         if "response" in resume:
             interrupt = self.doc.get("interrupt") or resume.get("interrupt") or {}
             kind = interrupt.get("kind")
@@ -151,6 +156,10 @@ class RunExecution(RunRecorder):
         """Run the current node once; True while the run goes on."""
         i = len(self.doc["frames"]) - 1
         frame = self.doc["frames"][i]
+        if branchdoc.PARALLEL in frame:  # parallel branches (app.engine.branches)
+            from app.engine import branches
+
+            return await branches.run_parallel(self, i)
         node_id: str | None = frame["node"]
         if node_id is None:  # a checkpoint of a finished run, resumed or forked
             return await self._complete()
@@ -274,6 +283,7 @@ class RunExecution(RunRecorder):
                 msg = f"state is larger than {self.engine.settings.max_state_bytes} bytes"
                 return await self._fail(i, node_id, _error("state_too_large", msg))
             self.doc = memory.replace_frame(self.doc, i, state=state)
+            self._wrote(i, sorted(updates))
             self.events.append(NewEvent("state.updated", path, {"keys": sorted(updates)}))
         self.events.append(NewEvent("node.completed", path, self._output_event(output)))
         if count:
@@ -289,6 +299,10 @@ class RunExecution(RunRecorder):
         if not choice.matched:
             msg = f"no outgoing edge of node {path!r} matched"
             return await self._fail(i, node_id, _error("no_matching_edge", msg))
+        if choice.branches is not None:  # a fan-out edge (app.engine.branches)
+            from app.engine import branches
+
+            return await branches.fan_out(self, i, node_id, choice)
         self.doc = memory.replace_frame(
             self.doc, i, last=node_id, node=choice.next_node, handoff=None
         )
@@ -414,6 +428,9 @@ class RunExecution(RunRecorder):
         return self._enter(i, route["to_node"])
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _wrote(self, i: int, keys: list[str]) -> None:
+        """``set`` wrote ``keys`` in frame ``i`` (a parallel branch keeps them for its join)."""
 
     def _enter(self, i: int, node_id: str) -> bool:
         """Count a visit; False when it passes the node's max_iterations."""
