@@ -88,6 +88,20 @@ def interrupts_of(column: Any) -> list[dict[str, Any]]:
     return list(column) if isinstance(column, list) else [column]
 
 
+def interrupt_schema(doc: memory.Doc, interrupt_id: str) -> Any:
+    """The schema an answer to the pending interrupt ``interrupt_id`` must match."""
+    if section_index(doc) is None:
+        return doc.get("interrupt_schema")
+    for _, d, status in leaves(doc):
+        if status == "interrupted" and d["interrupt"]["id"] == interrupt_id:
+            return d.get("interrupt_schema")
+    return None
+
+
+def awaiting_branches(doc: memory.Doc) -> list[str]:
+    return [branch_id for branch_id, _, status in leaves(doc) if status == "awaiting_input"]
+
+
 def first_awaiting(doc: memory.Doc) -> dict[str, Any] | None:
     if section_index(doc) is None:
         awaiting: dict[str, Any] | None = doc.get("awaiting")
