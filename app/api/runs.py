@@ -212,7 +212,8 @@ async def respond(
 async def send_message(
     run_id: str, body: SessionMessage, commands: CommandsDep, engine: EngineDep
 ) -> Response:
-    return json_response(await _answered(engine, await commands.message(run_id, body.message, body.branch)), 202)
+    answered = await commands.message(run_id, body.message, body.branch)
+    return json_response(await _answered(engine, answered), 202)
 
 
 @router.post("/runs/{run_id}/resume", response_model=RunOut, status_code=202)

@@ -158,6 +158,10 @@ def patch_state(doc: memory.Doc, patch: Any) -> memory.Doc:
     if PARALLEL not in top:
         return doc
     section = doc["frames"][0][PARALLEL]
+    if section.get("kind") == "map":  # items run another workflow, with its own state
+        return memory.replace_frame(
+            doc, 0, **{PARALLEL: {**section, "base": memory.merge_patch(section["base"], patch)}}
+        )
     branches = [{**entry, "doc": patch_state(entry["doc"], patch)} for entry in section["branches"]]
     section = {**section, "base": memory.merge_patch(section["base"], patch), "branches": branches}
     return memory.replace_frame(doc, 0, **{PARALLEL: section})

@@ -43,7 +43,28 @@ if TYPE_CHECKING:
 # a branch's own pause is announced when the whole run pauses (``_pause``)
 BRANCH_PAUSE_EVENTS = frozenset({"run.interrupted", "run.awaiting_input", "run.suspended"})
 
-Live = tuple[int, list["BranchExecution"]]  # a section being run: frame index, branches
+
+class Live:
+    """A section being run: frame ``i``'s branches (``section`` None: as in the doc)."""
+
+    def __init__(self, i: int, children: list[BranchExecution]) -> None:
+        self.i = i
+        self.children = {child.branch_id: child for child in children}
+        self.section: dict[str, Any] | None = None
+        self.group: asyncio.TaskGroup | None = None
+
+    def opened(self) -> None:
+        """The task group is open and the branches started (a map starts its items)."""
+
+    def compose(self, doc: memory.Doc) -> memory.Doc:
+        section = self.section or doc["frames"][self.i][PARALLEL]
+        entries = [
+            {**entry, "doc": self.children[entry["id"]].composed()}
+            if entry["id"] in self.children
+            else entry
+            for entry in section["branches"]
+        ]
+        return memory.replace_frame(doc, self.i, **{PARALLEL: {**section, "branches": entries}})
 
 
 class BranchFailed(Exception):
@@ -51,13 +72,15 @@ class BranchFailed(Exception):
 
     def __init__(
         self,
-        branch: BranchExecution,
+        branch: BranchExecution | str,
         last: str | None,
         error: dict[str, Any],
         events: list[NewEvent],
     ) -> None:
         super().__init__(error.get("message"))
-        self.branch = branch
+        # the branch, or only its id when it failed before it could start (a map item)
+        self.branch = branch if isinstance(branch, BranchExecution) else None
+        self.branch_id = branch.branch_id if isinstance(branch, BranchExecution) else branch
         self.last = last
         self.error = error
         self.events = events
@@ -90,16 +113,7 @@ def _root(execution: RunExecution) -> RunExecution:
 
 def compose(doc: memory.Doc, live: Live | None) -> memory.Doc:
     """The document with each live branch's last committed document in its section."""
-    if live is None:
-        return doc
-    i, children = live
-    section = doc["frames"][i][PARALLEL]
-    by_id = {child.branch_id: child for child in children}
-    entries = [
-        {**entry, "doc": by_id[entry["id"]].composed()} if entry["id"] in by_id else entry
-        for entry in section["branches"]
-    ]
-    return memory.replace_frame(doc, i, **{PARALLEL: {**section, "branches": entries}})
+    return doc if live is None else live.compose(doc)
 
 
 def _root_doc(runtime: ParallelRuntime) -> memory.Doc:
@@ -157,15 +171,39 @@ async def fan_out(execution: RunExecution, i: int, node_id: str, choice: EdgeCho
 
 async def run_parallel(execution: RunExecution, i: int) -> bool:
     """Run the section of frame ``i`` until its branches meet, the run pauses or fails."""
+    section = execution.doc["frames"][i][PARALLEL]
+    if section.get("kind") == "map":
+        from app.engine import mapstep
+
+        return await mapstep.run_map(execution, i)
     root = _root(execution)
     runtime = _runtime(root)
-    section = execution.doc["frames"][i][PARALLEL]
     definition = execution.frames.definition(i)
     children = [
-        await BranchExecution.restore(execution, i, entry, section["join"], definition)
+        await BranchExecution.restore(execution, i, entry, section["join"], [definition])
         for entry in section["branches"]
     ]
-    live: Live = (i, children)
+    try:
+        await run_section(execution, Live(i, children), children)
+    except BranchFailed as failure:
+        if execution is not root:
+            raise
+        return await fail_run(runtime, failure)
+    section = execution.doc["frames"][i][PARALLEL]
+    done = (ARRIVED, ENDED)
+    if all(branchdoc.branch_status(e["doc"], section["join"]) in done for e in section["branches"]):
+        return await _join(execution, i)
+    if execution is not root:
+        return False  # blocked by paused branches of its own: the run pauses (below)
+    return await pause_run(runtime)
+
+
+async def run_section(execution: RunExecution, live: Live, children: list[BranchExecution]) -> None:
+    """Run the runnable ``children`` of ``live`` as tasks; the execution's document then
+    holds what they committed. A branch's failure is raised as ``BranchFailed`` (from a
+    branch execution only at the root, which records it)."""
+    root = _root(execution)
+    runtime = _runtime(root)
     if execution is root:
         runtime.base, runtime.live = execution.doc, live
     else:
@@ -173,14 +211,13 @@ async def run_parallel(execution: RunExecution, i: int) -> bool:
         execution.live = live
     try:
         async with asyncio.TaskGroup() as group:
+            live.group = group
             for child in children:
                 if child.runnable():
                     group.create_task(child.run(runtime))
+            live.opened()
     except BaseExceptionGroup as failures:
-        first = _first(failures)
-        if execution is not root or not isinstance(first, BranchFailed):
-            raise first from None
-        return await _fail(runtime, first)
+        raise _first(failures) from None
     if execution is root:
         execution.doc = _root_doc(runtime)
         runtime.live = None
@@ -188,13 +225,6 @@ async def run_parallel(execution: RunExecution, i: int) -> bool:
         assert isinstance(execution, BranchExecution)
         execution.doc = execution.committed = execution.composed()
         execution.live = None
-    section = execution.doc["frames"][i][PARALLEL]
-    done = (ARRIVED, ENDED)
-    if all(branchdoc.branch_status(e["doc"], section["join"]) in done for e in section["branches"]):
-        return await _join(execution, i)
-    if execution is not root:
-        return False  # blocked by paused branches of its own: the run pauses (below)
-    return await _pause(runtime)
 
 
 def _first(group: BaseExceptionGroup[Any]) -> BaseException:
@@ -215,23 +245,25 @@ def _first(group: BaseExceptionGroup[Any]) -> BaseException:
     return flat[0]
 
 
-async def _fail(runtime: ParallelRuntime, failure: BranchFailed) -> bool:
+async def fail_run(runtime: ParallelRuntime, failure: BranchFailed) -> bool:
+    """Record a branch's failure as the run's (at the root), its siblings cancelled."""
     root = runtime.root
 
     async def write() -> bool:
-        failure.branch.committed = failure.branch.doc  # it retries its node on a resume
+        if failure.branch is not None:
+            failure.branch.committed = failure.branch.doc  # it retries its node on a resume
         root.doc = _root_doc(runtime)
         runtime.live = None
         root.events.extend(failure.events)
         root.pure = False
-        details = {**(failure.error.get("details") or {}), "branch": failure.branch.branch_id}
+        details = {**(failure.error.get("details") or {}), "branch": failure.branch_id}
         error = {**failure.error, "details": details}
         return bool(await root._checkpoint(RunStatus.FAILED, failure.last, error=error))
 
     return bool(await _locked(runtime, write))
 
 
-async def _pause(runtime: ParallelRuntime) -> bool:
+async def pause_run(runtime: ParallelRuntime) -> bool:
     """Every branch left waits: pause the run (DESIGN §10's order of statuses)."""
     root = runtime.root
     status = branchdoc.pause_status(root.doc)
@@ -406,9 +438,10 @@ class BranchExecution(RunExecution):
         i: int,
         entry: dict[str, Any],
         join: str | None,
-        definition: WorkflowDefinition,
+        first: list[WorkflowDefinition],
     ) -> BranchExecution:
-        definitions = [definition]
+        """The branch of ``entry``; ``first``: the workflow of its first frame."""
+        definitions = list(first)
         if len(entry["doc"]["frames"]) > 1:
             async with transaction(parent.engine.sessions) as session:
                 for frame in entry["doc"]["frames"][1:]:
@@ -455,6 +488,10 @@ class BranchExecution(RunExecution):
     @step_count.setter
     def step_count(self, value: int) -> None:
         self.root.step_count = value
+
+    def _settle(self) -> None:
+        """Under the writer's lock, before the run's document is composed for this
+        branch's commit (a map item leaves its section here)."""
 
     def composed(self) -> memory.Doc:
         return compose(self.committed, self.live)
@@ -529,6 +566,7 @@ class BranchExecution(RunExecution):
 
         async def write() -> None:
             self.committed = doc
+            self._settle()
             root = self.root
             root.doc = _root_doc(runtime)
             root.events.extend(events)

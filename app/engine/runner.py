@@ -175,6 +175,10 @@ class RunExecution(RunRecorder):
         if node.interrupt_before and not inject.get("skip_before"):
             payload = {"reason": node.interrupt_before}
             return await self._interrupt(i, node_id, "interrupt_before", payload, None)
+        if node.step == "map":  # items rendered one by one (app.engine.mapstep)
+            from app.engine import mapstep
+
+            return await mapstep.start_map(self, i, node_id, node)
         context = self._context(i, node_id, node, inject)
         scope = self._scope(i, context)
         try:
