@@ -195,6 +195,13 @@ class DefinitionValidator:
         for i, edge in enumerate(d.edges):
             if not edge.fans_out:
                 continue
+            if d.nodes[edge.from_].interrupt_after:
+                msg = (
+                    f"node {edge.from_!r} fans out, so it cannot pause after it ran; "
+                    "use `interrupt_before` on the branches' first nodes"
+                )
+                loc: Loc = ["nodes", edge.from_, "interrupt_after"]
+                errors.append(error_item(loc, msg, "interrupt_after_fan_out"))
             meeting = analysis.meeting(i)
             if not meeting.valid:
                 places = sorted("the end" if p is END else repr(p) for p in meeting.places)

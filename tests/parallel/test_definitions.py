@@ -121,3 +121,10 @@ async def test_reachability_and_cycles_follow_list_targets(client: httpx.AsyncCl
     cyclic["edges"].append({"from": "b2", "to": ["plan"]})
     errors = await refused(client, cyclic)
     assert any(e["type"] == "unmarked_cycle" for e in errors)
+
+
+async def test_a_node_that_fans_out_cannot_pause_after_it(client: httpx.AsyncClient) -> None:
+    definition = diamond()
+    definition["nodes"]["plan"]["interrupt_after"] = "check the plan"
+    errors = await refused(client, definition)
+    assert locs(errors) == [["nodes", "plan", "interrupt_after"]]
