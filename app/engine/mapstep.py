@@ -230,10 +230,10 @@ class MapLive(Live):
         ):
             index = self.section["next"]
             entry, error = self._entry(index)
+            if error is not None and not self.collect:  # a resume tries the item again
+                raise BranchFailed(f"{self.section['from']}[{index}]", None, error, [])
             self.section = {**self.section, "next": index + 1}
             if error is not None:
-                if not self.collect:
-                    raise BranchFailed(f"{self.section['from']}[{index}]", None, error, [])
                 self.section = _with_result(self.section, index, {"error": error})
                 continue
             self.section = {**self.section, "branches": [*self.section["branches"], entry]}

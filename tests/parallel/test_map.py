@@ -6,6 +6,8 @@ from typing import Any
 
 import httpx
 
+from app.steps.base import StepContext, StepResult
+from app.steps.registry import StepRegistry, builtin_steps
 from tests.conftest import AppFactory, events_of, store, until_status
 from tests.engine.test_runner import start, wf
 
@@ -145,3 +147,37 @@ async def test_map_is_bounded_by_its_max_concurrency(make_client: AppFactory) ->
     assert run["status"] == "completed", run
     assert gauge.most == 3
     assert len(gauge.finished) == 12
+
+
+class GateStep:
+    """Fails (for good) while closed; counts the items it saw."""
+
+    def __init__(self) -> None:
+        self.open = False
+        self.seen: list[int] = []
+
+    async def execute(self, ctx: StepContext) -> StepResult:
+        n = int(ctx.inputs["n"])
+        self.seen.append(n)
+        if n == 3 and not self.open:
+            return StepResult.failed("closed", "the gate is closed")
+        return StepResult.succeeded(n)
+
+
+async def test_resuming_a_failed_map_reruns_only_the_failed_item(make_client: AppFactory) -> None:
+    gate = GateStep()
+    client = await make_client(registry=StepRegistry({**builtin_steps(), "gate": gate}))
+    await store(client, wf("gated", {"g": {"step": "gate"}}, output="{{ nodes.g.output }}"))
+    definition = mapping("{{ state.numbers }}", workflow="gated", max_concurrency=1)
+    run = await start(client, definition, {"numbers": [1, 2, 3, 4]})
+    assert run["status"] == "failed", run
+    assert run["error"]["code"] == "closed"
+    assert run["error"]["details"]["item"] == "each[2]"
+    assert gate.seen == [1, 2, 3]
+    gate.open = True
+    response = await client.post(f"/runs/{run['id']}/resume", json={})
+    assert response.status_code == 202, response.text
+    done = await until_status(client, run["id"], "completed", "failed")
+    assert done["status"] == "completed", done
+    assert done["state"]["doubled"] == [1, 2, 3, 4]
+    assert gate.seen == [1, 2, 3, 3, 4]
