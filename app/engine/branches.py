@@ -90,24 +90,30 @@ class ParallelRuntime:
     """What the branches of one run share: the single writer's lock, the step slots."""
 
     def __init__(self, root: RunExecution) -> None:
-        self.root = root
+        self._root = weakref.ref(root)  # the runtime is kept in a weak map keyed by its root
         self.lock = asyncio.Lock()
         self.slots = asyncio.Semaphore(root.frames.top.max_concurrency)
         self.base: memory.Doc = root.doc  # the root's document under its live section
         self.live: Live | None = None
 
+    @property
+    def root(self) -> RunExecution:
+        root = self._root()
+        assert root is not None
+        return root
+
 
 _RUNTIMES: weakref.WeakKeyDictionary[RunExecution, ParallelRuntime] = weakref.WeakKeyDictionary()
 
 
-def _runtime(root: RunExecution) -> ParallelRuntime:
+def runtime_of(root: RunExecution) -> ParallelRuntime:
     runtime = _RUNTIMES.get(root)
     if runtime is None:
         runtime = _RUNTIMES[root] = ParallelRuntime(root)
     return runtime
 
 
-def _root(execution: RunExecution) -> RunExecution:
+def root_of(execution: RunExecution) -> RunExecution:
     return execution.root if isinstance(execution, BranchExecution) else execution
 
 
@@ -116,11 +122,11 @@ def compose(doc: memory.Doc, live: Live | None) -> memory.Doc:
     return doc if live is None else live.compose(doc)
 
 
-def _root_doc(runtime: ParallelRuntime) -> memory.Doc:
+def root_doc(runtime: ParallelRuntime) -> memory.Doc:
     return compose(runtime.base, runtime.live)
 
 
-async def _locked(runtime: ParallelRuntime, write: Callable[[], Any]) -> Any:
+async def write_locked(runtime: ParallelRuntime, write: Callable[[], Any]) -> Any:
     """Run ``write`` under the writer's lock, in a task of its own that a cancellation of
     the caller does not interrupt."""
 
@@ -176,8 +182,8 @@ async def run_parallel(execution: RunExecution, i: int) -> bool:
         from app.engine import mapstep
 
         return await mapstep.run_map(execution, i)
-    root = _root(execution)
-    runtime = _runtime(root)
+    root = root_of(execution)
+    runtime = runtime_of(root)
     definition = execution.frames.definition(i)
     children = [
         await BranchExecution.restore(execution, i, entry, section["join"], [definition])
@@ -202,8 +208,8 @@ async def run_section(execution: RunExecution, live: Live, children: list[Branch
     """Run the runnable ``children`` of ``live`` as tasks; the execution's document then
     holds what they committed. A branch's failure is raised as ``BranchFailed`` (from a
     branch execution only at the root, which records it)."""
-    root = _root(execution)
-    runtime = _runtime(root)
+    root = root_of(execution)
+    runtime = runtime_of(root)
     if execution is root:
         runtime.base, runtime.live = execution.doc, live
     else:
@@ -219,7 +225,7 @@ async def run_section(execution: RunExecution, live: Live, children: list[Branch
     except BaseExceptionGroup as failures:
         raise _first(failures) from None
     if execution is root:
-        execution.doc = _root_doc(runtime)
+        execution.doc = root_doc(runtime)
         runtime.live = None
     else:
         assert isinstance(execution, BranchExecution)
@@ -252,7 +258,7 @@ async def fail_run(runtime: ParallelRuntime, failure: BranchFailed) -> bool:
     async def write() -> bool:
         if failure.branch is not None:
             failure.branch.committed = failure.branch.doc  # it retries its node on a resume
-        root.doc = _root_doc(runtime)
+        root.doc = root_doc(runtime)
         runtime.live = None
         root.events.extend(failure.events)
         root.pure = False
@@ -260,7 +266,7 @@ async def fail_run(runtime: ParallelRuntime, failure: BranchFailed) -> bool:
         error = {**failure.error, "details": details}
         return bool(await root._checkpoint(RunStatus.FAILED, failure.last, error=error))
 
-    return bool(await _locked(runtime, write))
+    return bool(await write_locked(runtime, write))
 
 
 async def pause_run(runtime: ParallelRuntime) -> bool:
@@ -285,7 +291,7 @@ async def pause_run(runtime: ParallelRuntime) -> bool:
         root.pure = False
         return bool(await root._checkpoint(RunStatus(status), None, due_at=due))
 
-    return bool(await _locked(runtime, write))
+    return bool(await write_locked(runtime, write))
 
 
 # -- the join ------------------------------------------------------------------------------------
@@ -460,7 +466,7 @@ class BranchExecution(RunExecution):
         join: str | None,
         definitions: list[WorkflowDefinition],
     ) -> None:
-        root = _root(parent)
+        root = root_of(parent)
         super().__init__(root.engine, root.run_id, root.lease)
         self.root = root
         self.branch_id: str = entry["id"]
@@ -534,7 +540,7 @@ class BranchExecution(RunExecution):
 
     async def _flush(self, **values: Any) -> None:
         events = self._tagged()
-        runtime = _runtime(self.root)
+        runtime = runtime_of(self.root)
         if not events and not self.root.staged:
             return
 
@@ -542,7 +548,7 @@ class BranchExecution(RunExecution):
             self.root.events.extend(events)
             await self.root._flush()
 
-        await _locked(runtime, write)
+        await write_locked(runtime, write)
 
     async def _commit(
         self,
@@ -561,17 +567,17 @@ class BranchExecution(RunExecution):
         if status is RunStatus.SUSPENDED:
             self.doc = {**self.doc, "suspended": {"due_at": due_at.isoformat() if due_at else None}}
         events = [e for e in self._tagged() if e.type not in BRANCH_PAUSE_EVENTS]
-        runtime = _runtime(self.root)
+        runtime = runtime_of(self.root)
         doc, pure = self.doc, self.pure
 
         async def write() -> None:
             self.committed = doc
             self._settle()
             root = self.root
-            root.doc = _root_doc(runtime)
+            root.doc = root_doc(runtime)
             root.events.extend(events)
             root.pure = pure
             await root._checkpoint(RunStatus.RUNNING, last)
 
-        await _locked(runtime, write)
+        await write_locked(runtime, write)
         return self.runnable()

@@ -25,12 +25,12 @@ from app.engine.branches import (
     BranchExecution,
     BranchFailed,
     Live,
-    _locked,
-    _root,
-    _root_doc,
-    _runtime,
     pause_run,
+    root_doc,
+    root_of,
     run_section,
+    runtime_of,
+    write_locked,
 )
 from app.engine.lifecycle import RunStatus
 from app.engine.runner import RunExecution
@@ -197,7 +197,7 @@ class MapLive(Live):
         self.collect = section["on_item_failure"] == "collect"
         self.section: dict[str, Any] = section
         self.running = 0
-        self.runtime = _runtime(_root(execution))
+        self.runtime = runtime_of(root_of(execution))
         self.resumed = [self.adopt(entry) for entry in section["branches"]]
 
     def adopt(self, entry: dict[str, Any]) -> MapItem:
@@ -328,7 +328,7 @@ async def _item_failed(execution: RunExecution, live: MapLive, failure: BranchFa
             execution.doc = execution.committed = execution.composed()
             execution.live = None
         else:
-            execution.doc = _root_doc(runtime)
+            execution.doc = root_doc(runtime)
             runtime.live = None
         execution.events.extend(e for e in failure.events if e.type != "run.failed")
         error = failure.error
@@ -337,4 +337,4 @@ async def _item_failed(execution: RunExecution, live: MapLive, failure: BranchFa
         step_error = StepError(error["code"], message, details=details)
         return await execution._fail(live.i, node_id, step_error)
 
-    return bool(await _locked(runtime, write))
+    return bool(await write_locked(runtime, write))
