@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Response
 from pydantic import BaseModel
 
 from app.api import deps
+from app.engine import branchdoc
 from app.engine.commands import Answered, RunCommands
 from app.engine.lifecycle import RunStatus
 from app.engine.resources import run_out, run_resource
@@ -272,6 +273,6 @@ async def get_checkpoint(run_id: str, checkpoint_id: str, engine: EngineDep) -> 
         state=top["state"],
         nodes=top["nodes"],
         visits=top["visits"],
-        interrupt=doc.get("interrupt"),
+        interrupt=next(iter(branchdoc.pending_interrupts(doc)), None),
         frames=doc["frames"],
     )

@@ -263,3 +263,36 @@ async def test_every_branch_step_is_checkpointed(client: httpx.AsyncClient) -> N
     # start + plan + 4 branch steps + the merge + the join node (completed)
     assert len(items) == 8
     assert run["step_count"] == 6
+
+
+async def test_pure_branch_steps_keep_checkpoints_and_are_durable_before_side_effects(
+    make_client: AppFactory,
+) -> None:
+    from tests.engine.steps_for_tests import make_registry
+    from tests.engine.test_group_commit import assert_chained, checkpoints_of
+
+    registry, steps = make_registry()
+    client = await make_client(registry=registry)
+    names = [f"{b}{k}" for b in "xy" for k in range(4)]
+    nodes: dict[str, Any] = {"start": {"step": "set"}}
+    nodes.update({n: {"step": "set", "set": {n: True}} for n in names})
+    nodes["join"] = {"step": "set", "join": "all"}
+    nodes["p"] = {"step": "probe"}
+    edges = [
+        {"from": "start", "to": ["x0", "y0"]},
+        *({"from": f"{b}{k}", "to": f"{b}{k + 1}"} for b in "xy" for k in range(3)),
+        {"from": "x3", "to": "join"},
+        {"from": "y3", "to": "join"},
+        {"from": "join", "to": "p"},
+    ]
+    run = await start(client, wf("pure-branches", nodes, edges))
+    assert run["status"] == "completed", run
+    assert all(run["state"][n] for n in names)
+    checkpoints = await checkpoints_of(client, run["id"])
+    assert_chained(checkpoints)
+    # the run's start, start, 8 branch steps, the merge at the join, join, p
+    assert len(checkpoints) == 13
+    assert sorted(c["last_node"] for c in checkpoints[2:10]) == sorted(names)
+    # when the probe (a step with side effects) started, every step before it was durable
+    [seen] = steps["probe"].seen
+    assert seen == [c["last_node"] for c in checkpoints[:-1]]
