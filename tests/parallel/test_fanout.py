@@ -296,3 +296,54 @@ async def test_pure_branch_steps_keep_checkpoints_and_are_durable_before_side_ef
     # when the probe (a step with side effects) started, every step before it was durable
     [seen] = steps["probe"].seen
     assert seen == [c["last_node"] for c in checkpoints[:-1]]
+
+
+async def test_fanout_inside_a_subgraph(client: httpx.AsyncClient) -> None:
+    inner_nodes = {
+        "split": {"step": "set"},
+        "left": {"step": "set", "set": {"parts": ["L{{ inputs.tag }}"]}},
+        "right": {"step": "set", "set": {"parts": ["R"]}},
+        "meet": {"step": "set", "join": "all"},
+    }
+    inner_edges = [
+        {"from": "split", "to": ["left", "right"]},
+        {"from": "left", "to": "meet"},
+        {"from": "right", "to": "meet"},
+    ]
+    inner = wf("inner", inner_nodes, inner_edges, reducers={"parts": "append"})
+    branch_nodes = {k: v for k, v in inner_nodes.items() if k != "meet"}
+    ends = wf("ends", branch_nodes, inner_edges[:1], reducers={"parts": "append"})
+    for definition in (inner, ends):
+        response = await client.post("/workflows", json=definition)
+        assert response.status_code == 201, response.text
+    outer = wf(
+        "outer",
+        {
+            "sub": {
+                "step": "subgraph",
+                "with": {"workflow": "inner", "inputs": {"tag": "1"}},
+                "set": {"joined": "{{ output.parts }}"},
+            },
+            "sub2": {
+                "step": "subgraph",
+                "with": {"workflow": "ends", "inputs": {"tag": "2"}},
+                "set": {"ended": "{{ output.parts }}"},
+            },
+        },
+        [{"from": "sub", "to": "sub2"}],
+    )
+    run = await start(client, outer)
+    assert run["status"] == "completed", run
+    assert run["state"] == {"joined": ["L1", "R"], "ended": ["L2", "R"]}
+
+
+async def test_a_branch_may_start_at_the_join(client: httpx.AsyncClient) -> None:
+    nodes = {
+        "start": {"step": "set"},
+        "work": {"step": "set", "set": {"w": 1}},
+        "join": {"step": "set", "join": "all", "set": {"seen": "{{ state.w }}"}},
+    }
+    edges = [{"from": "start", "to": ["work", "join"]}, {"from": "work", "to": "join"}]
+    run = await start(client, wf("at-join", nodes, edges))
+    assert run["status"] == "completed", run
+    assert run["state"] == {"w": 1, "seen": 1}
