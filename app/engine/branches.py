@@ -199,6 +199,8 @@ async def run_parallel(execution: RunExecution, i: int) -> bool:
     done = (ARRIVED, ENDED)
     if all(branchdoc.branch_status(e["doc"], section["join"]) in done for e in section["branches"]):
         return await _join(execution, i)
+    if root.stopping():  # branches stopped at a step boundary: the run stays claimable
+        return execution is root
     if execution is not root:
         return False  # blocked by paused branches of its own: the run pauses (below)
     return await pause_run(runtime)
@@ -506,7 +508,7 @@ class BranchExecution(RunExecution):
         return branchdoc.branch_status(self.doc, self.join) == RUNNING
 
     async def run(self, runtime: ParallelRuntime) -> None:
-        while True:
+        while not self.root.stopping():  # a draining process: stop at a step boundary
             if branchdoc.section_index(self.doc) is not None:
                 going = await self._step()  # its branches take the slots
             else:

@@ -225,8 +225,10 @@ class MapLive(Live):
 
     def start_more(self) -> None:
         """Start items while fewer than ``max_concurrency`` run."""
-        while self.running < self.section["max_concurrency"] and self.section["next"] < len(
-            self.section["items"]
+        while (
+            not self.runtime.root.stopping()
+            and self.running < self.section["max_concurrency"]
+            and self.section["next"] < len(self.section["items"])
         ):
             index = self.section["next"]
             entry, error = self._entry(index)
@@ -311,6 +313,8 @@ async def run_map(execution: RunExecution, i: int) -> bool:
         frames[i] = {k: v for k, v in frames[i].items() if k != PARALLEL}
         execution.doc = {**execution.doc, "frames": frames}
         return await execution._succeeded(i, node_id, results_of(section))
+    if live.runtime.root.stopping():  # a draining process: the run stays claimable
+        return not isinstance(execution, BranchExecution)
     if isinstance(execution, BranchExecution):
         return False  # items of its own wait: the run pauses
     return await pause_run(live.runtime)

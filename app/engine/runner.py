@@ -60,10 +60,12 @@ class RunExecution(RunRecorder):
         self.handover = handover
         self.lease = lease
         self.inject: dict[str, Any] = {}
+        self.stopping: Callable[[], bool] = lambda: False  # parallel branches ask it too
 
     async def execute(self, stop: Callable[[], bool] = lambda: False) -> None:
         """Run until the run pauses or ends, or ``stop()`` says so at a step boundary
         (a draining process), the run then staying claimable from its checkpoint."""
+        self.stopping = stop
         try:
             if await self._load():
                 while await self._step() and not stop():

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
 
-from tests.conftest import AppFactory, wait_run
+from tests.conftest import AppFactory, until_status, wait_run
 from tests.engine.steps_for_tests import make_registry
 from tests.engine.test_runner import start, wf
 
@@ -88,3 +89,47 @@ async def test_fork_inside_a_fanout_patches_every_branch(make_client: AppFactory
     assert fork["state"]["saw_end"] == "patched"
     source = (await client.get(f"/runs/{run['id']}")).json()
     assert source["state"]["flag"] == "original"
+
+
+async def test_a_stopping_process_gives_a_fanout_back_at_a_step_boundary(
+    make_client: AppFactory,
+) -> None:
+    from tests.engine.test_group_commit import assert_chained, checkpoints_of
+
+    loops = 1500
+    nodes = {
+        "start": {"step": "set"},
+        "a": {"step": "set", "set": {"a": "{{ state.a + 1 }}"}},
+        "b": {"step": "set", "set": {"b": "{{ state.b + 1 }}"}},
+        "join": {"step": "set", "join": "all"},
+    }
+    edges = [
+        {"from": "start", "to": ["a", "b"]},
+        {"from": "a", "to": "a", "when": f"state.a < {loops}", "loop": True},
+        {"from": "a", "to": "join"},
+        {"from": "b", "to": "b", "when": f"state.b < {loops}", "loop": True},
+        {"from": "b", "to": "join"},
+    ]
+    definition = wf("loops", nodes, edges, state={"a": 0, "b": 0}, max_node_iterations=5000)
+    first = await make_client()
+    run_id = (await first.post("/runs", json={"definition": definition})).json()["id"]
+    for _ in range(400):
+        if (await first.get(f"/runs/{run_id}")).json()["step_count"] > 10:
+            break
+        await asyncio.sleep(0.01)
+    await first.stop()  # type: ignore[attr-defined]
+    stopped = (await first.get(f"/runs/{run_id}")).json()
+    assert stopped["status"] == "queued", stopped  # given back in the middle of the fan-out
+    assert 0 < stopped["step_count"] < 2 * loops
+    head = (await checkpoints_of(first, run_id))[-1]
+    assert head["steps_completed"] == stopped["step_count"]
+
+    second = await make_client()
+    done = await until_status(second, run_id, "completed", "failed", within_s=120)
+    assert done["status"] == "completed", done
+    assert done["state"] == {"a": loops, "b": loops}
+    assert done["step_count"] == 1 + 2 * loops + 1
+    checkpoints = await checkpoints_of(second, run_id)
+    assert_chained(checkpoints)
+    steps = [c["steps_completed"] for c in checkpoints]
+    assert steps == sorted(steps)
