@@ -181,3 +181,38 @@ async def test_resuming_a_failed_map_reruns_only_the_failed_item(make_client: Ap
     assert done["status"] == "completed", done
     assert done["state"]["doubled"] == [1, 2, 3, 4]
     assert gate.seen == [1, 2, 3, 3, 4]
+
+
+async def test_a_fork_inside_a_map_keeps_finished_items(client: httpx.AsyncClient) -> None:
+    await store(
+        client,
+        wf(
+            "approve-one",
+            {"ask": {"step": "interrupt", "with": {"n": "{{ inputs.n }}"}}},
+            output="{{ nodes.ask.output }}",
+        ),
+    )
+    run = await start(
+        client, mapping("{{ state.numbers }}", workflow="approve-one"), {"numbers": [1, 2]}
+    )
+    first, second = run["interrupts"]
+    await client.post(
+        f"/runs/{run['id']}/response", json={"interrupt_id": first["id"], "value": "a"}
+    )
+    run = await until_status(client, run["id"], "interrupted", "completed", "failed")
+    assert [i["id"] for i in run["interrupts"]] == [second["id"]]
+    head = (await client.get(f"/runs/{run['id']}/checkpoints")).json()["items"][-1]
+    response = await client.post(f"/runs/{run['id']}/fork", json={"checkpoint_id": head["id"]})
+    assert response.status_code == 201, response.text
+    fork = await until_status(client, response.json()["id"], "interrupted", "completed", "failed")
+    assert fork["status"] == "interrupted", fork
+    [pending] = fork["interrupts"]
+    assert pending["node"] == "ask"
+    assert pending["payload"] == {"n": 2}
+    await client.post(
+        f"/runs/{fork['id']}/response", json={"interrupt_id": pending["id"], "value": "b"}
+    )
+    done = await until_status(client, fork["id"], "completed", "failed")
+    assert done["state"]["doubled"] == ["a", "b"]
+    source = (await client.get(f"/runs/{run['id']}")).json()
+    assert source["status"] == "interrupted"
