@@ -21,14 +21,13 @@ from jsonschema.validators import validator_for
 
 from app.engine import memory
 from app.engine.branchdoc import PARALLEL
-from app.engine.branches import (
+from app.engine.branches import pause_run, run_section
+from app.engine.branchexec import (
     BranchExecution,
     BranchFailed,
     Live,
-    pause_run,
     root_doc,
     root_of,
-    run_section,
     runtime_of,
     write_locked,
 )
