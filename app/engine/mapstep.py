@@ -179,6 +179,9 @@ class MapItem(BranchExecution):
     def runnable(self) -> bool:
         return self.finished is None and super().runnable()
 
+    def _step_name(self, path: str) -> str:
+        return f"{self.branch_id}/{path}"  # every item runs the same nodes: keys differ
+
     def _settle(self) -> None:
         if self.finished is not None:
             self.mapping.finish(self)

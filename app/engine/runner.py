@@ -204,7 +204,7 @@ class RunExecution(RunRecorder):
             await self._flush()
         ctx = StepContext(
             run_id=self.run_id,
-            node=path or node_id,
+            node=self._step_name(path or node_id),
             step=node.step,
             config=config,
             inputs=self._inputs(i),
@@ -434,6 +434,10 @@ class RunExecution(RunRecorder):
         return self._enter(i, route["to_node"])
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _step_name(self, path: str) -> str:
+        """The node as its step sees it (``ctx.node``, part of its idempotency key)."""
+        return path
 
     def _wrote(self, i: int, keys: list[str]) -> None:
         """``set`` wrote ``keys`` in frame ``i`` (a parallel branch keeps them for its join)."""

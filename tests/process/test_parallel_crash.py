@@ -98,3 +98,61 @@ async def test_sigkill_mid_fanout_reruns_only_the_unfinished_branch_step(
         "slow": f"{run_id}:slow:1",
         "other": f"{run_id}:other:1",
     }
+
+
+async def test_sigkill_mid_map_reruns_only_the_unfinished_item(
+    procs: Procs, db: AsyncEngine, api: httpx.AsyncClient, call_server: CallServer
+) -> None:
+    first, second = procs.spawn("worker"), procs.spawn("worker")
+    for proc in (first, second):
+        await proc.ready()
+    fast, slow = call_server.url("/fast?delay=0.1"), call_server.url("/slow")
+    await store(
+        api,
+        {
+            "name": "item",
+            "nodes": {"c": {"step": "call", "with": {"url": "{{ inputs.url }}", "timeout_s": 60}}},
+            "output": "{{ nodes.c.output.key }}",
+        },
+    )
+    await store(
+        api,
+        {
+            "name": "map-crash",
+            "nodes": {
+                "each": {
+                    "step": "map",
+                    "with": {
+                        "workflow": "item",
+                        "items": list(range(6)),
+                        "inputs": {"url": f"{{{{ '{slow}' if item == 2 else '{fast}' }}}}"},
+                        "max_concurrency": 3,
+                    },
+                    "set": {"keys": "{{ output }}"},
+                }
+            },
+        },
+    )
+    run_id = await start(api, "map-crash")
+    [slow_hit] = await call_server.wait_hits("/slow", 1)
+    await call_server.wait_hits("/fast", 5)
+
+    async def five_done() -> bool:
+        return (await step_visits(db, run_id)).get("c") == 5
+
+    await wait_until(five_done, 30, "the five other items to finish")
+    holder = procs.by_owner(await lease_owner(db, run_id))
+    holder.signal(signal.SIGKILL)
+    await holder.wait_exit()
+
+    hits = await call_server.wait_hits("/slow", 2)
+    call_server.release()
+    await wait_status(db, run_id, "completed")
+    expected = [f"{run_id}:each[{k}]/c:1" for k in range(6)]
+    assert hits[1].key == slow_hit.key == expected[2]
+    assert sorted(hit.key or "" for hit in call_server.hits_of("/fast")) == sorted(
+        expected[:2] + expected[3:]
+    )
+    run = (await api.get(f"/runs/{run_id}")).json()
+    assert run["state"]["keys"] == expected
+    assert await step_visits(db, run_id) == {"c": 6, "each": 1}
