@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Response
 from pydantic import BaseModel
 
 from app.api import deps
+from app.engine import branchdoc
 from app.engine.commands import Answered, RunCommands
 from app.engine.lifecycle import RunStatus
 from app.engine.resources import run_out, run_resource
@@ -212,7 +213,8 @@ async def respond(
 async def send_message(
     run_id: str, body: SessionMessage, commands: CommandsDep, engine: EngineDep
 ) -> Response:
-    return json_response(await _answered(engine, await commands.message(run_id, body.message)), 202)
+    answered = await commands.message(run_id, body.message, body.branch)
+    return json_response(await _answered(engine, answered), 202)
 
 
 @router.post("/runs/{run_id}/resume", response_model=RunOut, status_code=202)
@@ -271,6 +273,6 @@ async def get_checkpoint(run_id: str, checkpoint_id: str, engine: EngineDep) -> 
         state=top["state"],
         nodes=top["nodes"],
         visits=top["visits"],
-        interrupt=doc.get("interrupt"),
+        interrupt=next(iter(branchdoc.pending_interrupts(doc)), None),
         frames=doc["frames"],
     )

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.engine import memory
+from app.engine import branchdoc, memory
 from app.engine.history import HistoryCommands
 from app.engine.lifecycle import TERMINAL, RunStatus, change_status
 from app.engine.prompts import prompt_ref_errors
@@ -205,25 +205,29 @@ class RunCommands(HistoryCommands):
         handover = doc = None
         async with transaction(self.engine.sessions) as session:
             run = await self._locked(session, run_id)
-            pending = run.interrupt if run.status == RunStatus.INTERRUPTED else None
-            if pending is None:
+            # parallel branches may wait for several interrupts: each is answered by its id
+            waiting = run.status == RunStatus.INTERRUPTED
+            every = branchdoc.interrupts_of(run.interrupt) if waiting else []
+            if not every:
                 raise Conflict(
                     f"run {run_id} has no pending interrupt (it is {run.status})",
                     code="interrupt_not_pending",
                     extra={"reason": "no_pending_interrupt"},
                 )
-            if body.interrupt_id != pending["id"]:
+            pending = next((i for i in every if i["id"] == body.interrupt_id), None)
+            if pending is None:
                 raise Conflict(
-                    f"interrupt {body.interrupt_id!r} is not the pending one",
+                    f"interrupt {body.interrupt_id!r} is not a pending one",
                     code="interrupt_not_pending",
                     extra={"reason": "stale_interrupt_id"},
                 )
+            others = [i for i in every if i["id"] != body.interrupt_id]
             answer = body.model_dump(exclude={"interrupt_id"})
             answer["interrupt_id"] = body.interrupt_id
             who = body.responded_by or "someone"
             if body.status == "approved":
                 checkpoint, doc, chain = await load_doc(session, run)
-                schema = doc.get("interrupt_schema")
+                schema = branchdoc.interrupt_schema(doc, body.interrupt_id)
                 if isinstance(schema, dict):
                     errors = instance_errors(schema, body.value, ["body", "value"])
                     if errors:
@@ -241,7 +245,7 @@ class RunCommands(HistoryCommands):
                             "response": answer,
                             "info": {"interrupt_id": body.interrupt_id},
                         },
-                        "interrupt": None,
+                        "interrupt": (others[0] if len(others) == 1 else others) or None,
                         **self._reservation(),
                     },
                 )
@@ -276,9 +280,16 @@ class RunCommands(HistoryCommands):
         self._after_commit(run, work=True, handover=handover)
         return Answered(run, doc)
 
-    async def message(self, run_id: str, message: Any) -> Answered:
+    async def message(self, run_id: str, message: Any, branch: str | None = None) -> Answered:
         async with transaction(self.engine.sessions) as session:
-            await self._locked(session, run_id)
+            current = await self._locked(session, run_id)
+            if branch is not None:
+                _, doc, _ = await load_doc(session, current)
+                if branch not in branchdoc.awaiting_branches(doc):
+                    raise Conflict(
+                        f"branch {branch!r} of run {run_id} is not awaiting input",
+                        code="run_not_awaiting_input",
+                    )
             run = await change_status(
                 session,
                 run_id,
@@ -286,7 +297,11 @@ class RunCommands(HistoryCommands):
                 expect=[RunStatus.AWAITING_INPUT],
                 code="run_not_awaiting_input",
                 values={
-                    "resume_data": {"message": message, "ts": utcnow().isoformat()},
+                    "resume_data": {
+                        "message": message,
+                        "ts": utcnow().isoformat(),
+                        **({"branch": branch} if branch is not None else {}),
+                    },
                     "awaiting": None,
                     **self._reservation(),
                 },

@@ -16,6 +16,14 @@ class EdgeChoice:
     next_node: str | None  # None: the node has no outgoing edges, the frame ends
     events: list[NewEvent]
     matched: bool  # False: edges exist but none matched (no_matching_edge)
+    branches: list[str] | None = None  # a fan-out edge was taken: its targets, in order
+    edge_index: int | None = None  # the index of the fan-out edge in the definition
+
+
+def _taken(index: int, to: str | list[str], events: list[NewEvent]) -> EdgeChoice:
+    if isinstance(to, list):
+        return EdgeChoice(None, events, True, branches=list(to), edge_index=index)
+    return EdgeChoice(to, events, True)
 
 
 def choose_next(
@@ -26,11 +34,11 @@ def choose_next(
     event_node: str,
 ) -> EdgeChoice:
     """Raises TemplateError when a ``when`` expression fails."""
-    outgoing = [edge for edge in definition.edges if edge.from_ == node_id]
+    outgoing = [(i, edge) for i, edge in enumerate(definition.edges) if edge.from_ == node_id]
     if not outgoing:
         return EdgeChoice(None, [], True)
     events: list[NewEvent] = []
-    for edge in outgoing:
+    for i, edge in outgoing:
         if edge.when is None:
             continue
         result = bool(templates.evaluate(edge.when, scope))
@@ -42,8 +50,8 @@ def choose_next(
             )
         )
         if result:
-            return EdgeChoice(edge.to, events, True)
-    for edge in outgoing:
+            return _taken(i, edge.to, events)
+    for i, edge in outgoing:
         if edge.when is None:
             events.append(
                 NewEvent(
@@ -52,5 +60,5 @@ def choose_next(
                     {"from": node_id, "to": edge.to, "condition": None, "result": True},
                 )
             )
-            return EdgeChoice(edge.to, events, True)
+            return _taken(i, edge.to, events)
     return EdgeChoice(None, events, False)

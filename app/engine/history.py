@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.engine import memory
+from app.engine import branchdoc, memory
 from app.engine.lifecycle import PAUSED, RunStatus, change_status
 from app.engine.queueing import CommandBase, load_doc
 from app.engine.validation import instance_errors
@@ -36,14 +36,13 @@ async def _write_snapshot(
     steps: int | None = None,
 ) -> str:
     """A full checkpoint written by a command (not a runner), with its events."""
-    inner = len(doc["frames"]) - 1
     row = CheckpointRow(
         str(uuid.uuid4()),
         run.id,
         parent_id if parent_id is not None else run.head_checkpoint_id,
         0,
         last_node,
-        memory.node_path(doc, inner, doc["frames"][inner]["node"]),
+        branchdoc.current_node(doc),
         status,
         run.step_count if steps is None else steps,
     )
@@ -101,8 +100,8 @@ class HistoryCommands(CommandBase):
                         "due_at": None,
                         "error": None,
                         "output": None,
-                        "interrupt": doc.get("interrupt"),
-                        "awaiting": doc.get("awaiting"),
+                        "interrupt": branchdoc.interrupt_column(doc),
+                        "awaiting": branchdoc.first_awaiting(doc),
                         "current_node": checkpoint.next_node,
                         **FRESH_COUNTERS,
                     },
@@ -116,11 +115,10 @@ class HistoryCommands(CommandBase):
         async with transaction(self.engine.sessions) as session:
             source = await self._locked(session, run_id)
             checkpoint, doc, _ = await load_doc(session, source, body.checkpoint_id)
-            frames = list(doc["frames"])
-            if body.state_patch is not None:
-                state = memory.merge_patch(frames[0]["state"], body.state_patch)
-                frames[0] = {**frames[0], "state": state}
-            doc = {"frames": frames, "interrupt": None, "awaiting": None}
+            # the patch reaches the branches of a fan-out too; pending pauses stay pending
+            doc = branchdoc.patch_state(doc, body.state_patch)
+            if branchdoc.section_index(doc) is None:
+                doc = {"frames": doc["frames"], "interrupt": None, "awaiting": None}
             inputs = source.inputs
             if body.inputs_patch is not None:
                 inputs = memory.merge_patch(source.inputs, body.inputs_patch)
@@ -217,8 +215,9 @@ class HistoryCommands(CommandBase):
                     code="run_not_editable",
                 )
             _, doc, _ = await load_doc(session, run)
+            doc = branchdoc.patch_state(doc, body.state_patch)
             frames = list(doc["frames"])
-            top = {**frames[0], "state": memory.merge_patch(frames[0]["state"], body.state_patch)}
+            top = frames[0]
             if body.goto is not None:
                 definition = await self.engine.definitions.for_run(session, run)
                 if body.goto not in definition.nodes:
@@ -229,10 +228,8 @@ class HistoryCommands(CommandBase):
                     )
                 visits = {**top["visits"], body.goto: top["visits"].get(body.goto, 0) + 1}
                 top = {**top, "node": body.goto, "visits": visits}
-                frames = [top]
-            else:
-                frames[0] = top
-            doc = {**doc, "frames": frames}
+                top.pop(branchdoc.PARALLEL, None)  # a goto leaves a fan-out's branches
+                doc = {**doc, "frames": [top], "interrupt": None, "awaiting": None}
             info = {"keys": sorted(body.state_patch), "goto": body.goto, "by": "api"}
             await _write_snapshot(
                 session,

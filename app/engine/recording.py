@@ -15,7 +15,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from app.engine import memory
+from app.engine import branchdoc, memory
 from app.engine.lifecycle import RunStatus, check_transition
 from app.engine.services import Engine
 from app.steps.base import StepError
@@ -141,10 +141,22 @@ class RunRecorder:
 
         After a pure step that leaves the run running, the checkpoint is staged (see the
         module's docstring) and committed with a later step's."""
+        last = memory.node_path(self.doc, i, last_node)
+        return await self._checkpoint(status, last, due_at=due_at, error=error, output=output)
+
+    async def _checkpoint(
+        self,
+        status: RunStatus,
+        last_path: str | None,
+        *,
+        due_at: datetime | None = None,
+        error: dict[str, Any] | None = None,
+        output: Any = None,
+    ) -> bool:
+        """``_commit`` with the last node's path given (parallel branches name theirs)."""
         check_transition(RunStatus.RUNNING, status)
         checkpoint_id = str(uuid.uuid4())
-        inner = len(self.doc["frames"]) - 1
-        next_node = memory.node_path(self.doc, inner, self.doc["frames"][inner]["node"])
+        next_node = branchdoc.current_node(self.doc)
         if status is RunStatus.COMPLETED:
             next_node = None
         base_id, data, chain = self.chain.encode(checkpoint_id, self.doc)
@@ -154,7 +166,7 @@ class RunRecorder:
             self.run_id,
             self.head_id,
             0,
-            memory.node_path(self.doc, i, last_node),
+            last_path,
             next_node,
             str(status),
             self.step_count,
@@ -169,8 +181,8 @@ class RunRecorder:
             "resume_data": None,
             "recoveries": 0,
             "error_attempts": 0,
-            "interrupt": self.doc.get("interrupt"),
-            "awaiting": self.doc.get("awaiting"),
+            "interrupt": branchdoc.interrupt_column(self.doc),
+            "awaiting": branchdoc.first_awaiting(self.doc),
             "error": error,
             "output": output,
             "due_at": due_at,

@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.engine import branchdoc
 from app.schemas.runs import RunError, RunOut, Usage, WorkflowRef
 from app.store import checkpoints as checkpoint_store
 from app.store.models import Run
@@ -24,6 +25,7 @@ async def run_out(session: AsyncSession, run: Run) -> RunOut:
 
 def run_resource(run: Run, state: Any, usage: dict[str, int] | None = None) -> RunOut:
     queued = run.status == "queued"
+    pending = branchdoc.interrupts_of(run.interrupt) if run.status == "interrupted" else []
     return RunOut(
         id=run.id,
         workflow=WorkflowRef(name=run.workflow_name, version=run.workflow_version),
@@ -33,7 +35,8 @@ def run_resource(run: Run, state: Any, usage: dict[str, int] | None = None) -> R
         output=run.output,
         error=RunError.model_validate(run.error) if run.error else None,
         current_node=run.current_node,
-        interrupt=run.interrupt if run.status == "interrupted" else None,
+        interrupt=pending[0] if pending else None,
+        interrupts=pending,
         awaiting_input=run.awaiting if run.status == "awaiting_input" else None,
         resume_at=run.due_at if run.status == "suspended" else None,
         start_at=run.due_at if queued else None,

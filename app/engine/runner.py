@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app import metrics
-from app.engine import memory
+from app.engine import branchdoc, memory
 from app.engine.edges import choose_next
 from app.engine.lifecycle import RunStatus
 from app.engine.recording import LeaseLost, RunRecorder
@@ -61,10 +61,12 @@ class RunExecution(RunRecorder):
         self.lease = lease
         self.inject: dict[str, Any] = {}
         self.at_node: str | None = None  # the node being run (for errors raised outside it)
+        self.stopping: Callable[[], bool] = lambda: False  # parallel branches ask it too
 
     async def execute(self, stop: Callable[[], bool] = lambda: False) -> None:
         """Run until the run pauses or ends, or ``stop()`` says so at a step boundary
         (a draining process), the run then staying claimable from its checkpoint."""
+        self.stopping = stop
         try:
             if await self._load():
                 if self.recoveries >= self.engine.settings.max_recoveries:
@@ -130,6 +132,11 @@ class RunExecution(RunRecorder):
         self.events.append(
             NewEvent("run.resumed", None, {"from": status, **resume.get("info", {})})
         )
+        if branchdoc.section_index(self.doc) is not None:  # for a branch: it takes it
+            from app.engine import branches
+
+            self.doc = branches.route_resume(self.doc, status, resume)
+            return
         if "response" in resume:
             interrupt = self.doc.get("interrupt") or resume.get("interrupt") or {}
             kind = interrupt.get("kind")
@@ -166,6 +173,10 @@ class RunExecution(RunRecorder):
         """Run the current node once; True while the run goes on."""
         i = len(self.doc["frames"]) - 1
         frame = self.doc["frames"][i]
+        if branchdoc.PARALLEL in frame:  # parallel branches (app.engine.branches)
+            from app.engine import branches
+
+            return await branches.run_parallel(self, i)
         node_id: str | None = frame["node"]
         if node_id is None:  # a checkpoint of a finished run, resumed or forked
             return await self._complete()
@@ -182,6 +193,10 @@ class RunExecution(RunRecorder):
         if node.interrupt_before and not inject.get("skip_before"):
             payload = {"reason": node.interrupt_before}
             return await self._interrupt(i, node_id, "interrupt_before", payload, None)
+        if node.step == "map":  # items rendered one by one (app.engine.mapstep)
+            from app.engine import mapstep
+
+            return await mapstep.start_map(self, i, node_id, node)
         context = self._context(i, node_id, node, inject)
         scope = self._scope(i, context)
         try:
@@ -205,7 +220,7 @@ class RunExecution(RunRecorder):
             await self._flush()
         ctx = StepContext(
             run_id=self.run_id,
-            node=path or node_id,
+            node=self._step_name(path or node_id),
             step=node.step,
             config=config,
             inputs=self._inputs(i),
@@ -297,6 +312,7 @@ class RunExecution(RunRecorder):
                 msg = f"state is larger than {self.engine.settings.max_state_bytes} bytes"
                 return await self._fail(i, node_id, _error("state_too_large", msg))
             self.doc = memory.replace_frame(self.doc, i, state=state)
+            self._wrote(i, sorted(updates))
             self.events.append(NewEvent("state.updated", path, {"keys": sorted(updates)}))
         self.events.append(NewEvent("node.completed", path, self._output_event(output)))
         if count:
@@ -312,6 +328,10 @@ class RunExecution(RunRecorder):
         if not choice.matched:
             msg = f"no outgoing edge of node {path!r} matched"
             return await self._fail(i, node_id, _error("no_matching_edge", msg))
+        if choice.branches is not None:  # a fan-out edge (app.engine.branches)
+            from app.engine import branches
+
+            return await branches.fan_out(self, i, node_id, choice)
         self.doc = memory.replace_frame(
             self.doc, i, last=node_id, node=choice.next_node, handoff=None
         )
@@ -439,6 +459,13 @@ class RunExecution(RunRecorder):
         return self._enter(i, route["to_node"])
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _step_name(self, path: str) -> str:
+        """The node as its step sees it (``ctx.node``, part of its idempotency key)."""
+        return path
+
+    def _wrote(self, i: int, keys: list[str]) -> None:
+        """``set`` wrote ``keys`` in frame ``i`` (a parallel branch keeps them for its join)."""
 
     def _enter(self, i: int, node_id: str) -> bool:
         """Count a visit; False when it passes the node's max_iterations."""

@@ -14,6 +14,7 @@ from jsonschema.validators import validator_for
 from pydantic import ValidationError
 
 from app.agents.setup import AgentWith
+from app.engine.joins import END, JoinAnalysis
 from app.engine.templates import TemplateEngine, TemplateError
 from app.errors import Invalid, error_item
 from app.schemas.definition import (
@@ -121,6 +122,7 @@ class DefinitionValidator:
             *self._edge_errors(definition),
             *self._template_errors(definition),
             *self._graph_errors(definition),
+            *self._fanout_errors(definition),
         ]
         if definition.inputs is not None:
             errors += schema_errors(definition.inputs, ["inputs"])
@@ -236,10 +238,43 @@ class DefinitionValidator:
     def _edge_errors(self, d: WorkflowDefinition) -> list[dict[str, Any]]:
         errors = []
         for i, edge in enumerate(d.edges):
-            for field, node_id in (("from", edge.from_), ("to", edge.to)):
+            if edge.from_ not in d.nodes:
+                msg = f"edge from unknown node {edge.from_!r}"
+                errors.append(error_item(["edges", i, "from"], msg, "unknown_node"))
+            for k, node_id in enumerate(edge.targets):
+                loc: Loc = ["edges", i, "to", k] if edge.fans_out else ["edges", i, "to"]
                 if node_id not in d.nodes:
-                    msg = f"edge {field} unknown node {node_id!r}"
-                    errors.append(error_item(["edges", i, field], msg, "unknown_node"))
+                    msg = f"edge to unknown node {node_id!r}"
+                    errors.append(error_item(loc, msg, "unknown_node"))
+                elif node_id in edge.targets[:k]:
+                    msg = f"a fan-out lists node {node_id!r} twice"
+                    errors.append(error_item(loc, msg, "duplicate"))
+        return errors
+
+    def _fanout_errors(self, d: WorkflowDefinition) -> list[dict[str, Any]]:
+        """The branches of each fan-out must meet at one join node, or all end."""
+        if any(edge.from_ not in d.nodes or set(edge.targets) - set(d.nodes) for edge in d.edges):
+            return []  # unknown nodes are reported on their own
+        errors = []
+        analysis = JoinAnalysis(d)
+        for i, edge in enumerate(d.edges):
+            if not edge.fans_out:
+                continue
+            if d.nodes[edge.from_].interrupt_after:
+                msg = (
+                    f"node {edge.from_!r} fans out, so it cannot pause after it ran; "
+                    "use `interrupt_before` on the branches' first nodes"
+                )
+                loc: Loc = ["nodes", edge.from_, "interrupt_after"]
+                errors.append(error_item(loc, msg, "interrupt_after_fan_out"))
+            meeting = analysis.meeting(i)
+            if not meeting.valid:
+                places = sorted("the end" if p is END else repr(p) for p in meeting.places)
+                msg = (
+                    f"the branches of fan-out {edge.from_!r} -> {edge.targets} must meet at "
+                    f"one `join: all` node or all end; they stop at {', '.join(places)}"
+                )
+                errors.append(error_item(["edges", i, "to"], msg, "unjoined_branches"))
         return errors
 
     def _template_errors(self, d: WorkflowDefinition) -> list[dict[str, Any]]:
@@ -281,8 +316,9 @@ class DefinitionValidator:
         errors = []
         outgoing: dict[str, list[tuple[int, str, bool]]] = {n: [] for n in d.nodes}
         for i, edge in enumerate(d.edges):
-            if edge.from_ in d.nodes and edge.to in d.nodes:
-                outgoing[edge.from_].append((i, edge.to, edge.loop))
+            for to in edge.targets:
+                if edge.from_ in d.nodes and to in d.nodes:
+                    outgoing[edge.from_].append((i, to, edge.loop))
 
         # Reachable: from the entry, and from every agent-bound node (a handoff can route
         # there). With an unknown entry only the agent-bound roots are left; the entry error

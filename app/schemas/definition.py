@@ -48,13 +48,30 @@ class Node(_Strict):
     retry: RetryPolicy | None = None
     timeout_s: float | None = Field(default=None, gt=0, le=86400)
     description: str | None = None
+    # a join barrier: runs once, after every branch of the fan-out leading here arrived
+    join: Literal["all"] | None = None
 
 
 class Edge(_Strict):
     from_: str = Field(alias="from", min_length=1)
-    to: str = Field(min_length=1)
+    # a list fans out: each target starts a branch, all run concurrently (DESIGN §10)
+    to: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=100)]
+    )
     when: str | None = None
     loop: bool = False
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self.to) if isinstance(self.to, list) else [self.to]
+
+    @property
+    def fans_out(self) -> bool:
+        return isinstance(self.to, list)
+
+
+Reducer = Literal["append", "merge", "add", "replace"]
 
 
 class ModelConfig(_Strict):
@@ -143,6 +160,9 @@ class WorkflowDefinition(_Strict):
     agents: Agents = Field(default_factory=dict)
     nodes: dict[str, Node] = Field(min_length=1)
     edges: list[Edge] = Field(default_factory=list)
+    # how writes of parallel branches to a key combine at their join (DESIGN §10)
+    reducers: dict[str, Reducer] = Field(default_factory=dict)
+    max_concurrency: int = Field(default=8, ge=1, le=1000)  # steps running at once per run
 
     @property
     def entry_node(self) -> str:

@@ -46,6 +46,11 @@ class InterruptResponse(_Action):
 
 class SessionMessage(_Action):
     message: Any = Field(description="the user's message: text or any JSON value")
+    branch: str | None = Field(
+        default=None,
+        max_length=500,
+        description="the parallel branch it is for (default: the first awaiting input)",
+    )
 
 
 class ResumeRequest(_Action):
@@ -93,6 +98,11 @@ class RunOut(BaseModel):
     error: RunError | None
     current_node: str | None
     interrupt: dict[str, Any] | None
+    interrupts: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="every pending interrupt (parallel branches may wait for several); "
+        "`interrupt` is the first",
+    )
     awaiting_input: dict[str, Any] | None
     resume_at: datetime | None
     start_at: datetime | None

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "stepwise.steps"
 # Steps the runner itself carries out (they change which frame runs, not just an output).
-ENGINE_STEPS = frozenset({"subgraph"})
+ENGINE_STEPS = frozenset({"subgraph", "map"})
 
 
 def builtin_steps() -> dict[str, Step]:
