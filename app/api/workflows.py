@@ -159,14 +159,13 @@ async def store_workflow(request: Request, response: Response, engine: EngineDep
 async def validate_workflow(request: Request, engine: EngineDep) -> ValidationResult:
     """Validate a definition without storing it: 200 with ``{valid, errors}``, also when
     the document does not parse (a media type other than JSON or YAML is still a 415)."""
-    warnings: list[dict[str, Any]] = []
     try:
-        _, errors, warnings = await _document(request, engine)
+        _, errors, _ = await _document(request, engine)
     except Invalid as exc:
         errors = exc.errors
-    return ValidationResult.model_validate(
-        {"valid": not errors, "errors": errors, "warnings": warnings or None}
-    )
+    # Prompts not stored yet are no error of the definition: `POST /workflows` reports
+    # them as warnings, and a run refuses to start without them.
+    return ValidationResult.model_validate({"valid": not errors, "errors": errors})
 
 
 def _first(errors: list[dict[str, Any]]) -> str:

@@ -47,5 +47,3 @@ class VersionList(BaseModel):
 class ValidationResult(BaseModel):
     valid: bool
     errors: list[ValidationIssue]
-    # only when there are some
-    warnings: list[ValidationIssue] | None = Field(default=None, exclude_if=lambda v: v is None)
