@@ -62,7 +62,9 @@ async def _with_retry(step: Step, ctx: StepContext, node: Node, on_retry: OnRetr
             return result
         error = result.error
         assert error is not None
-        if not error.retryable or ctx.attempt >= max_attempts or node.retry is None:
+        if node.retry is None or ctx.attempt >= max_attempts:
+            return result
+        if not (error.retryable or (node.retry.retry_on_4xx and _client_error(error))):
             return result
         delay = node.retry.delay_s(ctx.attempt)
         if error.retry_after_s is not None:
@@ -70,3 +72,9 @@ async def _with_retry(step: Step, ctx: StepContext, node: Node, on_retry: OnRetr
         await on_retry(ctx.attempt, delay, error, ctx.node)
         await asyncio.sleep(delay)
         ctx.attempt += 1
+
+
+def _client_error(error: StepError) -> bool:
+    """A 4xx answer of an ``http``, ``call`` or model request (``details.status``)."""
+    status = (error.details or {}).get("status")
+    return isinstance(status, int) and 400 <= status < 500

@@ -101,6 +101,21 @@ async def test_a_client_error_is_not_retried(
     assert await of_type(client, run["id"], "node.retrying") == []
 
 
+async def test_the_node_retry_policy_can_retry_client_errors(
+    make_client: AppFactory, server: LoopbackServer
+) -> None:
+    """`retry.retry_on_4xx` on the node: a 4xx answer is retried like a 5xx (here a 409
+    while the other side catches up), for any step that reports the status."""
+    client = await make_client()
+    server.route("/late", failing_first(2, Reply(409, body=b"not yet"), json_reply({"ok": 1})))
+    retry = {**TINY_RETRY, "retry_on_4xx": True}
+    run = await start(client, one_node(server.url("/late"), retry=retry))
+    assert run["status"] == "completed", run
+    assert len(server.hits_for("/late")) == 3
+    retrying = await of_type(client, run["id"], "node.retrying")
+    assert [e["data"]["attempt"] for e in retrying] == [1, 2]
+
+
 async def test_without_a_retry_policy_a_node_is_tried_once(
     make_client: AppFactory, server: LoopbackServer
 ) -> None:
