@@ -38,10 +38,13 @@ from app.engine.branchexec import (
 from app.engine.edges import EdgeChoice
 from app.engine.joins import JoinAnalysis
 from app.engine.lifecycle import RunStatus
+from app.engine.recording import AnswersArrived
 from app.engine.runner import RunExecution
 from app.engine.templates import TemplateError
 from app.schemas.definition import WorkflowDefinition
 from app.steps.base import StepError
+from app.store import runs as run_store
+from app.store.database import transaction
 from app.store.events import NewEvent
 
 # -- fan-out ------------------------------------------------------------------------------------
@@ -97,7 +100,7 @@ async def run_parallel(execution: RunExecution, i: int) -> bool:
         for entry in section["branches"]
     ]
     try:
-        await run_section(execution, Live(i, children), children)
+        await run_section(execution, Live(i, children), children, definition)
     except BranchFailed as failure:
         if execution is not root:
             raise
@@ -113,10 +116,16 @@ async def run_parallel(execution: RunExecution, i: int) -> bool:
     return await pause_run(runtime)
 
 
-async def run_section(execution: RunExecution, live: Live, children: list[BranchExecution]) -> None:
+async def run_section(
+    execution: RunExecution,
+    live: Live,
+    children: list[BranchExecution],
+    definition: WorkflowDefinition | None = None,
+) -> None:
     """Run the runnable ``children`` of ``live`` as tasks; the execution's document then
     holds what they committed. A branch's failure is raised as ``BranchFailed`` (from a
-    branch execution only at the root, which records it)."""
+    branch execution only at the root, which records it). With the ``definition`` of
+    its branches, the root also takes the answers to branches paused meanwhile."""
     root = root_of(execution)
     runtime = runtime_of(root)
     if execution is root:
@@ -129,8 +138,10 @@ async def run_section(execution: RunExecution, live: Live, children: list[Branch
             live.group = group
             for child in children:
                 if child.runnable():
-                    group.create_task(child.run(runtime))
+                    live.tasks[child.branch_id] = group.create_task(child.run(runtime))
             live.opened()
+            if execution is root and definition is not None:
+                group.create_task(watch_answers(runtime, live, definition))
     except BaseExceptionGroup as failures:
         raise _first(failures) from None
     if execution is root:
@@ -198,9 +209,101 @@ async def pause_run(runtime: ParallelRuntime) -> bool:
     async def write() -> bool:
         root.events.append(NewEvent(f"run.{status}", node, data))
         root.pure = False
-        return bool(await root._checkpoint(RunStatus(status), None, due_at=due))
+        try:
+            return bool(await root._checkpoint(RunStatus(status), None, due_at=due))
+        except AnswersArrived as arrived:  # the branches answered go on (next cycle)
+            for answer in arrived.answers:
+                root.doc = take_answer(root, root.doc, answer)
+            return True
 
     return bool(await write_locked(runtime, write))
+
+
+# -- answers to paused branches while the run runs (``runs.answers``) ----------------------
+
+
+def _answered_branch(doc: memory.Doc, answer: dict[str, Any]) -> str | None:
+    """The paused branch ``answer`` is for, if it still waits for it."""
+    for branch_id, d, status in branchdoc.leaves(doc):
+        if "response" in answer:
+            if status == "interrupted" and d["interrupt"]["id"] == answer["interrupt_id"]:
+                return branch_id
+        elif status == "awaiting_input" and branch_id == answer.get("branch"):
+            return branch_id
+    return None
+
+
+def take_answer(root: RunExecution, doc: memory.Doc, answer: dict[str, Any]) -> memory.Doc:
+    """Route ``answer`` to its branch in ``doc`` (the next checkpoint holds it, and
+    removes it from the run row); an answer no branch waits for any more is dropped."""
+    root.taken.add(answer["id"])
+    branch_id = _answered_branch(doc, answer)
+    if branch_id is None:
+        return doc
+    resume = {k: v for k, v in answer.items() if k != "id"}
+    info = {"interrupt_id": answer["interrupt_id"]} if "response" in answer else {}
+    routed = route_resume(doc, "running", {**resume, "branch": branch_id})
+    node = branchdoc.current_node(routed)
+    root.events.append(NewEvent("branch.resumed", node, {"branch": branch_id, **info}))
+    return routed
+
+
+async def watch_answers(
+    runtime: ParallelRuntime, live: Live, definition: WorkflowDefinition
+) -> None:
+    """While branches of ``live`` run: give each answer left in the run row to its
+    paused branch and start that branch again (the others go on meanwhile)."""
+    root = runtime.root
+    signal = asyncio.Event()
+    signal.set()  # answers left before this execution started (a recovery) are taken too
+    root.engine.answer_signals[root.run_id] = signal
+    try:
+        while True:
+            busy = [task for task in live.tasks.values() if not task.done()]
+            if not busy:
+                return
+            waiter = asyncio.ensure_future(signal.wait())
+            try:
+                await asyncio.wait([*busy, waiter], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            signal.clear()
+            await write_locked(runtime, lambda: _take_live(runtime, live, definition))
+    finally:
+        if root.engine.answer_signals.get(root.run_id) is signal:
+            del root.engine.answer_signals[root.run_id]
+
+
+async def _take_live(runtime: ParallelRuntime, live: Live, definition: WorkflowDefinition) -> None:
+    root = runtime.root
+    async with transaction(root.engine.sessions) as session:
+        run = await run_store.get(session, root.run_id)
+    answers = [a for a in (run.answers if run else None) or [] if a["id"] not in root.taken]
+    restart: list[BranchExecution] = []
+    for answer in answers:
+        doc = root_doc(runtime)
+        branch_id = _answered_branch(doc, answer) or ""
+        child = next(
+            (c for cid, c in live.children.items() if (branch_id + ".").startswith(cid + ".")),
+            None,
+        )
+        task = live.tasks.get(child.branch_id) if child else None
+        if child is None or (task is not None and not task.done()):
+            continue  # a nested branch whose parent still runs: taken when it stops
+        routed = take_answer(root, doc, answer)
+        section = routed["frames"][live.i][PARALLEL]
+        entry = next(e for e in section["branches"] if e["id"] == child.branch_id)
+        fresh = await BranchExecution.restore(root, live.i, entry, section["join"], [definition])
+        live.children[child.branch_id] = fresh
+        restart.append(fresh)
+    if not restart:
+        return
+    root.doc = root_doc(runtime)
+    root.pure = False
+    await root._checkpoint(RunStatus.RUNNING, None)
+    assert live.group is not None
+    for child in restart:
+        live.tasks[child.branch_id] = live.group.create_task(child.run(runtime))
 
 
 # -- the join ------------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ from app.store.events import NewEvent
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-# a branch's own pause is announced when the whole run pauses (``branches.pause_run``)
+# a branch's own pause is a ``branch.paused`` event (the run's status may stay running);
+# the run's pause is announced when the whole run pauses (``branches.pause_run``)
 BRANCH_PAUSE_EVENTS = frozenset({"run.interrupted", "run.awaiting_input", "run.suspended"})
 
 
@@ -36,6 +37,7 @@ class Live:
     def __init__(self, i: int, children: list[BranchExecution]) -> None:
         self.i = i
         self.children = {child.branch_id: child for child in children}
+        self.tasks: dict[str, asyncio.Task[None]] = {}  # the children's, by branch id
         self.section: dict[str, Any] | None = None
         self.group: asyncio.TaskGroup | None = None
 
@@ -258,7 +260,12 @@ class BranchExecution(RunExecution):
             raise BranchFailed(self, last, error, self._tagged())
         if status is RunStatus.SUSPENDED:
             self.doc = {**self.doc, "suspended": {"due_at": due_at.isoformat() if due_at else None}}
-        events = [e for e in self._tagged() if e.type not in BRANCH_PAUSE_EVENTS]
+        events = [
+            NewEvent("branch.paused", e.node, {"status": e.type[len("run.") :], **(e.data or {})})
+            if e.type in BRANCH_PAUSE_EVENTS
+            else e
+            for e in self._tagged()
+        ]
         runtime = runtime_of(self.root)
         doc, pure = self.doc, self.pure
 
