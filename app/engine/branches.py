@@ -100,7 +100,8 @@ async def run_parallel(execution: RunExecution, i: int) -> bool:
         for entry in section["branches"]
     ]
     try:
-        await run_section(execution, Live(i, children), children, definition)
+        live = Live(i, children, execution, section["join"], definition)
+        await run_section(execution, live, children)
     except BranchFailed as failure:
         if execution is not root:
             raise
@@ -116,16 +117,11 @@ async def run_parallel(execution: RunExecution, i: int) -> bool:
     return await pause_run(runtime)
 
 
-async def run_section(
-    execution: RunExecution,
-    live: Live,
-    children: list[BranchExecution],
-    definition: WorkflowDefinition | None = None,
-) -> None:
+async def run_section(execution: RunExecution, live: Live, children: list[BranchExecution]) -> None:
     """Run the runnable ``children`` of ``live`` as tasks; the execution's document then
     holds what they committed. A branch's failure is raised as ``BranchFailed`` (from a
-    branch execution only at the root, which records it). With the ``definition`` of
-    its branches, the root also takes the answers to branches paused meanwhile."""
+    branch execution only at the root, which records it). The root also takes the
+    answers to branches paused meanwhile (``watch_answers``)."""
     root = root_of(execution)
     runtime = runtime_of(root)
     if execution is root:
@@ -138,10 +134,10 @@ async def run_section(
             live.group = group
             for child in children:
                 if child.runnable():
-                    live.tasks[child.branch_id] = group.create_task(child.run(runtime))
+                    live.start(child, runtime)
             live.opened()
-            if execution is root and definition is not None:
-                group.create_task(watch_answers(runtime, live, definition))
+            if execution is root:
+                group.create_task(watch_answers(runtime, live))
     except BaseExceptionGroup as failures:
         raise _first(failures) from None
     if execution is root:
@@ -248,9 +244,7 @@ def take_answer(root: RunExecution, doc: memory.Doc, answer: dict[str, Any]) -> 
     return routed
 
 
-async def watch_answers(
-    runtime: ParallelRuntime, live: Live, definition: WorkflowDefinition
-) -> None:
+async def watch_answers(runtime: ParallelRuntime, live: Live) -> None:
     """While branches of ``live`` run: give each answer left in the run row to its
     paused branch and start that branch again (the others go on meanwhile)."""
     root = runtime.root
@@ -268,13 +262,13 @@ async def watch_answers(
             finally:
                 waiter.cancel()
             signal.clear()
-            await write_locked(runtime, lambda: _take_live(runtime, live, definition))
+            await write_locked(runtime, lambda: _take_live(runtime, live))
     finally:
         if root.engine.answer_signals.get(root.run_id) is signal:
             del root.engine.answer_signals[root.run_id]
 
 
-async def _take_live(runtime: ParallelRuntime, live: Live, definition: WorkflowDefinition) -> None:
+async def _take_live(runtime: ParallelRuntime, live: Live) -> None:
     root = runtime.root
     async with transaction(root.engine.sessions) as session:
         run = await run_store.get(session, root.run_id)
@@ -293,7 +287,7 @@ async def _take_live(runtime: ParallelRuntime, live: Live, definition: WorkflowD
         routed = take_answer(root, doc, answer)
         section = routed["frames"][live.i][PARALLEL]
         entry = next(e for e in section["branches"] if e["id"] == child.branch_id)
-        fresh = await BranchExecution.restore(root, live.i, entry, section["join"], [definition])
+        fresh = await live.revive(entry)
         live.children[child.branch_id] = fresh
         restart.append(fresh)
     if not restart:
@@ -301,9 +295,8 @@ async def _take_live(runtime: ParallelRuntime, live: Live, definition: WorkflowD
     root.doc = root_doc(runtime)
     root.pure = False
     await root._checkpoint(RunStatus.RUNNING, None)
-    assert live.group is not None
     for child in restart:
-        live.tasks[child.branch_id] = live.group.create_task(child.run(runtime))
+        live.start(child, runtime)
 
 
 # -- the join ------------------------------------------------------------------------------------

@@ -157,3 +157,52 @@ async def test_a_rejection_while_running_fails_the_run(make_client: AppFactory) 
     assert failed["error"]["node"] == "ask"
     events = await events_of(client, run_id, types="node.completed")
     assert "work" not in [e["node"] for e in events]  # stopped, not finished
+
+
+async def test_a_map_item_is_answered_while_other_items_run(make_client: AppFactory) -> None:
+    registry, _ = make_registry()
+    client = await make_client(registry=registry)
+    item = wf(
+        "ask-or-work",
+        {
+            "go": {"step": "set"},
+            "ask": ask("ask"),
+            "after": {"step": "set", "set": {"after": "{{ state.ask }}"}},
+            "work": {"step": "sleep", "with": {"seconds": WORK_S}},
+        },
+        [
+            {"from": "go", "to": "ask", "when": "inputs.n == 0"},
+            {"from": "go", "to": "work"},
+            {"from": "ask", "to": "after"},
+        ],
+        output="{{ inputs.n }}",
+    )
+    assert (await client.post("/workflows", json=item)).status_code == 201
+    mapper = wf(
+        "mapper",
+        {
+            "each": {
+                "step": "map",
+                "with": {"workflow": "ask-or-work", "items": [0, 1], "inputs": {"n": "{{ item }}"}},
+                "set": {"out": "{{ output }}"},
+            }
+        },
+    )
+    created = await client.post("/runs", json={"definition": mapper, "inputs": {}})
+    run_id = created.json()["id"]
+    run = await listed(client, run_id)
+    assert run["status"] == "running", run
+    assert run["interrupt"]["node"] == "ask"
+    accepted = await answer(client, run_id, run["interrupt"]["id"], value={"ok": "y"})
+    assert accepted.status_code == 202, accepted.text
+    done = await wait_run(client, run_id)
+    assert done["status"] == "completed", done
+    assert done["state"] == {"out": [0, 1]}
+    events = await events_of(client, run_id)
+    completed = {
+        (e["data"]["branch"], e["node"].rsplit("/", 1)[-1]): e["seq"]
+        for e in events
+        if e["type"] == "node.completed" and "branch" in e["data"]
+    }
+    # the answered item went on while the other one was still working
+    assert completed["each[0]", "after"] < completed["each[1]", "work"]
