@@ -218,29 +218,40 @@ async def pause_run(runtime: ParallelRuntime) -> bool:
 # -- answers to paused branches while the run runs (``runs.answers``) ----------------------
 
 
-def _answered_branch(doc: memory.Doc, answer: dict[str, Any]) -> str | None:
-    """The paused branch ``answer`` is for, if it still waits for it."""
+def _answered_branches(doc: memory.Doc, answer: dict[str, Any]) -> list[str]:
+    """The paused branches ``answer`` is for (a ``wake``: every suspended one), if they
+    still wait for it."""
+    found = []
     for branch_id, d, status in branchdoc.leaves(doc):
         if "response" in answer:
             if status == "interrupted" and d["interrupt"]["id"] == answer["interrupt_id"]:
-                return branch_id
-        elif status == "awaiting_input" and branch_id == answer.get("branch"):
-            return branch_id
-    return None
+                found.append(branch_id)
+        elif "message" in answer:
+            if status == "awaiting_input" and branch_id == answer.get("branch"):
+                found.append(branch_id)
+        elif status == "suspended":
+            found.append(branch_id)
+    return found
 
 
 def take_answer(root: RunExecution, doc: memory.Doc, answer: dict[str, Any]) -> memory.Doc:
-    """Route ``answer`` to its branch in ``doc`` (the next checkpoint holds it, and
+    """Route ``answer`` to its branches in ``doc`` (the next checkpoint holds it, and
     removes it from the run row); an answer no branch waits for any more is dropped."""
     root.taken.add(answer["id"])
-    branch_id = _answered_branch(doc, answer)
-    if branch_id is None:
+    found = _answered_branches(doc, answer)
+    if not found:
         return doc
     resume = {k: v for k, v in answer.items() if k != "id"}
-    info = {"interrupt_id": answer["interrupt_id"]} if "response" in answer else {}
-    routed = route_resume(doc, "running", {**resume, "branch": branch_id})
+    if "response" in answer:
+        info = {"interrupt_id": answer["interrupt_id"]}
+    else:
+        info = resume.get("info", {})
+    if "message" in answer:
+        resume["branch"] = found[0]
+    routed = route_resume(doc, "running" if "response" in answer else "suspended", resume)
     node = branchdoc.current_node(routed)
-    root.events.append(NewEvent("branch.resumed", node, {"branch": branch_id, **info}))
+    for branch_id in found:
+        root.events.append(NewEvent("branch.resumed", node, {"branch": branch_id, **info}))
     return routed
 
 
@@ -273,29 +284,30 @@ async def _take_live(runtime: ParallelRuntime, live: Live) -> None:
     async with transaction(root.engine.sessions) as session:
         run = await run_store.get(session, root.run_id)
     answers = [a for a in (run.answers if run else None) or [] if a["id"] not in root.taken]
-    restart: list[BranchExecution] = []
+    restart: dict[str, BranchExecution] = {}
     for answer in answers:
         doc = root_doc(runtime)
-        branch_id = _answered_branch(doc, answer) or ""
-        child = next(
-            (c for cid, c in live.children.items() if (branch_id + ".").startswith(cid + ".")),
-            None,
-        )
-        task = live.tasks.get(child.branch_id) if child else None
-        if child is None or (task is not None and not task.done()):
+        found = _answered_branches(doc, answer)
+        children = {
+            cid
+            for cid in live.children
+            for branch_id in found
+            if (branch_id + ".").startswith(cid + ".")
+        }
+        tasks = [live.tasks.get(cid) for cid in children]
+        if not children or any(task is not None and not task.done() for task in tasks):
             continue  # a nested branch whose parent still runs: taken when it stops
         routed = take_answer(root, doc, answer)
         section = routed["frames"][live.i][PARALLEL]
-        entry = next(e for e in section["branches"] if e["id"] == child.branch_id)
-        fresh = await live.revive(entry)
-        live.children[child.branch_id] = fresh
-        restart.append(fresh)
+        for entry in section["branches"]:
+            if entry["id"] in children:
+                restart[entry["id"]] = live.children[entry["id"]] = await live.revive(entry)
     if not restart:
         return
     root.doc = root_doc(runtime)
     root.pure = False
     await root._checkpoint(RunStatus.RUNNING, None)
-    for child in restart:
+    for child in restart.values():
         live.start(child, runtime)
 
 

@@ -31,7 +31,6 @@ from app.store.checkpoints import CheckpointRow
 from app.store.database import transaction
 from app.store.events import NewEvent, insert_events
 from app.store.models import Run, utcnow
-from app.store.progress import record_step
 
 # a run whose branches may be answered: paused, or executing with some branches paused
 ANSWERABLE = (RunStatus.INTERRUPTED, RunStatus.RUNNING, RunStatus.QUEUED)
@@ -303,24 +302,6 @@ class RunCommands(HistoryCommands):
             else:
                 self.engine.on_cancel(run_id)
         return Answered(run, doc)
-
-    async def _leave_answer(
-        self, session: AsyncSession, run: Run, answer: dict[str, Any], **values: Any
-    ) -> Run:
-        """Leave an answer to a paused branch of a running (or queued) run in its row, for
-        the execution that holds the run (told at once, on this process or another); a
-        later execution takes it after a crash (``app.engine.branches``)."""
-        answers = [*(run.answers or []), {"id": str(uuid.uuid4()), **answer}]
-        await record_step(
-            session,
-            run.id,
-            guard=Run.status == run.status,
-            values={"answers": answers, **values},
-            events=[],
-        )
-        await run_store.notify(session, "stepwise_control", f"answer:{run.id}")
-        await session.refresh(run)
-        return run
 
     async def message(self, run_id: str, message: Any, branch: str | None = None) -> Answered:
         async with transaction(self.engine.sessions) as session:

@@ -206,3 +206,37 @@ async def test_a_map_item_is_answered_while_other_items_run(make_client: AppFact
     }
     # the answered item went on while the other one was still working
     assert completed["each[0]", "after"] < completed["each[1]", "work"]
+
+
+async def test_resume_ends_a_branch_wait_while_running(make_client: AppFactory) -> None:
+    held = {"step": "wait", "with": {"seconds": 600}, "set": {"ask": "woken"}}
+    client, run_id = await started(make_client, ask_then_work(ask=held))
+    for _ in range(400):
+        paused = await events_of(client, run_id, types="branch.paused")
+        if paused:
+            break
+        await asyncio.sleep(0.02)
+    assert [(e["data"]["branch"], e["data"]["status"]) for e in paused] == [("ask", "suspended")]
+    run = (await client.get(f"/runs/{run_id}")).json()
+    assert run["status"] == "running", run
+    resumed = await client.post(f"/runs/{run_id}/resume")
+    assert resumed.status_code == 202, resumed.text
+    done = await wait_run(client, run_id)
+    assert done["status"] == "completed", done
+    assert done["state"] == {"ask": "woken", "after": "woken", "worked": True}
+    events = await events_of(client, run_id)
+    assert seq_of(events, "node.completed", "after") < seq_of(events, "node.completed", "work")
+    woken = [e["data"] for e in events if e["type"] == "branch.resumed"]
+    assert woken == [{"branch": "ask", "requested": True}]
+    late = await client.post(f"/runs/{run_id}/resume")
+    assert late.status_code == 409
+
+
+async def test_resume_of_a_running_run_without_waiting_branches_is_409(
+    make_client: AppFactory,
+) -> None:
+    client, run_id = await started(make_client, ask_then_work())
+    await listed(client, run_id)
+    response = await client.post(f"/runs/{run_id}/resume")
+    assert response.status_code == 409
+    assert response.json()["code"] == "run_not_resumable"
