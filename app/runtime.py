@@ -62,6 +62,9 @@ class Runtime:
         )
         self.engine.on_committed = self.feeds.offer
         self.engine.on_settled = self.webhooks.notify
+        self.bus.on_control(
+            lambda action, run_id: self.engine.signal_answer(run_id) if action == "answer" else None
+        )
         if not settings.is_sqlite:
             self.listener = PostgresListener(settings.database_url, self.bus)
             await self.listener.start()

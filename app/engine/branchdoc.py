@@ -19,7 +19,7 @@ branch's position and any worker can go on from it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -38,6 +38,8 @@ def section_index(doc: memory.Doc) -> int | None:
 
 
 def branch_status(branch_doc: memory.Doc, join: str | None) -> str:
+    if branch_doc.get("resume") is not None:  # answered: it goes on when it next runs
+        return RUNNING
     if branch_doc.get("interrupt") is not None:
         return "interrupted"
     if branch_doc.get("awaiting") is not None:
@@ -75,7 +77,11 @@ def pending_interrupts(doc: memory.Doc) -> list[dict[str, Any]]:
 
 def interrupt_column(doc: memory.Doc) -> dict[str, Any] | list[dict[str, Any]] | None:
     """What the run row keeps of the pending interrupts: one object, or a list of them."""
-    pending = pending_interrupts(doc)
+    return column_of(pending_interrupts(doc))
+
+
+def column_of(pending: list[dict[str, Any]]) -> dict[str, Any] | list[dict[str, Any]] | None:
+    """The ``interrupt`` column's value for these pending interrupts."""
     if not pending:
         return None
     return pending[0] if len(pending) == 1 else pending
@@ -102,12 +108,14 @@ def awaiting_branches(doc: memory.Doc) -> list[str]:
     return [branch_id for branch_id, _, status in leaves(doc) if status == "awaiting_input"]
 
 
-def first_awaiting(doc: memory.Doc) -> dict[str, Any] | None:
+def first_awaiting(doc: memory.Doc, answered: Collection[str] = ()) -> dict[str, Any] | None:
+    """The first branch awaiting input (not one of the ``answered`` ones), or the run's
+    own ``awaiting``."""
     if section_index(doc) is None:
         awaiting: dict[str, Any] | None = doc.get("awaiting")
         return awaiting
     for branch_id, d, status in leaves(doc):
-        if status == "awaiting_input":
+        if status == "awaiting_input" and branch_id not in answered:
             return {**d["awaiting"], "branch": branch_id}
     return None
 

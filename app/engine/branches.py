@@ -38,10 +38,13 @@ from app.engine.branchexec import (
 from app.engine.edges import EdgeChoice
 from app.engine.joins import JoinAnalysis
 from app.engine.lifecycle import RunStatus
+from app.engine.recording import AnswersArrived
 from app.engine.runner import RunExecution
 from app.engine.templates import TemplateError
 from app.schemas.definition import WorkflowDefinition
 from app.steps.base import StepError
+from app.store import runs as run_store
+from app.store.database import transaction
 from app.store.events import NewEvent
 
 # -- fan-out ------------------------------------------------------------------------------------
@@ -97,7 +100,8 @@ async def run_parallel(execution: RunExecution, i: int) -> bool:
         for entry in section["branches"]
     ]
     try:
-        await run_section(execution, Live(i, children), children)
+        live = Live(i, children, execution, section["join"], definition)
+        await run_section(execution, live, children)
     except BranchFailed as failure:
         if execution is not root:
             raise
@@ -116,7 +120,8 @@ async def run_parallel(execution: RunExecution, i: int) -> bool:
 async def run_section(execution: RunExecution, live: Live, children: list[BranchExecution]) -> None:
     """Run the runnable ``children`` of ``live`` as tasks; the execution's document then
     holds what they committed. A branch's failure is raised as ``BranchFailed`` (from a
-    branch execution only at the root, which records it)."""
+    branch execution only at the root, which records it). The root also takes the
+    answers to branches paused meanwhile (``watch_answers``)."""
     root = root_of(execution)
     runtime = runtime_of(root)
     if execution is root:
@@ -129,8 +134,10 @@ async def run_section(execution: RunExecution, live: Live, children: list[Branch
             live.group = group
             for child in children:
                 if child.runnable():
-                    group.create_task(child.run(runtime))
+                    live.start(child, runtime)
             live.opened()
+            if execution is root:
+                group.create_task(watch_answers(runtime, live))
     except BaseExceptionGroup as failures:
         raise _first(failures) from None
     if execution is root:
@@ -198,9 +205,110 @@ async def pause_run(runtime: ParallelRuntime) -> bool:
     async def write() -> bool:
         root.events.append(NewEvent(f"run.{status}", node, data))
         root.pure = False
-        return bool(await root._checkpoint(RunStatus(status), None, due_at=due))
+        try:
+            return bool(await root._checkpoint(RunStatus(status), None, due_at=due))
+        except AnswersArrived as arrived:  # the branches answered go on (next cycle)
+            for answer in arrived.answers:
+                root.doc = take_answer(root, root.doc, answer)
+            return True
 
     return bool(await write_locked(runtime, write))
+
+
+# -- answers to paused branches while the run runs (``runs.answers``) ----------------------
+
+
+def _answered_branches(doc: memory.Doc, answer: dict[str, Any]) -> list[str]:
+    """The paused branches ``answer`` is for (a ``wake``: every suspended one), if they
+    still wait for it."""
+    found = []
+    for branch_id, d, status in branchdoc.leaves(doc):
+        if "response" in answer:
+            if status == "interrupted" and d["interrupt"]["id"] == answer["interrupt_id"]:
+                found.append(branch_id)
+        elif "message" in answer:
+            if status == "awaiting_input" and branch_id == answer.get("branch"):
+                found.append(branch_id)
+        elif status == "suspended":
+            found.append(branch_id)
+    return found
+
+
+def take_answer(root: RunExecution, doc: memory.Doc, answer: dict[str, Any]) -> memory.Doc:
+    """Route ``answer`` to its branches in ``doc`` (the next checkpoint holds it, and
+    removes it from the run row); an answer no branch waits for any more is dropped."""
+    root.taken.add(answer["id"])
+    found = _answered_branches(doc, answer)
+    if not found:
+        return doc
+    resume = {k: v for k, v in answer.items() if k != "id"}
+    if "response" in answer:
+        info = {"interrupt_id": answer["interrupt_id"]}
+    else:
+        info = resume.get("info", {})
+    if "message" in answer:
+        resume["branch"] = found[0]
+    routed = route_resume(doc, "running" if "response" in answer else "suspended", resume)
+    node = branchdoc.current_node(routed)
+    for branch_id in found:
+        root.events.append(NewEvent("branch.resumed", node, {"branch": branch_id, **info}))
+    return routed
+
+
+async def watch_answers(runtime: ParallelRuntime, live: Live) -> None:
+    """While branches of ``live`` run: give each answer left in the run row to its
+    paused branch and start that branch again (the others go on meanwhile)."""
+    root = runtime.root
+    signal = asyncio.Event()
+    signal.set()  # answers left before this execution started (a recovery) are taken too
+    root.engine.answer_signals[root.run_id] = signal
+    try:
+        while True:
+            busy = [task for task in live.tasks.values() if not task.done()]
+            if not busy:
+                return
+            waiter = asyncio.ensure_future(signal.wait())
+            try:
+                await asyncio.wait([*busy, waiter], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            signal.clear()
+            await write_locked(runtime, lambda: _take_live(runtime, live))
+    finally:
+        if root.engine.answer_signals.get(root.run_id) is signal:
+            del root.engine.answer_signals[root.run_id]
+
+
+async def _take_live(runtime: ParallelRuntime, live: Live) -> None:
+    root = runtime.root
+    async with transaction(root.engine.sessions) as session:
+        run = await run_store.get(session, root.run_id)
+    answers = [a for a in (run.answers if run else None) or [] if a["id"] not in root.taken]
+    restart: dict[str, BranchExecution] = {}
+    for answer in answers:
+        doc = root_doc(runtime)
+        found = _answered_branches(doc, answer)
+        children = {
+            cid
+            for cid in live.children
+            for branch_id in found
+            if (branch_id + ".").startswith(cid + ".")
+        }
+        tasks = [live.tasks.get(cid) for cid in children]
+        if not children or any(task is not None and not task.done() for task in tasks):
+            continue  # a nested branch whose parent still runs: taken when it stops
+        routed = take_answer(root, doc, answer)
+        section = routed["frames"][live.i][PARALLEL]
+        for entry in section["branches"]:
+            if entry["id"] in children:
+                restart[entry["id"]] = live.children[entry["id"]] = await live.revive(entry)
+    if not restart:
+        return
+    root.doc = root_doc(runtime)
+    root.pure = False
+    await root._checkpoint(RunStatus.RUNNING, None)
+    for child in restart.values():
+        live.start(child, runtime)
 
 
 # -- the join ------------------------------------------------------------------------------------

@@ -26,21 +26,46 @@ from app.store.events import NewEvent
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-# a branch's own pause is announced when the whole run pauses (``branches.pause_run``)
+# a branch's own pause is a ``branch.paused`` event (the run's status may stay running);
+# the run's pause is announced when the whole run pauses (``branches.pause_run``)
 BRANCH_PAUSE_EVENTS = frozenset({"run.interrupted", "run.awaiting_input", "run.suspended"})
 
 
 class Live:
     """A section being run: frame ``i``'s branches (``section`` None: as in the doc)."""
 
-    def __init__(self, i: int, children: list[BranchExecution]) -> None:
+    def __init__(
+        self,
+        i: int,
+        children: list[BranchExecution],
+        parent: RunExecution | None = None,
+        join: str | None = None,
+        definition: WorkflowDefinition | None = None,
+    ) -> None:
         self.i = i
         self.children = {child.branch_id: child for child in children}
+        self.tasks: dict[str, asyncio.Task[None]] = {}  # the children's, by branch id
         self.section: dict[str, Any] | None = None
         self.group: asyncio.TaskGroup | None = None
+        # what an answered child is restored with (``revive``)
+        self.parent, self.join, self.definition = parent, join, definition
 
     def opened(self) -> None:
         """The task group is open and the branches started (a map starts its items)."""
+
+    def start(self, child: BranchExecution, runtime: ParallelRuntime) -> None:
+        """Run ``child`` as a task of the section."""
+        assert self.group is not None
+        self.children[child.branch_id] = child
+        self.tasks[child.branch_id] = self.group.create_task(child.run(runtime))
+
+    async def revive(self, entry: dict[str, Any]) -> BranchExecution:
+        """The execution of a paused child from ``entry``, its answer routed to it."""
+        assert self.parent is not None
+        assert self.definition is not None
+        return await BranchExecution.restore(
+            self.parent, self.i, entry, self.join, [self.definition]
+        )
 
     def compose(self, doc: memory.Doc) -> memory.Doc:
         section = self.section or doc["frames"][self.i][PARALLEL]
@@ -258,7 +283,12 @@ class BranchExecution(RunExecution):
             raise BranchFailed(self, last, error, self._tagged())
         if status is RunStatus.SUSPENDED:
             self.doc = {**self.doc, "suspended": {"due_at": due_at.isoformat() if due_at else None}}
-        events = [e for e in self._tagged() if e.type not in BRANCH_PAUSE_EVENTS]
+        events = [
+            NewEvent("branch.paused", e.node, {"status": e.type[len("run.") :], **(e.data or {})})
+            if e.type in BRANCH_PAUSE_EVENTS
+            else e
+            for e in self._tagged()
+        ]
         runtime = runtime_of(self.root)
         doc, pure = self.doc, self.pure
 

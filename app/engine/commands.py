@@ -32,6 +32,10 @@ from app.store.database import transaction
 from app.store.events import NewEvent, insert_events
 from app.store.models import Run, utcnow
 
+# a run whose branches may be answered: paused, or executing with some branches paused
+ANSWERABLE = (RunStatus.INTERRUPTED, RunStatus.RUNNING, RunStatus.QUEUED)
+EXECUTING = (RunStatus.RUNNING, RunStatus.QUEUED)
+
 
 @dataclass(frozen=True, slots=True)
 class Started:
@@ -205,9 +209,9 @@ class RunCommands(HistoryCommands):
         handover = doc = None
         async with transaction(self.engine.sessions) as session:
             run = await self._locked(session, run_id)
-            # parallel branches may wait for several interrupts: each is answered by its id
-            waiting = run.status == RunStatus.INTERRUPTED
-            every = branchdoc.interrupts_of(run.interrupt) if waiting else []
+            # parallel branches may wait for several interrupts: each is answered by its id,
+            # also while other branches go on (the run is then running, or queued)
+            every = branchdoc.interrupts_of(run.interrupt) if run.status in ANSWERABLE else []
             if not every:
                 raise Conflict(
                     f"run {run_id} has no pending interrupt (it is {run.status})",
@@ -225,6 +229,7 @@ class RunCommands(HistoryCommands):
             answer = body.model_dump(exclude={"interrupt_id"})
             answer["interrupt_id"] = body.interrupt_id
             who = body.responded_by or "someone"
+            executing = run.status != RunStatus.INTERRUPTED
             if body.status == "approved":
                 checkpoint, doc, chain = await load_doc(session, run)
                 schema = branchdoc.interrupt_schema(doc, body.interrupt_id)
@@ -236,6 +241,16 @@ class RunCommands(HistoryCommands):
                             code="invalid_response",
                             errors=errors,
                         )
+            if body.status == "approved" and executing:
+                left = {
+                    "response": answer,
+                    "interrupt_id": body.interrupt_id,
+                    "info": {"interrupt_id": body.interrupt_id},
+                }
+                run = await self._leave_answer(
+                    session, run, left, interrupt=branchdoc.column_of(others)
+                )
+            elif body.status == "approved":
                 run = await change_status(
                     session,
                     run_id,
@@ -249,6 +264,7 @@ class RunCommands(HistoryCommands):
                         **self._reservation(),
                     },
                 )
+                assert doc is not None
                 handover = await self._hand_over(session, run, (checkpoint, doc, chain))
             elif body.status == "cancelled":
                 run = await change_status(
@@ -277,7 +293,14 @@ class RunCommands(HistoryCommands):
                     values={"interrupt": None, "error": error},
                     events=[NewEvent("run.failed", pending["node"], {"error": error})],
                 )
+            if executing and body.status != "approved":  # stop it where it executes
+                await run_store.notify(session, "stepwise_control", f"cancel:{run_id}")
         self._after_commit(run, work=True, handover=handover)
+        if executing:
+            if body.status == "approved":
+                self.engine.signal_answer(run_id)
+            else:
+                self.engine.on_cancel(run_id)
         return Answered(run, doc)
 
     async def message(self, run_id: str, message: Any, branch: str | None = None) -> Answered:
@@ -285,29 +308,42 @@ class RunCommands(HistoryCommands):
             current = await self._locked(session, run_id)
             if branch is not None:
                 _, doc, _ = await load_doc(session, current)
-                if branch not in branchdoc.awaiting_branches(doc):
+                messaged = {str(a["branch"]) for a in current.answers or [] if "message" in a}
+                if branch not in branchdoc.awaiting_branches(doc) or branch in messaged:
                     raise Conflict(
                         f"branch {branch!r} of run {run_id} is not awaiting input",
                         code="run_not_awaiting_input",
                     )
-            run = await change_status(
-                session,
-                run_id,
-                RunStatus.QUEUED,
-                expect=[RunStatus.AWAITING_INPUT],
-                code="run_not_awaiting_input",
-                values={
-                    "resume_data": {
-                        "message": message,
-                        "ts": utcnow().isoformat(),
-                        **({"branch": branch} if branch is not None else {}),
+            executing = branch is not None and current.status in EXECUTING
+            if executing:  # other branches go on: the execution holding the run takes it
+                assert branch is not None
+                left = {"message": message, "ts": utcnow().isoformat(), "branch": branch}
+                awaiting = branchdoc.first_awaiting(doc, {*messaged, branch})
+                run = await self._leave_answer(
+                    session, current, left, interrupt=current.interrupt, awaiting=awaiting
+                )
+                handover = None
+            else:
+                run = await change_status(
+                    session,
+                    run_id,
+                    RunStatus.QUEUED,
+                    expect=[RunStatus.AWAITING_INPUT],
+                    code="run_not_awaiting_input",
+                    values={
+                        "resume_data": {
+                            "message": message,
+                            "ts": utcnow().isoformat(),
+                            **({"branch": branch} if branch is not None else {}),
+                        },
+                        "awaiting": None,
+                        **self._reservation(),
                     },
-                    "awaiting": None,
-                    **self._reservation(),
-                },
-            )
-            handover = await self._hand_over(session, run)
-        self._after_commit(run, work=True, handover=handover)
+                )
+                handover = await self._hand_over(session, run)
+        self._after_commit(run, work=not executing, handover=handover)
+        if executing:
+            self.engine.signal_answer(run_id)
         return Answered(run, handover.doc if handover else None)
 
     # -- ending ---------------------------------------------------------------------------

@@ -68,9 +68,18 @@ FRESH_COUNTERS = {"recoveries": 0, "error_attempts": 0}
 
 class HistoryCommands(CommandBase):
     async def resume(self, run_id: str, checkpoint_id: str | None) -> Run:
+        waking = False
         async with transaction(self.engine.sessions) as session:
             run = await self._locked(session, run_id)
-            if checkpoint_id is None:
+            if checkpoint_id is None and run.status in (RunStatus.QUEUED, RunStatus.RUNNING):
+                # branches held by `wait` while others run: they go on now
+                _, doc, _ = await load_doc(session, run)
+                if not any(status == "suspended" for _, _, status in branchdoc.leaves(doc)):
+                    raise Conflict(f"run {run_id} is {run.status}", code="run_not_resumable")
+                wake = {"wake": True, "info": {"requested": True}}
+                run = await self._leave_answer(session, run, wake)
+                waking = True
+            elif checkpoint_id is None:
                 run = await change_status(
                     session,
                     run_id,
@@ -106,7 +115,9 @@ class HistoryCommands(CommandBase):
                         **FRESH_COUNTERS,
                     },
                 )
-        self._after_commit(run, work=True)
+        self._after_commit(run, work=not waking)
+        if waking:
+            self.engine.signal_answer(run_id)
         return run
 
     # -- history -----------------------------------------------------------------------------

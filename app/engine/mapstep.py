@@ -26,6 +26,7 @@ from app.engine.branchexec import (
     BranchExecution,
     BranchFailed,
     Live,
+    ParallelRuntime,
     root_doc,
     root_of,
     runtime_of,
@@ -246,7 +247,14 @@ class MapLive(Live):
     def launch(self, item: MapItem) -> None:
         assert self.group is not None
         self.running += 1
-        self.group.create_task(self._run(item))
+        self.tasks[item.branch_id] = self.group.create_task(self._run(item))
+
+    def start(self, child: BranchExecution, runtime: ParallelRuntime) -> None:
+        assert isinstance(child, MapItem)
+        self.launch(child)
+
+    async def revive(self, entry: dict[str, Any]) -> BranchExecution:
+        return self.adopt(entry)
 
     async def _run(self, item: MapItem) -> None:
         try:

@@ -9,6 +9,7 @@ otherwise the claim loops of all processes are woken.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,6 +22,7 @@ from app.errors import NotFound
 from app.store import checkpoints as checkpoint_store
 from app.store import runs as run_store
 from app.store.models import Checkpoint, Run, utcnow
+from app.store.progress import record_step
 
 Loaded = tuple[Checkpoint, memory.Doc, checkpoint_store.CheckpointChain]
 
@@ -88,4 +90,22 @@ class CommandBase:
         run = await run_store.get(session, run_id, lock=True)
         if run is None:
             raise NotFound(f"run {run_id!r} not found", code="run_not_found")
+        return run
+
+    async def _leave_answer(
+        self, session: AsyncSession, run: Run, answer: dict[str, Any], **values: Any
+    ) -> Run:
+        """Leave an answer to a paused branch of a running (or queued) run in its row, for
+        the execution that holds the run (told at once, on this process or another); a
+        later execution takes it after a crash (``app.engine.branches``)."""
+        answers = [*(run.answers or []), {"id": str(uuid.uuid4()), **answer}]
+        await record_step(
+            session,
+            run.id,
+            guard=Run.status == run.status,
+            values={"answers": answers, **values},
+            events=[],
+        )
+        await run_store.notify(session, "stepwise_control", f"answer:{run.id}")
+        await session.refresh(run)
         return run

@@ -34,6 +34,19 @@ class LeaseLost(Exception):
     """The run's lease moved to another worker (or the run was cancelled)."""
 
 
+class AnswersArrived(Exception):
+    """The run was about to pause, but answers to its paused branches wait in its row
+    (``runs.answers``): it goes on with them instead (nothing was written)."""
+
+    def __init__(self, answers: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(answers)} answer(s) arrived")
+        self.answers = answers
+
+
+PAUSED = frozenset({"interrupted", "awaiting_input", "suspended"})
+PAUSE_EVENTS = frozenset(f"run.{status}" for status in PAUSED)
+
+
 class RunRecorder:
     """The write side of a run's execution; ``RunExecution`` drives it."""
 
@@ -53,6 +66,9 @@ class RunRecorder:
         # pure steps checkpointed but not yet committed, each with the run row after it
         self.staged: list[tuple[StepWrite, dict[str, Any]]] = []
         self.pure = False  # whether the step that just ran may share its commit
+        # ids of answers (``runs.answers``) routed into the document, to be removed from
+        # the row by the next write that checkpoints the document
+        self.taken: set[str] = set()
 
     async def _progress(self, path: str | None, data: dict[str, Any]) -> None:
         await self._step_event(path, "step.progress", data)
@@ -107,7 +123,13 @@ class RunRecorder:
     async def _write(self, values: dict[str, Any], last: StepWrite) -> None:
         """Commit the staged steps and ``last`` in one fenced transaction."""
         earlier = [write for write, _ in self.staged]
+        watch = bool(self.taken) or branchdoc.section_index(self.doc) is not None
+        removed: set[str] = set()
         async with write_transaction(self.engine.sessions) as session:
+            if watch:
+                answers = await run_store.locked_answers(session, self.run_id)
+                if answers:
+                    values, removed = self._with_answers(values, answers, last)
             recorded = await record_step(
                 session,
                 self.run_id,
@@ -121,11 +143,37 @@ class RunRecorder:
             )
         if recorded is None:
             raise LeaseLost
+        self.taken -= removed
         self.staged = []
         self.events = []
         # local watchers get the rows themselves first, so the wake-up finds them read
         self.engine.on_committed(self.run_id, recorded.events, recorded.status)
         self.engine.on_events(self.run_id, recorded.last_event_seq, recorded.status)
+
+    def _with_answers(
+        self, values: dict[str, Any], answers: list[dict[str, Any]], last: StepWrite
+    ) -> tuple[dict[str, Any], set[str]]:
+        """The run row's ``values`` given the answers its row holds, and the ids of those
+        this write removes (AnswersArrived when the run would pause with some untaken)."""
+        status = values.get("status")
+        fresh = [a for a in answers if a["id"] not in self.taken]
+        if status in PAUSED and fresh:
+            raise AnswersArrived(fresh)
+        if status != "running" or last.checkpoint is not None:
+            # the checkpoint holds the taken answers' routes (or the run ends or pauses)
+            left = fresh if status == "running" else []
+            removed = {a["id"] for a in answers} - {a["id"] for a in left}
+        else:
+            left, removed = answers, set()
+        values = {**values, "answers": left or None}
+        if "interrupt" in values:  # answered ones are no longer pending
+            ids = {a.get("interrupt_id") for a in left}
+            pending = branchdoc.interrupts_of(values["interrupt"])
+            values["interrupt"] = branchdoc.column_of([i for i in pending if i["id"] not in ids])
+        if "awaiting" in values:
+            messaged = {a["branch"] for a in left if "message" in a}
+            values["awaiting"] = branchdoc.first_awaiting(self.doc, messaged)
+        return values, removed
 
     async def _commit(
         self,
@@ -193,6 +241,7 @@ class RunRecorder:
         if not running:
             values["lease_owner"] = None
         write = StepWrite(self.events, row, base_id, data, now)
+        before = self.chain, self.head_id, self.attempt
         self.events = []
         self.chain = chain
         self.head_id = checkpoint_id
@@ -200,7 +249,12 @@ class RunRecorder:
         if running and self.pure and len(self.staged) + 1 < MAX_GROUP:
             self.staged.append((write, values))
             return True
-        await self._write(values, write)
+        try:
+            await self._write(values, write)
+        except AnswersArrived:  # nothing written: the run goes on instead of pausing
+            self.chain, self.head_id, self.attempt = before
+            self.events = [e for e in write.events if e.type not in PAUSE_EVENTS]
+            raise
         if status is RunStatus.SUSPENDED and due_at is not None:
             self.engine.on_work()
         if not running and self.webhook:

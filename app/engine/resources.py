@@ -25,7 +25,9 @@ async def run_out(session: AsyncSession, run: Run) -> RunOut:
 
 def run_resource(run: Run, state: Any, usage: dict[str, int] | None = None) -> RunOut:
     queued = run.status == "queued"
-    pending = branchdoc.interrupts_of(run.interrupt) if run.status == "interrupted" else []
+    # a running run lists the interrupts its paused branches wait for (DESIGN §10)
+    listed = run.status in ("interrupted", "running", "queued")
+    pending = branchdoc.interrupts_of(run.interrupt) if listed else []
     return RunOut(
         id=run.id,
         workflow=WorkflowRef(name=run.workflow_name, version=run.workflow_version),

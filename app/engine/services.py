@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -224,6 +225,15 @@ class Engine:
     runner_owner: str | None = None  # this process's runner pool, if it has one
     # called after a commit that paused or ended a run that has a webhook
     on_settled: Callable[[str], None] = field(default=lambda run_id: None)
+    # runs whose parallel branches are being executed here, each with the event that
+    # tells its execution that answers to paused branches wait in its row
+    answer_signals: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def signal_answer(self, run_id: str) -> None:
+        """Answers to paused branches of ``run_id`` were committed (here or elsewhere)."""
+        signal = self.answer_signals.get(run_id)
+        if signal is not None:
+            signal.set()
 
     # -- for agent steps (DESIGN §9): stored prompts and the loop's journal -----------------
 

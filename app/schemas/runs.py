@@ -49,7 +49,8 @@ class SessionMessage(_Action):
     branch: str | None = Field(
         default=None,
         max_length=500,
-        description="the parallel branch it is for (default: the first awaiting input)",
+        description="the parallel branch it is for (default: the first awaiting input); "
+        "a branch awaiting input can be sent a message while the others still run",
     )
 
 
@@ -100,8 +101,8 @@ class RunOut(BaseModel):
     interrupt: dict[str, Any] | None
     interrupts: list[dict[str, Any]] = Field(
         default_factory=list,
-        description="every pending interrupt (parallel branches may wait for several); "
-        "`interrupt` is the first",
+        description="every pending interrupt (parallel branches may wait for several, also "
+        "while the run is running); `interrupt` is the first",
     )
     awaiting_input: dict[str, Any] | None
     resume_at: datetime | None

@@ -148,6 +148,9 @@ class Run(Base):
     awaiting: Mapped[dict[str, Any] | None] = mapped_column(Json)
     # what a response, message, resume or state edit left for the runner to pick up
     resume_data: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    # answers to pauses inside parallel branches of a running run, until its execution
+    # takes them into a checkpoint (DESIGN §10)
+    answers: Mapped[list[dict[str, Any]] | None] = mapped_column(Json)
     due_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     parent_run_id: Mapped[str | None] = mapped_column(
         String(36), ForeignKey("runs.id", ondelete="SET NULL"), index=True

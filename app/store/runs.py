@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.store.database import dialect_name
+from app.store.database import Executor, dialect_name
 from app.store.models import Run, table, utcnow
 
 PAUSED = ("interrupted", "awaiting_input", "suspended")
@@ -53,6 +53,13 @@ async def insert_run(session: AsyncSession, values: dict[str, Any]) -> Run:
     to the session (a plain Core insert: no unit-of-work upkeep)."""
     await session.execute(RUN_INSERT, [{_COLUMN_OF[key]: v for key, v in values.items()}])
     return Run(**values)
+
+
+async def locked_answers(executor: Executor, run_id: str) -> list[dict[str, Any]]:
+    """The answers left for a running run's branches, its row locked until the commit."""
+    stmt = select(Run.answers).where(Run.id == run_id).with_for_update()
+    found = (await executor.execute(stmt)).scalar_one_or_none()
+    return list(found or [])
 
 
 _GET = select(table(Run)).where(table(Run).c.id == bindparam("run_id"))
