@@ -192,14 +192,15 @@ async def pause_run(runtime: ParallelRuntime) -> bool:
     if status is None:
         raise RuntimeError("parallel section stopped with no branch paused or able to go on")
     node = branchdoc.current_node(root.doc)
-    due = None
+    # a branch's `wait` still comes due while the run waits for a person: the run is
+    # claimed again then (``run_store.claim``) and that branch goes on
+    due = branchdoc.earliest_due(root.doc)
     if status == "interrupted":
         pending = branchdoc.pending_interrupts(root.doc)
         data: dict[str, Any] = {"interrupt": pending[0], "interrupts": pending}
     elif status == "awaiting_input":
         data = dict(branchdoc.first_awaiting(root.doc) or {})
     else:
-        due = branchdoc.earliest_due(root.doc)
         data = {"resume_at": due.isoformat() if due else None}
 
     async def write() -> bool:
@@ -431,7 +432,7 @@ def route_resume(doc: memory.Doc, status: str, resume: dict[str, Any]) -> memory
             return True
 
         return branchdoc.route(doc, first_awaiting, resume)
-    if status == "suspended":
+    if status in branchdoc.PAUSES:  # a timer (or POST /resume): the due waits end
         now = datetime.now(UTC)
         every = bool(resume.get("info", {}).get("requested"))
 

@@ -261,6 +261,7 @@ class RunCommands(HistoryCommands):
                             "info": {"interrupt_id": body.interrupt_id},
                         },
                         "interrupt": (others[0] if len(others) == 1 else others) or None,
+                        "due_at": None,  # (a branch's timer: the run runs now anyway)
                         **self._reservation(),
                     },
                 )
@@ -337,6 +338,7 @@ class RunCommands(HistoryCommands):
                             **({"branch": branch} if branch is not None else {}),
                         },
                         "awaiting": None,
+                        "due_at": None,
                         **self._reservation(),
                     },
                 )

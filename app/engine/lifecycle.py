@@ -47,8 +47,9 @@ TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
             S.CANCELLED,
         }
     ),
-    S.INTERRUPTED: frozenset({S.QUEUED, S.FAILED, S.CANCELLED}),
-    S.AWAITING_INPUT: frozenset({S.QUEUED, S.CANCELLED}),
+    # → running: a parallel branch's timer came due while others wait for people (a claim)
+    S.INTERRUPTED: frozenset({S.RUNNING, S.QUEUED, S.FAILED, S.CANCELLED}),
+    S.AWAITING_INPUT: frozenset({S.RUNNING, S.QUEUED, S.CANCELLED}),
     S.SUSPENDED: frozenset({S.RUNNING, S.QUEUED, S.CANCELLED}),
     S.FAILED: frozenset({S.QUEUED}),
     S.COMPLETED: frozenset({S.QUEUED}),  # resume from an earlier checkpoint only

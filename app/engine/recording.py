@@ -255,7 +255,7 @@ class RunRecorder:
             self.chain, self.head_id, self.attempt = before
             self.events = [e for e in write.events if e.type not in PAUSE_EVENTS]
             raise
-        if status is RunStatus.SUSPENDED and due_at is not None:
+        if due_at is not None:  # a timer: the claim loop must look at its time
             self.engine.on_work()
         if not running and self.webhook:
             self.engine.on_settled(self.run_id)

@@ -113,6 +113,15 @@ class Run(Base):
             postgresql_where=text("status IN ('queued', 'suspended')"),
             sqlite_where=text("status IN ('queued', 'suspended')"),
         ),
+        # runs waiting for people whose parallel branch has a timer (a `wait`) due
+        Index(
+            "ix_runs_paused_due",
+            "due_at",
+            postgresql_where=text(
+                "status IN ('interrupted', 'awaiting_input') AND due_at IS NOT NULL"
+            ),
+            sqlite_where=text("status IN ('interrupted', 'awaiting_input') AND due_at IS NOT NULL"),
+        ),
         # running runs by lease expiry, for recovery
         Index(
             "ix_runs_lease",

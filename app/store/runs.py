@@ -30,6 +30,7 @@ from app.store.database import Executor, dialect_name
 from app.store.models import Run, table, utcnow
 
 PAUSED = ("interrupted", "awaiting_input", "suspended")
+WAITING_FOR_PEOPLE = ("interrupted", "awaiting_input")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +153,8 @@ def _claimable(now: datetime) -> ColumnElement[bool]:
             _unreserved(now),
         ),
         and_(Run.status == "suspended", Run.due_at <= now),
+        # a branch's `wait` came due while other branches wait for people
+        and_(Run.status.in_(WAITING_FOR_PEOPLE), Run.due_at.is_not(None), Run.due_at <= now),
         _lapsed(now),
     )
 
@@ -294,7 +297,7 @@ async def has_claimable(session: AsyncSession) -> bool:
 async def next_due_at(session: AsyncSession) -> datetime | None:
     """The earliest future time at which some run becomes claimable."""
     stmt = select(func.min(Run.due_at)).where(
-        Run.status.in_(("queued", "suspended")), Run.due_at.is_not(None)
+        Run.status.in_(("queued", *PAUSED)), Run.due_at.is_not(None)
     )
     due = (await session.execute(stmt)).scalar_one_or_none()
     leases = select(func.min(Run.lease_expires_at)).where(Run.status.in_(HELD))

@@ -240,3 +240,45 @@ async def test_resume_of_a_running_run_without_waiting_branches_is_409(
     response = await client.post(f"/runs/{run_id}/resume")
     assert response.status_code == 409
     assert response.json()["code"] == "run_not_resumable"
+
+
+async def test_a_branch_timer_comes_due_while_the_run_waits_for_a_person(
+    make_client: AppFactory,
+) -> None:
+    """start → [ask, nap (wait 0.5 s) → woke] → join: once both branches wait, the run is
+    `interrupted`; the nap's timer still ends on time and `woke` runs while the run keeps
+    waiting for the answer."""
+    definition = ask_then_work(
+        work={"step": "wait", "with": {"seconds": 0.5}},
+        woke={"step": "set", "set": {"woke": True}},
+    )
+    definition["edges"] = [
+        {"from": "start", "to": ["ask", "work"]},
+        {"from": "ask", "to": "after"},
+        {"from": "after", "to": "join"},
+        {"from": "work", "to": "woke"},
+        {"from": "woke", "to": "join"},
+    ]
+    client, run_id = await started(make_client, definition)
+    for _ in range(300):
+        completed = [e["node"] for e in await events_of(client, run_id, types="node.completed")]
+        if "woke" in completed:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"the timer of branch `work` never ended: {completed}")
+    run = (await client.get(f"/runs/{run_id}")).json()
+    assert run["status"] in ("interrupted", "running"), run
+    assert "after" not in completed  # the person has not answered yet
+    for _ in range(100):
+        run = (await client.get(f"/runs/{run_id}")).json()
+        if run["status"] == "interrupted":
+            break
+        await asyncio.sleep(0.05)
+    assert run["status"] == "interrupted", run
+    assert run["resume_at"] is None and run["interrupts"][0]["node"] == "ask"
+    answered = await answer(client, run_id, run["interrupts"][0]["id"], value={"ok": "yes"})
+    assert answered.status_code == 202, answered.text
+    done = await wait_run(client, run_id)
+    assert done["status"] == "completed", done
+    assert done["state"]["woke"] is True and done["state"]["after"] == "yes"
