@@ -12,6 +12,7 @@ is stopping.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ from app.settings import Settings
 
 log = logging.getLogger("app.supervisor")
 
+PR_SET_PDEATHSIG = 1
 STARTUP_S = 10.0  # a child that exits sooner than this after its start failed to start
 POLL_S = 0.2
 
@@ -59,6 +61,14 @@ def listen_shared(host: str, port: int) -> socket.socket:
     return bind(host, port, listen=True)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the parent dies (even by SIGKILL), so
+    that no orphaned ``serve`` keeps claiming runs (Linux; elsewhere a no-op)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Supervisor:
     def __init__(self, settings: Settings, host: str, port: int, processes: int) -> None:
         self.settings = settings
@@ -72,7 +82,7 @@ class Supervisor:
         env = {**os.environ, "STEPWISE_MIGRATE_ON_START": "false", "STEPWISE_PROCESSES": "1"}
         command = [sys.executable, "-m", "app", "serve", "--host", self.host]
         command += ["--port", str(self.port), "--shared-port"]
-        child = subprocess.Popen(command, env=env)
+        child = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
         log.info("started serve process %d", child.pid)
         return child, time.monotonic()
 

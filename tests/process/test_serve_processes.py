@@ -72,6 +72,22 @@ async def test_runs_spread_over_the_processes_and_sigterm_stops_them_all(
     assert not any(alive(pid) for pid in pids)
 
 
+async def test_the_processes_die_with_a_killed_parent(procs: Procs) -> None:
+    server = await procs.start("serve", processes="2")
+    children = [
+        int(pid)
+        for pid in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+    ]
+    assert len(children) == 2
+    server.signal(signal.SIGKILL)
+    await server.wait_exit(30)
+
+    async def gone() -> bool:
+        return not any(alive(pid) for pid in children)
+
+    await wait_until(gone, 30, "the orphaned serve processes to stop")
+
+
 def test_sqlite_refuses_several_processes(tmp_path: Path) -> None:
     env = {
         **os.environ,
