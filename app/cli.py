@@ -50,11 +50,19 @@ def _is_loopback(host: str) -> bool:
 def serve(
     host: Annotated[str | None, typer.Option(help="address to bind (STEPWISE_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="port (STEPWISE_PORT)")] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(min=1, help="API+runner processes on the port (STEPWISE_PROCESSES)"),
+    ] = None,
+    shared_port: Annotated[
+        bool, typer.Option(hidden=True, help="one of --processes: listen with SO_REUSEPORT")
+    ] = False,
 ) -> None:
     """Run the HTTP API and a pool of runners (migrates the database first)."""
     import uvicorn
 
     from app.main import create_app
+    from app.supervisor import ProcessesRefused, Supervisor, check_processes, listen_shared
 
     settings = Settings()
     _setup_logging(settings)
@@ -63,6 +71,14 @@ def serve(
         log.warning(
             "binding %s without STEPWISE_API_KEYS: anyone who reaches it can run workflows", bind
         )
+    count = processes or settings.processes
+    try:
+        check_processes(settings, count)
+    except ProcessesRefused as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    if count > 1 and not shared_port:
+        raise typer.Exit(Supervisor(settings, bind, port or settings.port, count).run())
     _claim_sqlite(settings)
     app = create_app(settings)
 
@@ -88,7 +104,8 @@ def serve(
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )
-    Server(config).run()
+    sockets = [listen_shared(bind, config.port)] if shared_port else None
+    Server(config).run(sockets)
 
 
 def _claim_sqlite(settings: Settings) -> None:

@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     migrate_on_start: bool = True
     host: str = "127.0.0.1"
     port: int = 8000
+    processes: int = Field(default=1, ge=1)  # `serve` processes on the port (PostgreSQL only)
 
     # runners
     workers: int = Field(default_factory=lambda: max(4, 8 * (os.cpu_count() or 1)), ge=0)

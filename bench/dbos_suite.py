@@ -15,9 +15,11 @@ import logging
 import uuid
 from typing import Any
 
+import httpx
 import psutil
 from dbos import DBOS, SetWorkflowID
 
+from bench.call_endpoint import CallEndpoint
 from bench.common import (
     DEFAULTS,
     Clock,
@@ -50,6 +52,25 @@ async def first(n: int) -> int:
 @DBOS.step()
 async def tick(n: int) -> tuple[int, int]:
     return n + 1, 1000000000 + n + 1
+
+
+CALL: dict[str, Any] = {}  # W1C: the endpoint's URL and the shared client
+
+
+@DBOS.step()
+async def call(n: int) -> int:
+    """W1C: each step POSTs to the loopback endpoint, as a Stepwise ``call`` step does."""
+    response = await CALL["client"].post(CALL["url"], json={"n": n})
+    response.raise_for_status()
+    assert response.json()["status"] == "succeeded"
+    return n + 1
+
+
+@DBOS.workflow()
+async def calls(n: int) -> int:
+    for _ in range(NODES):
+        n = await call(n)
+    return n
 
 
 @DBOS.workflow()
@@ -103,9 +124,9 @@ async def closed_loop(in_flight: int, duration_s: float, one: Any) -> Throughput
     return Throughput(in_flight, runs, steps, Clock.now() - begin, errors)
 
 
-async def w1(in_flight: int, duration_s: float) -> Throughput:
+async def w1(in_flight: int, duration_s: float, workflow: Any = linear) -> Throughput:
     async def one() -> int:
-        handle = await DBOS.start_workflow_async(linear, 0)
+        handle = await DBOS.start_workflow_async(workflow, 0)
         assert await handle.get_result() == NODES
         return NODES
 
@@ -202,6 +223,10 @@ async def run_suite(params: dict[str, Any]) -> dict[str, Any]:
         await w1(4, 2.0)
         reps, conc, d = p["reps"], p["concurrency"], p["duration_s"]
         await measure(out, "W1", reps, lambda c: w1(c, d), conc)
+        with CallEndpoint() as endpoint:
+            async with httpx.AsyncClient(timeout=30) as client:
+                CALL.update(url=endpoint.url, client=client)
+                await measure(out, "W1C", reps, lambda c: w1(c, d, calls), conc)
         await measure(out, "W2", reps, lambda c: w2(c, d), conc)
         await measure(out, "W3", reps, lambda: w3(p["latency_samples"]))
         await measure(

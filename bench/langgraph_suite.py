@@ -15,6 +15,7 @@ import itertools
 import uuid
 from typing import Any, TypedDict
 
+import httpx
 import psutil
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
@@ -23,6 +24,7 @@ from langgraph.types import Command, interrupt
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from bench.call_endpoint import CallEndpoint
 from bench.common import (
     DEFAULTS,
     Clock,
@@ -72,6 +74,29 @@ def linear_graph(saver: AsyncPostgresSaver) -> Any:
     names = [f"s{i}" for i in range(NODES)]
     for i, name in enumerate(names):
         builder.add_node(name, first if i == 0 else inc)
+    builder.add_edge(START, names[0])
+    for a, b in itertools.pairwise(names):
+        builder.add_edge(a, b)
+    builder.add_edge(names[-1], END)
+    return builder.compile(checkpointer=saver)
+
+
+CALL: dict[str, Any] = {}  # W1C: the endpoint's URL and the shared client
+
+
+async def call(state: Counter) -> dict[str, int]:
+    """W1C: each node POSTs to the loopback endpoint, as a Stepwise ``call`` step does."""
+    response = await CALL["client"].post(CALL["url"], json={"n": state["n"]})
+    response.raise_for_status()
+    assert response.json()["status"] == "succeeded"
+    return {"n": state["n"] + 1}
+
+
+def call_graph(saver: AsyncPostgresSaver) -> Any:
+    builder = StateGraph(Counter)
+    names = [f"c{i}" for i in range(NODES)]
+    for name in names:
+        builder.add_node(name, call)
     builder.add_edge(START, names[0])
     for a, b in itertools.pairwise(names):
         builder.add_edge(a, b)
@@ -229,6 +254,7 @@ async def run_suite(params: dict[str, Any]) -> dict[str, Any]:
         "system": "langgraph",
         "only": p.get("only"),
         "W1": [],
+        "W1C": [],
         "W2": [],
         "W3": [],
         "W5": [],
@@ -242,6 +268,11 @@ async def run_suite(params: dict[str, Any]) -> dict[str, Any]:
         await w1(linear, 4, 2.0)
         reps, conc, d = p["reps"], p["concurrency"], p["duration_s"]
         await measure(out, "W1", reps, lambda c: w1(linear, c, d), conc)
+        with CallEndpoint() as endpoint:
+            async with httpx.AsyncClient(timeout=30) as client:
+                CALL.update(url=endpoint.url, client=client)
+                calls = call_graph(saver)
+                await measure(out, "W1C", reps, lambda c: w1(calls, c, d), conc)
         await measure(out, "W2", reps, lambda c: w2(paused, c, d), conc)
         await measure(out, "W3", reps, lambda: w3(linear, p["latency_samples"]))
         big = big_state_graph(saver)

@@ -29,10 +29,12 @@ from bench.common import DEFAULTS, PG_ADMIN_URL, QUICK, log, query
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-PARTS = ("pgbench", "stepwise", "langgraph", "dbos", "sse", "profile")
+PARTS = ("pgbench", "stepwise", "processes", "langgraph", "dbos", "agent", "sse", "profile")
 SUITES = {
     "pgbench": "bench.pgbench_limit",
     "stepwise": "bench.stepwise_suite",
+    "processes": "bench.stepwise_suite",  # W1 with `serve --processes 2`
+    "agent": "bench.agent_overhead",
     "langgraph": "bench.langgraph_suite",
     "dbos": "bench.dbos_suite",
     "profile": "bench.profile_w1",
@@ -189,6 +191,8 @@ def key_figures(data: dict[str, Any]) -> dict[str, Any]:
         "commit": data["machine"]["commit"],
         "W1 @1 durable steps/s": pick(sw, "W1", "steps_per_s", in_flight=1),
         "W1 @16 durable steps/s": pick(sw, "W1", "steps_per_s", in_flight=16),
+        "W1C @1 call steps/s": pick(sw, "W1C", "steps_per_s", in_flight=1),
+        "W1C @16 call steps/s": pick(sw, "W1C", "steps_per_s", in_flight=16),
         "W2 @1 p50 ms": pick(sw, "W2", "p50_ms", in_flight=1),
         "W2 @1 p95 ms": pick(sw, "W2", "p95_ms", in_flight=1),
         "W2 @16 p50 ms": pick(sw, "W2", "p50_ms", in_flight=16),
@@ -333,6 +337,15 @@ def write_results(data: dict[str, Any], path: Path) -> None:
             row(f"W1 linear, {c} in flight: {label}",
                 *(pick(r, "W1", key, in_flight=c) for r in (sw, lg, db)))  # fmt: skip
     for c in p["concurrency"]:
+        row(f"W1C 10 `call` steps to a loopback endpoint, {c} in flight: steps/s",
+            *(pick(r, "W1C", "steps_per_s", in_flight=c) for r in (sw, lg, db)))  # fmt: skip
+    two = data.get("processes") or {}
+    for c in p["concurrency"]:
+        row(f"W1 linear, `serve --processes 2`, {c} in flight: durable steps/s",
+            pick(two, "W1", "steps_per_s", in_flight=c),
+            pick(lg, "W1", "steps_per_s", in_flight=c),
+            pick(db, "W1", "steps_per_s", in_flight=c))  # fmt: skip
+    for c in p["concurrency"]:
         for key in ("p50_ms", "p95_ms"):
             row(f"W2 interrupt round trip, {c} in flight: {key.replace('_', ' ')}",
                 *(pick(r, "W2", key, in_flight=c) for r in (sw, lg, db)), d=1)  # fmt: skip
@@ -390,6 +403,31 @@ def write_results(data: dict[str, Any], path: Path) -> None:
             f"{ratio(pick(lg, 'W1', 'steps_per_s', in_flight=c), tps)} | "
             f"{ratio(pick(db, 'W1', 'steps_per_s', in_flight=c), tps)} |")  # fmt: skip
     add("")
+
+    agent = data.get("agent") or {}
+    if agent:
+        add("## The agent step's overhead (Stepwise only)\n")
+        add("A one-turn `step: agent` against a fake OpenAI-compatible model on loopback "
+            "(`bench/agent_overhead.py`), one run in flight; overhead = agent run minus one-`set` "
+            "run minus the model's own latency (p50s).\n")  # fmt: skip
+        if agent.get("error"):
+            add(f"Failed: {agent['error']}\n")
+        else:
+            add("| figure | value |")
+            add("|---|---|")
+            for label, value in (
+                ("agent run, POST /runs → completed, p50 ms", agent["agent_run"]["p50_ms"]),
+                ("one-`set`-step run, p50 ms", agent["set_run"]["p50_ms"]),
+                (
+                    "the model's own latency (streamed, httpx), p50 ms",
+                    agent["model_call"]["p50_ms"],
+                ),
+                ("agent step overhead, p50 ms", agent["agent_step_overhead_p50_ms"]),
+                ("server CPU per agent run, ms", agent["server_cpu_ms_per_agent_run"]),
+                ("server CPU per one-`set` run, ms", agent["server_cpu_ms_per_set_run"]),
+            ):
+                add(f"| {label} | {value:.1f} |")
+            add("")
 
     add("## W4 SSE fan-out (Stepwise only)\n")
     if sse.get("error"):
@@ -556,6 +594,10 @@ def main() -> None:
         log_offset = pg_log_size()
         if part == "sse":
             data["sse"] = run_sse(args.quick)
+        elif part == "processes":
+            data[part] = run_suite(SUITES[part], {**params, "processes": 2, "only": ["W1"]})
+        elif part == "agent":
+            data[part] = run_suite(SUITES[part], {"samples": 60 if args.quick else 200})
         elif part == "profile":
             data["profile"] = run_suite(
                 SUITES[part], {"duration_s": max(10.0, params["duration_s"])}

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import psutil
 
+from bench.call_endpoint import CallEndpoint
 from bench.common import (
     DEFAULTS,
     Clock,
@@ -49,6 +50,16 @@ def linear_workflow() -> dict[str, Any]:
         "name": "bench-linear",
         "state": {"n": 0},
         "nodes": {name: {"step": "set", "set": SET_N} for name in names},
+        "edges": [{"from": a, "to": b} for a, b in itertools.pairwise(names)],
+    }
+
+
+def call_workflow(url: str) -> dict[str, Any]:
+    """W1C: 10 ``call`` steps to the loopback endpoint (``bench.call_endpoint``)."""
+    names = [f"c{i}" for i in range(NODES)]
+    return {
+        "name": "bench-call",
+        "nodes": {name: {"step": "call", "with": {"url": url, "timeout_s": 30}} for name in names},
         "edges": [{"from": a, "to": b} for a, b in itertools.pairwise(names)],
     }
 
@@ -216,9 +227,11 @@ async def closed_loop(
 # -- workloads -----------------------------------------------------------------------------
 
 
-async def w1_linear(client: httpx.AsyncClient, in_flight: int, duration_s: float) -> Throughput:
+async def w1_linear(
+    client: httpx.AsyncClient, in_flight: int, duration_s: float, workflow: str = "bench-linear"
+) -> Throughput:
     async def one() -> int:
-        run = await wait(client, await start(client, "bench-linear"))
+        run = await wait(client, await start(client, workflow))
         if run["status"] != "completed":
             raise RuntimeError(f"run ended {run['status']}: {run.get('error')}")
         return int(run["step_count"])
@@ -359,12 +372,23 @@ async def run_suite(params: dict[str, Any]) -> dict[str, Any]:
         "system": "stepwise",
         "only": p.get("only"),
         "W1": [],
+        "W1C": [],
         "W2": [],
         "W3": [],
         "W5": [],
         "W5_state": [],
     }
-    async with Server("bench_stepwise") as server:
+    endpoint = CallEndpoint()
+    with endpoint:
+        await _suite(p, out, endpoint.url)
+    return out
+
+
+async def _suite(p: dict[str, Any], out: dict[str, Any], call_url: str) -> None:
+    env = {"STEPWISE_ALLOW_PRIVATE_NETWORKS": "true"}  # the call endpoint is on loopback
+    if p.get("processes"):
+        env["STEPWISE_PROCESSES"] = str(p["processes"])
+    async with Server("bench_stepwise", env) as server:
         out["server_pid"] = server.pid
         async with http_client(server.base, 16) as client:
             for definition in (
@@ -372,12 +396,20 @@ async def run_suite(params: dict[str, Any]) -> dict[str, Any]:
                 interrupt_workflow(),
                 paused_workflow(),
                 big_state_workflow(),
+                call_workflow(call_url),
             ):
                 await store(client, definition)
             log("stepwise: warm-up")
             await w1_linear(client, 4, 2.0)
             reps, conc = p["reps"], p["concurrency"]
             await measure(out, "W1", reps, lambda c: w1_linear(client, c, p["duration_s"]), conc)
+            await measure(
+                out,
+                "W1C",
+                reps,
+                lambda c: w1_linear(client, c, p["duration_s"], "bench-call"),
+                conc,
+            )
             await measure(out, "W2", reps, lambda c: w2_interrupt(client, c, p["duration_s"]), conc)
             await measure(out, "W3", reps, lambda: w3_start_latency(client, p["latency_samples"]))
             await measure(
@@ -387,7 +419,6 @@ async def run_suite(params: dict[str, Any]) -> dict[str, Any]:
                 lambda: w5_state_cost(server, client, p["blob_bytes"], p["state_steps"]),
             )
             await measure(out, "W5", reps, lambda: w5_paused(server, client, p["paused_runs"]))
-    return out
 
 
 def main() -> None:

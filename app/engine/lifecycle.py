@@ -101,7 +101,9 @@ async def change_status(
     await record_step(
         session, run_id, guard=(Run.status == run.status), values=changes, events=events
     )
-    if target is RunStatus.QUEUED:
+    if target is RunStatus.QUEUED and changes.get("lease_owner") is None:
+        # a run reserved for this process's runners needs no claim anywhere (its
+        # reservation lapses, and the sweep NOTIFYs, should this process die first)
         await run_store.notify(session, "stepwise_work", run_id)
     await session.refresh(run)
     return run

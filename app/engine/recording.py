@@ -7,6 +7,14 @@ gets its own checkpoint and events, committed together, in order, before any ste
 side effects starts and whenever the run pauses or ends. A crash loses only pure steps
 nobody could see yet (nothing outside the run observed them), and they run again from
 the last durable checkpoint.
+
+A step with side effects (``call``, ``http``, an agent) commits its checkpoint and events
+together with the *next* step's start (its ``node.started``, flushed before that step
+runs anything), or at once when the run pauses or ends: one transaction per such step
+instead of two. Nothing runs between the step's answer and that commit but the choice
+of the next node and the rendering of its ``with``: no I/O, no other side effect. A crash
+in that window is a crash during the step: it runs again with the same idempotency key,
+as it would had the crash come a moment earlier.
 """
 
 from __future__ import annotations
@@ -69,6 +77,10 @@ class RunRecorder:
         # ids of answers (``runs.answers``) routed into the document, to be removed from
         # the row by the next write that checkpoints the document
         self.taken: set[str] = set()
+        # perf (W1C): a step with side effects just ran; its checkpoint waits for the
+        # next step's start (effect_staged), which commits it before that step runs
+        self.effect_pending = False
+        self.effect_staged = False
 
     async def _progress(self, path: str | None, data: dict[str, Any]) -> None:
         await self._step_event(path, "step.progress", data)
@@ -145,6 +157,7 @@ class RunRecorder:
             raise LeaseLost
         self.taken -= removed
         self.staged = []
+        self.effect_staged = False
         self.events = []
         # local watchers get the rows themselves first, so the wake-up finds them read
         self.engine.on_committed(self.run_id, recorded.events, recorded.status)
@@ -246,8 +259,10 @@ class RunRecorder:
         self.chain = chain
         self.head_id = checkpoint_id
         self.attempt = 0
-        if running and self.pure and len(self.staged) + 1 < MAX_GROUP:
+        effect, self.effect_pending = self.effect_pending, False
+        if running and (self.pure or effect) and len(self.staged) + 1 < MAX_GROUP:
             self.staged.append((write, values))
+            self.effect_staged = self.effect_staged or effect
             return True
         try:
             await self._write(values, write)

@@ -215,8 +215,8 @@ class RunExecution(RunRecorder):
             return True if error is None else await self._fail(i, node_id, error)
         step = self.engine.registry.get(node.step)
         self.pure = bool(getattr(step, "pure", False))
-        if not self.pure:
-            # commit the pure steps before it, and let watchers see node.started
+        if not self.pure or self.effect_staged:
+            # commit the steps before it, and let watchers see node.started
             await self._flush()
         ctx = StepContext(
             run_id=self.run_id,
@@ -240,6 +240,8 @@ class RunExecution(RunRecorder):
         began = time.perf_counter()
         result = await execute_with_retry(step, ctx, node, self._retrying)
         metrics.observe_step(node.step, result.status.value, time.perf_counter() - began)
+        # perf (W1C): its checkpoint may ride with the next step's start (recording.py)
+        self.effect_pending = not self.pure
         return await self._handle(i, node_id, node, result)
 
     async def _handle(self, i: int, node_id: str, node: Node, result: StepResult) -> bool:

@@ -758,10 +758,17 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+@functools.cache
+def _default_ssl_context() -> ssl.SSLContext:
+    """The certifi-trusting context, built once: loading the CA bundle costs ~15 ms of CPU,
+    which an agent step paid on every model call (a context is safe to share)."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
 def make_guarded_client(policy: OutboundPolicy, *, timeout_s: float) -> httpx.AsyncClient:
     """A client whose every request goes through the outbound guard: no environment
     proxies, no redirects followed, no cookies, TLS pools per server name."""
-    ssl_context = httpx.create_ssl_context(trust_env=False)
+    ssl_context = _default_ssl_context()
 
     def factory() -> httpx.AsyncHTTPTransport:
         return httpx.AsyncHTTPTransport(verify=ssl_context, trust_env=False, retries=0)
