@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     from app.main import create_app
 
     args = sys.argv[1:] if argv is None else argv
+    if args and args[0].startswith("-"):
+        sys.stdout.write("usage: python -m app.openapi [PATH]  (default: standard output)\n")
+        return
     text = render(create_app().openapi())
     if args:
         Path(args[0]).write_text(text, encoding="utf-8")
