@@ -125,6 +125,9 @@ def _run_root(run_id: str) -> otel_context.Context:
 @contextmanager
 def run_span(run_id: str) -> Iterator[Span]:
     """One execution of a run (from a claim or hand-over to its pause, end or loss)."""
+    if _provider is None:  # off: no span, no context change on the hot path
+        yield trace.INVALID_SPAN
+        return
     with _tracer.start_as_current_span(
         "stepwise.run",
         context=_run_root(run_id),
@@ -136,6 +139,9 @@ def run_span(run_id: str) -> Iterator[Span]:
 
 @contextmanager
 def step_span(run_id: str, node: str, step: str, visit: int) -> Iterator[Span]:
+    if _provider is None:
+        yield trace.INVALID_SPAN
+        return
     with _tracer.start_as_current_span(
         f"stepwise.step {node}",
         kind=SpanKind.INTERNAL,

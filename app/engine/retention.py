@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.settings import Settings
 from app.store import retention as retention_store
+from app.store import runs as run_store
 from app.store.database import transaction
 from app.store.models import utcnow
 from app.store.retention import RetentionRule
@@ -156,7 +157,7 @@ async def _delete_runs(
                     break
                 chosen.append(run_id)
                 rows += n
-            events, checkpoints = await retention_store.delete_runs(session, chosen)
+            events, checkpoints = await run_store.delete_runs(session, chosen)
         # the chosen are gone; runs no longer due (resumed, or locked elsewhere) are left
         left = set(due) - set(chosen)
         remaining = [run_id for run_id in remaining if run_id in left]

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -28,11 +27,11 @@ from sqlalchemy import (
     true,
     tuple_,
 )
-from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.store.database import dialect_name
-from app.store.models import AgentTurn, Checkpoint, Event, Run, UtcDateTime, Workflow, table
+from app.store.models import Checkpoint, Event, Run, UtcDateTime, Workflow, table
+from app.store.runs import rowcount
 
 ENDED = ("completed", "failed", "cancelled")
 # pg_try_advisory_xact_lock key ("StepPrun"): one process prunes at a time
@@ -41,7 +40,6 @@ ADVISORY_KEY = 0x53746570_5072756E
 _runs = table(Run)
 _events = table(Event)
 _checkpoints = table(Checkpoint)
-_agent_turns = table(AgentTurn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +57,6 @@ class RetentionRule:
 def _inline_days() -> ColumnElement[int]:
     days: ColumnElement[int] = _runs.c.inline_definition["retention_days"].as_integer()
     return days
-
-
-def _rowcount(result: Result[Any]) -> int:
-    return int(cast(CursorResult[Any], result).rowcount)
 
 
 async def workflow_retention(session: AsyncSession) -> dict[str, int]:
@@ -185,7 +179,7 @@ async def delete_events(session: AsyncSession, run_ids: Sequence[str], limit: in
         return 0
     some = select(_events.c.run_id, _events.c.seq).where(_events.c.run_id.in_(run_ids)).limit(limit)
     stmt = delete(_events).where(tuple_(_events.c.run_id, _events.c.seq).in_(some))
-    return _rowcount(await session.execute(stmt))
+    return rowcount(await session.execute(stmt))
 
 
 async def checkpoint_counts(session: AsyncSession, run_ids: Sequence[str]) -> dict[str, int]:
@@ -195,24 +189,6 @@ async def checkpoint_counts(session: AsyncSession, run_ids: Sequence[str]) -> di
         .group_by(_checkpoints.c.run_id)
     )
     return {str(run_id): int(n) for run_id, n in (await session.execute(stmt)).all()}
-
-
-async def delete_runs(session: AsyncSession, run_ids: Sequence[str]) -> tuple[int, int]:
-    """Delete these runs with whatever events, checkpoints and agent turns they still
-    have; forks of them lose their ``parent_run_id``. Returns (events, checkpoints)
-    deleted with them."""
-    if not run_ids:
-        return 0, 0
-    await session.execute(delete(_agent_turns).where(_agent_turns.c.run_id.in_(run_ids)))
-    events = await session.execute(delete(_events).where(_events.c.run_id.in_(run_ids)))
-    checkpoints = await session.execute(
-        delete(_checkpoints).where(_checkpoints.c.run_id.in_(run_ids))
-    )
-    await session.execute(
-        _runs.update().where(_runs.c.parent_run_id.in_(run_ids)).values(parent_run_id=None)
-    )
-    await session.execute(delete(_runs).where(_runs.c.id.in_(run_ids)))
-    return _rowcount(events), _rowcount(checkpoints)
 
 
 @dataclass(frozen=True, slots=True)

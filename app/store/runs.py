@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -24,6 +24,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.store.database import Executor, dialect_name
@@ -306,13 +307,29 @@ async def next_due_at(session: AsyncSession) -> datetime | None:
     return min(candidates) if candidates else None
 
 
-async def delete_run(session: AsyncSession, run_id: str) -> None:
-    # Events, checkpoints and agent turns go with it (ON DELETE CASCADE; SQLite enforces it with
-    # foreign_keys=ON). Explicit deletes keep it true whatever the backend's settings.
+async def delete_runs(session: AsyncSession, run_ids: Sequence[str]) -> tuple[int, int]:
+    """Delete these runs with their events, checkpoints and agent turns; forks of them
+    lose their ``parent_run_id``. Returns (events, checkpoints) deleted with them.
+
+    The foreign keys cascade (SQLite enforces it with foreign_keys=ON); explicit deletes
+    keep it true whatever the backend's settings."""
     from app.store.models import AgentTurn, Checkpoint, Event
 
-    await session.execute(delete(AgentTurn).where(AgentTurn.run_id == run_id))
-    await session.execute(delete(Event).where(Event.run_id == run_id))
-    await session.execute(delete(Checkpoint).where(Checkpoint.run_id == run_id))
-    await session.execute(update(Run).where(Run.parent_run_id == run_id).values(parent_run_id=None))
-    await session.execute(delete(Run).where(Run.id == run_id))
+    if not run_ids:
+        return 0, 0
+    await session.execute(delete(AgentTurn).where(AgentTurn.run_id.in_(run_ids)))
+    events = await session.execute(delete(Event).where(Event.run_id.in_(run_ids)))
+    checkpoints = await session.execute(delete(Checkpoint).where(Checkpoint.run_id.in_(run_ids)))
+    await session.execute(
+        update(Run).where(Run.parent_run_id.in_(run_ids)).values(parent_run_id=None)
+    )
+    await session.execute(delete(Run).where(Run.id.in_(run_ids)))
+    return rowcount(events), rowcount(checkpoints)
+
+
+async def delete_run(session: AsyncSession, run_id: str) -> None:
+    await delete_runs(session, [run_id])
+
+
+def rowcount(result: Result[Any]) -> int:
+    return int(cast(CursorResult[Any], result).rowcount)
