@@ -108,7 +108,10 @@ def backend(database_url: str) -> str:
 
 
 async def truncate(url: str) -> None:
-    engine = create_async_engine(url)
+    # SQLite: wait for the lock as the app does (busy_timeout 30 s), not sqlite3's 5 s; a
+    # previous test's server may still be committing its last step while it stops
+    connect_args = {"timeout": 30} if url.startswith("sqlite") else {}
+    engine = create_async_engine(url, connect_args=connect_args)
     try:
         async with engine.begin() as conn:
             for table in TABLES:
