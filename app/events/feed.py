@@ -201,6 +201,10 @@ class FeedHub:
         self.closed = False
         self._feeds: dict[str, RunFeed] = {}
         self._ticker: asyncio.Task[None] | None = None
+        # every feed task not yet finished, those already cancelled included: shutdown
+        # waits for them all, so that none is still inside a transaction when the engine
+        # goes (on SQLite such a task kept the database's write lock for good)
+        self._tasks: set[asyncio.Task[None]] = set()
         self._watched: set[Any] = set()  # streams whose sends the ticker checks
 
     # -- admission ---------------------------------------------------------------------
@@ -220,6 +224,8 @@ class FeedHub:
         if feed is None or feed.task is None or feed.task.done():
             feed = self._feeds[run_id] = RunFeed(self, run_id)
             feed.task = asyncio.create_task(feed.run(), name=f"stepwise-feed-{run_id}")
+            self._tasks.add(feed.task)
+            feed.task.add_done_callback(self._tasks.discard)
         self._start_ticker()
         feed.subscribers += 1
         try:
@@ -349,14 +355,12 @@ class FeedHub:
         self.closed = True
         if self._ticker is not None:
             self._ticker.cancel()
-        tasks = [f.task for f in self._feeds.values() if f.task is not None]
         for feed in self._feeds.values():
             feed.changed.fire()
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class StreamSlot:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,6 +33,23 @@ def _dumps(value: Any) -> str:
 PING_AFTER_IDLE_S = 1.0
 
 
+class SQLiteConnection(sqlite3.Connection):
+    """A SQLite connection that rolls back before it closes.
+
+    The pool closes a connection in mid-transaction when the task using it is cancelled
+    (a watcher leaving, a shutdown). sqlite3's ``close`` leaves a connection with an
+    unfinished statement alive, in its transaction, until that statement is garbage
+    collected, and with it our ``BEGIN IMMEDIATE``'s write lock: every other writer then
+    waits, possibly for minutes. Rolling back first ends the transaction at once.
+    """
+
+    def close(self) -> None:
+        if self.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.rollback()
+        super().close()
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     if settings.is_sqlite:
         # One connection: SQLite allows one writer, and serializing every transaction
@@ -41,7 +60,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
             pool_size=1,
             max_overflow=0,
             pool_timeout=60,
-            connect_args={"timeout": 30},
+            connect_args={"timeout": 30, "factory": SQLiteConnection},
         )
 
         @event.listens_for(engine.sync_engine, "connect")
