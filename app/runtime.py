@@ -21,7 +21,7 @@ from app.events.feed import FeedHub
 from app.settings import Settings
 from app.steps.outbound import make_http_client
 from app.steps.registry import StepRegistry
-from app.store.database import create_engine, create_sessionmaker, migrate
+from app.store.database import backend_pids, create_engine, create_sessionmaker, migrate
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class Runtime:
             await migrate(settings.database_url)
         tracing.configure()
         self.db = create_engine(settings)
+        own_pids = set() if settings.is_sqlite else backend_pids(self.db)
         self.bus = EventBus()
         self.http = make_http_client()
         self.engine = Engine.build(
@@ -66,7 +67,7 @@ class Runtime:
             lambda action, run_id: self.engine.signal_answer(run_id) if action == "answer" else None
         )
         if not settings.is_sqlite:
-            self.listener = PostgresListener(settings.database_url, self.bus)
+            self.listener = PostgresListener(settings.database_url, self.bus, own_pids=own_pids)
             await self.listener.start()
         if self.run_workers:
             self.pool = RunnerPool(self.engine, workers=settings.workers)

@@ -165,13 +165,14 @@ class AsyncClient:
         value: Any = None,
         comment: str | None = None,
         responded_by: str | None = None,
+        wait_s: float | None = None,
     ) -> Run:
         return await self._send(
-            Calls.respond(run_id, interrupt_id, status, value, comment, responded_by)
+            Calls.respond(run_id, interrupt_id, status, value, comment, responded_by, wait_s)
         )
 
-    async def send_message(self, run_id: str, message: Any) -> Run:
-        return await self._send(Calls.send_message(run_id, message))
+    async def send_message(self, run_id: str, message: Any, *, wait_s: float | None = None) -> Run:
+        return await self._send(Calls.send_message(run_id, message, wait_s))
 
     async def resume(self, run_id: str, *, checkpoint_id: str | None = None) -> Run:
         return await self._send(Calls.resume(run_id, checkpoint_id))

@@ -112,6 +112,13 @@ def run_body(
     return body
 
 
+def _waiting(wait_s: float | None) -> dict[str, Any]:
+    """An answer's ``?wait_s=`` and a read timeout that outlasts it (none: answer at once)."""
+    if wait_s is None:
+        return {}
+    return {"params": {"wait_s": wait_s}, "timeout": _wait_timeout(wait_s)}
+
+
 def _wait_timeout(timeout_s: float | None) -> float:
     return (SERVER_WAIT_DEFAULT_S if timeout_s is None else timeout_s) + WAIT_MARGIN_S
 
@@ -212,17 +219,20 @@ class Calls:
         value: Any,
         comment: str | None,
         responded_by: str | None,
+        wait_s: float | None = None,
     ) -> Call[Run]:
         body: dict[str, Any] = {"interrupt_id": interrupt_id, "status": status, "value": value}
         if comment is not None:
             body["comment"] = comment
         if responded_by is not None:
             body["responded_by"] = responded_by
-        return Call("POST", f"/runs/{run_id}/response", RUN, json=body)
+        return Call("POST", f"/runs/{run_id}/response", RUN, json=body, **_waiting(wait_s))
 
     @staticmethod
-    def send_message(run_id: str, message: Any) -> Call[Run]:
-        return Call("POST", f"/runs/{run_id}/messages", RUN, json={"message": message})
+    def send_message(run_id: str, message: Any, wait_s: float | None = None) -> Call[Run]:
+        return Call(
+            "POST", f"/runs/{run_id}/messages", RUN, json={"message": message}, **_waiting(wait_s)
+        )
 
     @staticmethod
     def resume(run_id: str, checkpoint_id: str | None) -> Call[Run]:

@@ -221,12 +221,16 @@ class Client:
         value: Any = None,
         comment: str | None = None,
         responded_by: str | None = None,
+        wait_s: float | None = None,
     ) -> Run:
-        """Answer a pending interrupt."""
-        return self._send(Calls.respond(run_id, interrupt_id, status, value, comment, responded_by))
+        """Answer a pending interrupt; with ``wait_s``, the run once it paused again or
+        ended (waiting at most that long)."""
+        return self._send(
+            Calls.respond(run_id, interrupt_id, status, value, comment, responded_by, wait_s)
+        )
 
-    def send_message(self, run_id: str, message: Any) -> Run:
-        return self._send(Calls.send_message(run_id, message))
+    def send_message(self, run_id: str, message: Any, *, wait_s: float | None = None) -> Run:
+        return self._send(Calls.send_message(run_id, message, wait_s))
 
     def resume(self, run_id: str, *, checkpoint_id: str | None = None) -> Run:
         return self._send(Calls.resume(run_id, checkpoint_id))

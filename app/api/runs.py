@@ -80,22 +80,27 @@ async def _answered(engine: Engine, answered: Answered) -> RunOut:
     return run_resource(answered.run, answered.doc["frames"][0]["state"], answered.doc.get("usage"))
 
 
-async def wait_for_run(engine: Engine, bus: EventBus, run_id: str, timeout_s: float) -> RunOut:
-    """Block until the run is no longer queued or running, or the timeout passes."""
+async def wait_for_run(engine: Engine, bus: EventBus, run_id: str, timeout_s: float) -> Response:
+    """The run once it is no longer queued or running, or when the timeout passes."""
     deadline = time.monotonic() + min(timeout_s, engine.settings.max_wait_s)
     async with bus.subscribe(run_id) as signal:
         known = bus.known(run_id)
         if known is not None and known.status in BLOCKING:
             # this process just saw it queued or running: no read until that changes
             await _while_blocking(signal, known.seq, deadline)
+            if signal.resource is not None and signal.status not in BLOCKING:
+                # a runner of this process settled it meanwhile: its row as committed
+                return Response(signal.resource, media_type="application/json")
         while True:
             async with transaction(engine.sessions) as session:
                 run = await run_store.get(session, run_id)
                 if run is None:
                     raise NotFound(f"run {run_id!r} not found", code="run_not_found")
                 if run.status not in BLOCKING or deadline - time.monotonic() <= 0:
-                    return await run_out(session, run)
+                    return json_response(await run_out(session, run))
             await _while_blocking(signal, run.event_seq, deadline)
+            if signal.resource is not None and signal.status not in BLOCKING:
+                return Response(signal.resource, media_type="application/json")
 
 
 async def _while_blocking(signal: RunSignal, seen: int, deadline: float) -> None:
@@ -135,7 +140,7 @@ async def start_and_wait(
     bus: BusDep,
     timeout_s: TimeoutS = 30.0,
     idempotency_key: IdempotencyKey = None,
-) -> RunOut:
+) -> Response:
     started = await commands.start(body, idempotency_key)
     return await wait_for_run(engine, bus, started.run.id, timeout_s)
 
@@ -186,7 +191,7 @@ async def get_run(run_id: str, engine: EngineDep) -> Response:
 async def wait_run(
     run_id: str, engine: EngineDep, bus: BusDep, timeout_s: TimeoutS = 30.0
 ) -> Response:
-    return json_response(await wait_for_run(engine, bus, run_id, timeout_s))
+    return await wait_for_run(engine, bus, run_id, timeout_s)
 
 
 @router.delete("/runs/{run_id}", status_code=204)
@@ -202,19 +207,57 @@ async def edit_state(
     return await _resource(engine, await commands.edit_state(run_id, body))
 
 
-@router.post("/runs/{run_id}/response", response_model=RunOut, status_code=202)
-async def respond(
-    run_id: str, body: InterruptResponse, commands: CommandsDep, engine: EngineDep
+WaitS = Annotated[
+    float,
+    Query(
+        ge=0,
+        description="wait up to this many seconds for the run to leave queued/running "
+        "and answer 200 with it then (0: answer 202 at once)",
+    ),
+]
+SETTLED_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"model": RunOut, "description": "the run after `wait_s` (see there)"}
+}
+
+
+async def _answer_response(
+    engine: Engine, bus: EventBus, answered: Answered, wait_s: float
 ) -> Response:
-    return json_response(await _answered(engine, await commands.respond(run_id, body)), 202)
+    """202 with the answered run, or, with ``wait_s``, 200 with the run once it paused or
+    ended (or when ``wait_s`` passes): the answer and its outcome in one request."""
+    if wait_s > 0:
+        return await wait_for_run(engine, bus, answered.run.id, wait_s)
+    return json_response(await _answered(engine, answered), 202)
 
 
-@router.post("/runs/{run_id}/messages", response_model=RunOut, status_code=202)
+@router.post(
+    "/runs/{run_id}/response", response_model=RunOut, status_code=202, responses=SETTLED_RESPONSE
+)
+async def respond(
+    run_id: str,
+    body: InterruptResponse,
+    commands: CommandsDep,
+    engine: EngineDep,
+    bus: BusDep,
+    wait_s: WaitS = 0.0,
+) -> Response:
+    answered = await commands.respond(run_id, body)
+    return await _answer_response(engine, bus, answered, wait_s)
+
+
+@router.post(
+    "/runs/{run_id}/messages", response_model=RunOut, status_code=202, responses=SETTLED_RESPONSE
+)
 async def send_message(
-    run_id: str, body: SessionMessage, commands: CommandsDep, engine: EngineDep
+    run_id: str,
+    body: SessionMessage,
+    commands: CommandsDep,
+    engine: EngineDep,
+    bus: BusDep,
+    wait_s: WaitS = 0.0,
 ) -> Response:
     answered = await commands.message(run_id, body.message, body.branch)
-    return json_response(await _answered(engine, answered), 202)
+    return await _answer_response(engine, bus, answered, wait_s)
 
 
 @router.post("/runs/{run_id}/resume", response_model=RunOut, status_code=202)

@@ -255,6 +255,7 @@ class RunCommands(HistoryCommands):
                     session,
                     run_id,
                     RunStatus.QUEUED,
+                    locked=run,
                     values={
                         "resume_data": {
                             "response": answer,
@@ -272,6 +273,7 @@ class RunCommands(HistoryCommands):
                     session,
                     run_id,
                     RunStatus.CANCELLED,
+                    locked=run,
                     values={"interrupt": None},
                     events=[NewEvent("run.cancelled", pending["node"], {"by": who})],
                 )
@@ -291,6 +293,7 @@ class RunCommands(HistoryCommands):
                     session,
                     run_id,
                     RunStatus.FAILED,
+                    locked=run,
                     values={"interrupt": None, "error": error},
                     events=[NewEvent("run.failed", pending["node"], {"error": error})],
                 )
@@ -329,6 +332,7 @@ class RunCommands(HistoryCommands):
                     session,
                     run_id,
                     RunStatus.QUEUED,
+                    locked=current,
                     expect=[RunStatus.AWAITING_INPUT],
                     code="run_not_awaiting_input",
                     values={
@@ -359,6 +363,7 @@ class RunCommands(HistoryCommands):
                 session,
                 run_id,
                 RunStatus.CANCELLED,
+                locked=run,
                 code="run_not_cancellable",
                 values={"interrupt": None, "awaiting": None, "due_at": None},
                 events=[NewEvent("run.cancelled", run.current_node, {"by": "api"})],

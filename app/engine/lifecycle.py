@@ -12,7 +12,7 @@ from app.errors import Conflict, NotFound
 from app.store import runs as run_store
 from app.store.events import NewEvent
 from app.store.models import Run
-from app.store.progress import record_step
+from app.store.progress import record_step, take_written
 
 
 class RunStatus(StrEnum):
@@ -84,12 +84,14 @@ async def change_status(
     code: str = "invalid_transition",
     values: dict[str, Any] | None = None,
     events: Sequence[NewEvent] = (),
+    locked: Run | None = None,
 ) -> Run:
     """Lock the run, check the transition, write the change and its events.
 
-    ``expect`` narrows which current statuses this caller accepts (409 ``code`` else).
+    ``expect`` narrows which current statuses this caller accepts (409 ``code`` else);
+    ``locked`` is the run when the caller has locked it already in this transaction.
     """
-    run = await run_store.get(session, run_id, lock=True)
+    run = locked if locked is not None else await run_store.get(session, run_id, lock=True)
     if run is None:
         raise NotFound(f"run {run_id!r} not found", code="run_not_found")
     if (expect is not None and run.status not in expect) or not allowed(run.status, target):
@@ -98,12 +100,16 @@ async def change_status(
     if target in TERMINAL or target in PAUSED:
         changes.setdefault("lease_owner", None)
         changes.setdefault("lease_expires_at", None)
-    await record_step(
-        session, run_id, guard=(Run.status == run.status), values=changes, events=events
+    recorded = await record_step(
+        session,
+        run_id,
+        guard=(Run.status == run.status),
+        values=changes,
+        events=events,
+        whole_row=True,
     )
     if target is RunStatus.QUEUED and changes.get("lease_owner") is None:
         # a run reserved for this process's runners needs no claim anywhere (its
         # reservation lapses, and the sweep NOTIFYs, should this process die first)
         await run_store.notify(session, "stepwise_work", run_id)
-    await session.refresh(run)
-    return run
+    return take_written(run, recorded)

@@ -22,7 +22,7 @@ from app.errors import NotFound
 from app.store import checkpoints as checkpoint_store
 from app.store import runs as run_store
 from app.store.models import Checkpoint, Run, utcnow
-from app.store.progress import record_step
+from app.store.progress import record_step, take_written
 
 Loaded = tuple[Checkpoint, memory.Doc, checkpoint_store.CheckpointChain]
 
@@ -99,13 +99,13 @@ class CommandBase:
         the execution that holds the run (told at once, on this process or another); a
         later execution takes it after a crash (``app.engine.branches``)."""
         answers = [*(run.answers or []), {"id": str(uuid.uuid4()), **answer}]
-        await record_step(
+        recorded = await record_step(
             session,
             run.id,
             guard=Run.status == run.status,
             values={"answers": answers, **values},
             events=[],
+            whole_row=True,
         )
         await run_store.notify(session, "stepwise_control", f"answer:{run.id}")
-        await session.refresh(run)
-        return run
+        return take_written(run, recorded)

@@ -21,17 +21,19 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from app.engine import branchdoc, memory
 from app.engine.lifecycle import RunStatus, check_transition
+from app.engine.resources import run_resource
 from app.engine.services import Engine
 from app.steps.base import StepError
 from app.store import runs as run_store
 from app.store.checkpoints import CheckpointChain, CheckpointRow
 from app.store.database import write_transaction
 from app.store.events import NewEvent
-from app.store.models import utcnow
+from app.store.models import Run, utcnow
 from app.store.progress import StepWrite, record_step
 
 MAX_GROUP = 32  # pure steps that may share one commit
@@ -161,7 +163,11 @@ class RunRecorder:
         self.events = []
         # local watchers get the rows themselves first, so the wake-up finds them read
         self.engine.on_committed(self.run_id, recorded.events, recorded.status)
-        self.engine.on_events(self.run_id, recorded.last_event_seq, recorded.status)
+        resource = None
+        if recorded.run is not None:  # the run paused or ended: its resource, if waited for
+            state, usage = self.doc["frames"][0]["state"], self.doc.get("usage")
+            resource = partial(_resource_json, recorded.run, state, usage)
+        self.engine.on_events(self.run_id, recorded.last_event_seq, recorded.status, resource)
 
     def _with_answers(
         self, values: dict[str, Any], answers: list[dict[str, Any]], last: StepWrite
@@ -275,3 +281,7 @@ class RunRecorder:
         if not running and self.webhook:
             self.engine.on_settled(self.run_id)
         return running
+
+
+def _resource_json(run: Run, state: Any, usage: dict[str, int] | None) -> bytes:
+    return run_resource(run, state, usage).model_dump_json().encode()

@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, quote_plus
 
 import httpx
@@ -192,6 +192,22 @@ class DefinitionCache:
         return found, found_version, digest
 
 
+class EventsHook(Protocol):
+    """Called after a commit that appended events: the run's last seq and status, and,
+    when a runner of this process just settled the run (paused or ended it), how to build
+    the run's resource as committed (waiters of this process answer with it: no read)."""
+
+    def __call__(
+        self, run_id: str, seq: int, status: str, resource: Callable[[], bytes] | None = None
+    ) -> None: ...
+
+
+def _no_events(
+    run_id: str, seq: int, status: str, resource: Callable[[], bytes] | None = None
+) -> None:
+    pass
+
+
 @dataclass(slots=True)
 class Engine:
     """Everything a runner and the API's run commands share."""
@@ -206,8 +222,7 @@ class Engine:
     outbound_policy: OutboundPolicy
     secrets: dict[str, str]
     redactor: Redactor
-    # called after a commit that appended events: (run_id, last_seq)
-    on_events: Callable[[str, int, str], None] = field(default=lambda run_id, seq, status: None)
+    on_events: EventsHook = _no_events
     # called after a runner's commit with the event rows it wrote: (run_id, rows, status)
     on_committed: Callable[[str, list[dict[str, Any]], str], None] = field(
         default=lambda run_id, rows, status: None

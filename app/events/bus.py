@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,13 +31,16 @@ class RunSignal:
 
     seq: int = 0
     status: str | None = None  # the run's status as of ``seq``, when the publisher said
+    # the run's resource as of ``seq``, when a runner of this process settled it there
+    resource: bytes | None = None
     subscribers: int = 0
     _event: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def advance(self, seq: int, status: str | None = None) -> None:
+    def advance(self, seq: int, status: str | None = None, resource: bytes | None = None) -> None:
         if seq > self.seq:
             self.seq = seq
             self.status = status
+            self.resource = resource
             self._event.set()
             self._event = asyncio.Event()
 
@@ -69,16 +72,30 @@ class EventBus:
 
     # -- runs' events ------------------------------------------------------------------
 
-    def publish(self, run_id: str, seq: int, status: str | None = None) -> None:
+    def publish(
+        self,
+        run_id: str,
+        seq: int,
+        status: str | None = None,
+        resource: Callable[[], bytes] | None = None,
+        *,
+        local: bool = True,
+    ) -> None:
+        """The run's events reached ``seq``; ``resource`` builds the run's resource as of
+        then (a runner of this process settled it), used only if someone waits here."""
         known = self._known.get(run_id)
-        if known is None or seq > known.seq:
+        # a status change of this process may write no event (an answer queues the run):
+        # the same seq then brings news; from another process (NOTIFY), only a later seq
+        # does, since a late echo of an earlier commit carries the same seq
+        news = local and known is not None and seq == known.seq and status != known.status
+        if known is None or seq > known.seq or news:
             self._known[run_id] = Known(seq, status)
             self._known.move_to_end(run_id)
             if len(self._known) > self.KNOWN_RUNS:
                 self._known.popitem(last=False)
         signal = self._signals.get(run_id)
         if signal is not None:
-            signal.advance(seq, status)
+            signal.advance(seq, status, resource() if resource is not None else None)
 
     def known(self, run_id: str) -> Known | None:
         """The run's latest seq and status this process heard of, if it did recently: a
@@ -125,7 +142,7 @@ class EventBus:
             run_id, _, rest = payload.partition(":")
             seq, _, status = rest.partition(":")
             if run_id and seq.isdigit():
-                self.publish(run_id, int(seq), status or None)
+                self.publish(run_id, int(seq), status or None, local=False)
         elif channel == WORK_CHANNEL:
             self.wake_work()
         elif channel == CONTROL_CHANNEL:
@@ -136,9 +153,20 @@ class EventBus:
 class PostgresListener:
     """One dedicated connection LISTENing for every channel; reconnects when it drops."""
 
-    def __init__(self, dsn: str, bus: EventBus, *, retry_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        bus: EventBus,
+        *,
+        retry_s: float = 1.0,
+        own_pids: Collection[int] = (),
+    ) -> None:
         self._dsn = dsn.replace("postgresql+asyncpg://", "postgresql://", 1)
         self._bus = bus
+        # this process's own database backends: their event NOTIFYs echo commits it has
+        # published already, with more (a settled run's resource); a late echo must not
+        # overtake that
+        self._own_pids = own_pids
         self._retry_s = retry_s
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
@@ -170,7 +198,9 @@ class PostgresListener:
             try:
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
 
-                def deliver(_c: Any, _pid: int, channel: str, payload: str) -> None:
+                def deliver(_c: Any, pid: int, channel: str, payload: str) -> None:
+                    if channel == EVENTS_CHANNEL and pid in self._own_pids:
+                        return
                     self._bus.dispatch(channel, payload)
 
                 for channel in (EVENTS_CHANNEL, WORK_CHANNEL, CONTROL_CHANNEL):

@@ -118,6 +118,26 @@ def create_engine(settings: Settings) -> AsyncEngine:
     return engine
 
 
+def backend_pids(engine: AsyncEngine) -> set[int]:
+    """The Postgres backend pids of ``engine``'s connections, kept up to date: NOTIFYs that
+    come from them are this process's own commits (already published locally)."""
+    pids: set[int] = set()
+
+    def pid_of(dbapi_connection: Any) -> int:
+        return int(dbapi_connection.driver_connection.get_server_pid())
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connected(dbapi_connection: Any, _: Any) -> None:
+        pids.add(pid_of(dbapi_connection))
+
+    @event.listens_for(engine.sync_engine, "close")
+    def _closed(dbapi_connection: Any, _: Any) -> None:
+        with contextlib.suppress(Exception):
+            pids.discard(pid_of(dbapi_connection))
+
+    return pids
+
+
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 

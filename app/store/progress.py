@@ -17,11 +17,14 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, String, cast, func, update
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.store.checkpoints import CheckpointRow, insert_checkpoints
 from app.store.database import Executor, dialect_name
 from app.store.events import NewEvent, insert_events
 from app.store.models import Run, table, utcnow
+
+RUN_KEYS = tuple(attr.key for attr in Run.__mapper__.column_attrs)
 
 STATUS_EVENT_TYPES = frozenset(
     {
@@ -54,6 +57,7 @@ class Recorded:
     last_event_seq: int
     status: str
     events: list[dict[str, Any]]  # the event rows as inserted, oldest first
+    run: Run | None = None  # the whole run row as written, when the write settled the run
 
 
 def _with_saved_event(write: StepWrite) -> tuple[list[NewEvent], int]:
@@ -80,9 +84,12 @@ async def record_step(
     base_id: str | None = None,
     data: Any = None,
     earlier: Sequence[StepWrite] = (),
+    whole_row: bool = False,
 ) -> Recorded | None:
     """Write a step's outcome (after the ``earlier`` ones, oldest first); None when
-    ``guard`` (the lease) refused it. ``values`` is the run row after the last step."""
+    ``guard`` (the lease) refused it. ``values`` is the run row after the last step.
+    With ``whole_row`` (or when the write pauses or ends the run) ``Recorded.run`` is the
+    whole row as written."""
     now = utcnow()
     writes = [*earlier, StepWrite(list(events), checkpoint, base_id, data)]
     prepared = [_with_saved_event(w) for w in writes]
@@ -95,6 +102,11 @@ async def record_step(
             "checkpoint_seq": Run.checkpoint_seq + len(checkpoints),
         }
     returning: list[Any] = [Run.checkpoint_seq, Run.event_seq, Run.status]
+    # a write that pauses or ends the run returns its whole row: whoever waits for the run
+    # in this process is answered from it
+    settles = whole_row or values.get("status") not in (None, "running", "queued")
+    if settles:
+        returning.extend(getattr(Run, key) for key in RUN_KEYS)
     postgres = dialect_name(session) == "postgresql"
     if postgres and total:
         # the NOTIFY rides on the same statement (one round trip less); Postgres delivers
@@ -113,6 +125,9 @@ async def record_step(
     if row is None:
         return None
     last_checkpoint_seq, last_seq, status = int(row[0]), int(row[1]), str(row[2])
+    written = None
+    if settles:
+        written = Run(**dict(zip(RUN_KEYS, row[3 : 3 + len(RUN_KEYS)], strict=True)))
     seq = last_checkpoint_seq - len(checkpoints)
     rows: list[tuple[CheckpointRow, str | None, Any]] = []
     for write, (evs, at) in zip(writes, prepared, strict=True):
@@ -132,4 +147,16 @@ async def record_step(
         [e for evs, _ in prepared for e in evs],
         [w.ts or now for w, (evs, _) in zip(writes, prepared, strict=True) for _ in evs],
     )
-    return Recorded(last_checkpoint_seq if checkpoints else None, last_seq, status, inserted)
+    return Recorded(
+        last_checkpoint_seq if checkpoints else None, last_seq, status, inserted, written
+    )
+
+
+def take_written(run: Run, recorded: Recorded | None) -> Run:
+    """``run`` (the session's instance, locked) brought up to the row ``record_step`` wrote
+    with ``whole_row``, without reading it back or marking it changed."""
+    assert recorded is not None  # the caller holds the row's lock: the guard holds
+    assert recorded.run is not None
+    for key in RUN_KEYS:
+        set_committed_value(run, key, getattr(recorded.run, key))
+    return run

@@ -102,7 +102,12 @@ async def test_every_endpoint(live_server: str) -> None:
         fork_start = (await stepwise.list_checkpoints(fork.id)).items[0]
         resumed = await stepwise.resume(fork.id, checkpoint_id=fork_start.id)
         assert resumed.id == fork.id
-        assert (await stepwise.wait_run(fork.id, timeout_s=20)).status == "interrupted"
+        paused = await stepwise.wait_run(fork.id, timeout_s=20)
+        assert paused.status == "interrupted" and paused.interrupt is not None
+        finished = await stepwise.respond(
+            fork.id, paused.interrupt.id, value={"approved": True}, wait_s=20
+        )  # the answer and its outcome in one request
+        assert finished.status == "completed" and finished.state["approved"] is True
 
         page = await stepwise.list_events(run.id, types="run.*", limit=2)
         assert [e.type for e in page.items] == ["run.queued", "run.started"]
@@ -116,7 +121,7 @@ async def test_every_endpoint(live_server: str) -> None:
         assert chatted.status == "completed"
 
         listed = await stepwise.list_runs(status="completed", workflow="approval")
-        assert [r.id for r in listed.items] == [run.id]
+        assert {r.id for r in listed.items} == {run.id, fork.id}
         both = await stepwise.list_runs(status=["completed", "interrupted"], limit=1)
         assert len(both.items) == 1 and both.next_cursor is not None
 
@@ -245,9 +250,11 @@ async def test_until_paused_and_the_blocking_client(serve: ServerFactory) -> Non
                 first = list(stepwise.stream_events(run.id, until="paused"))
                 pending = stepwise.get_run(run.id)
                 assert pending.interrupt is not None
-                stepwise.respond(run.id, pending.interrupt.id, value={"approved": False})
+                answered = stepwise.respond(
+                    run.id, pending.interrupt.id, value={"approved": False}, wait_s=20
+                )
                 rest = list(stepwise.stream_events(run.id, after=first[-1].seq))
-                return first, rest, stepwise.get_run(run.id).status
+                return first, rest, answered.status
 
         first, rest, status = await asyncio.to_thread(blocking)
         assert first[-1].type == "run.interrupted"

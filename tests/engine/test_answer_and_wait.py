@@ -1,0 +1,125 @@
+"""An answer and its outcome in one request (``?wait_s=``), and waits answered from what
+this process's runner just committed: the resource is the one a read would return."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from sqlalchemy import event
+
+from tests.engine.test_pauses import ASK
+from tests.engine.test_runner import start, wf
+
+CHAT = wf(
+    "chat",
+    {
+        "listen": {"step": "input", "set": {"said": "{{ output }}"}},
+        "reply": {"step": "set", "set": {"reply": "you said {{ state.said }}"}},
+    },
+    [{"from": "listen", "to": "reply"}, {"from": "reply", "to": "listen", "loop": True}],
+)
+
+
+async def fetch(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
+    response = await client.get(f"/runs/{run_id}")
+    assert response.status_code == 200
+    return dict(response.json())
+
+
+async def test_an_answer_with_wait_s_returns_the_completed_run(client: httpx.AsyncClient) -> None:
+    run = await start(client, ASK)
+    response = await client.post(
+        f"/runs/{run['id']}/response",
+        params={"wait_s": 10},
+        json={"interrupt_id": run["interrupt"]["id"], "value": {"ok": True}, "responded_by": "ana"},
+    )
+    assert response.status_code == 200
+    done = response.json()
+    assert done["status"] == "completed"
+    assert done["state"] == {"answer": {"ok": True}, "who": "ana", "finished": True}
+    assert done == await fetch(client, run["id"])  # what a read returns, field for field
+
+
+async def test_a_refused_answer_with_wait_s_returns_the_failed_run(
+    client: httpx.AsyncClient,
+) -> None:
+    run = await start(client, ASK)
+    response = await client.post(
+        f"/runs/{run['id']}/response",
+        params={"wait_s": 10},
+        json={"interrupt_id": run["interrupt"]["id"], "status": "rejected"},
+    )
+    assert response.status_code == 200
+    failed = response.json()
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "interrupt_rejected"
+    assert failed == await fetch(client, run["id"])
+
+
+async def test_a_message_with_wait_s_returns_the_run_awaiting_the_next(
+    client: httpx.AsyncClient,
+) -> None:
+    run = await start(client, CHAT)
+    assert run["status"] == "awaiting_input"
+    for text in ("hello", "again"):
+        response = await client.post(
+            f"/runs/{run['id']}/messages", params={"wait_s": 10}, json={"message": text}
+        )
+        assert response.status_code == 200
+        run = response.json()
+        assert run["status"] == "awaiting_input"
+        assert run["state"]["reply"] == f"you said {text}"
+        assert run == await fetch(client, run["id"])
+
+
+async def test_without_wait_s_an_answer_is_accepted_at_once(client: httpx.AsyncClient) -> None:
+    run = await start(client, ASK)
+    response = await client.post(
+        f"/runs/{run['id']}/response",
+        json={"interrupt_id": run["interrupt"]["id"], "value": {"ok": True}},
+    )
+    assert response.status_code == 202
+    assert response.json()["status"] in ("queued", "running")
+
+
+async def test_a_bad_wait_s_is_refused_and_the_answer_not_taken(
+    client: httpx.AsyncClient,
+) -> None:
+    run = await start(client, ASK)
+    response = await client.post(
+        f"/runs/{run['id']}/response",
+        params={"wait_s": -1},
+        json={"interrupt_id": run["interrupt"]["id"], "value": {"ok": True}},
+    )
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "validation_error"
+    assert (await fetch(client, run["id"]))["status"] == "interrupted"
+
+
+async def test_a_wait_for_a_run_settled_here_reads_nothing(client: httpx.AsyncClient) -> None:
+    """The runner of this process committed the run's end: the waiting request answers
+    with that row and state, without reading the run back."""
+    run = await start(client, ASK)
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    engine = client.app.state.runtime.db.sync_engine  # type: ignore[attr-defined]
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        response = await client.post(
+            f"/runs/{run['id']}/response",
+            params={"wait_s": 10},
+            json={"interrupt_id": run["interrupt"]["id"], "value": {"ok": True}},
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert response.json()["status"] == "completed"
+    reads_of_runs = [
+        s for s in statements if s.lstrip().upper().startswith("SELECT") and "FROM runs" in s
+    ]
+    # the answer locks and reads the run once; nothing reads it after the runner's commit
+    assert len(reads_of_runs) == 1, "\n".join(" ".join(s.split())[:90] for s in statements)
