@@ -3,7 +3,6 @@ against its run's latest snapshot (see ``app.store.deltas``)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased, defer
 
 from app.store import deltas
-from app.store.database import Executor
+from app.store.database import Executor, encode_json
 from app.store.models import Checkpoint, table, utcnow
 
 # A new snapshot is written when the cumulative delta grows past this share of the
@@ -34,13 +33,13 @@ class CheckpointChain:
     @classmethod
     def snapshot(cls, checkpoint_id: str, doc: Any) -> CheckpointChain:
         """The chain after a full snapshot of ``doc`` was stored as ``checkpoint_id``."""
-        return cls(checkpoint_id, doc, len(json.dumps(doc, separators=(",", ":"))))
+        return cls(checkpoint_id, doc, len(encode_json(doc)))
 
     def encode(self, checkpoint_id: str, doc: Any) -> tuple[str | None, Any, CheckpointChain]:
         """``(base_id, data)`` to store for ``doc``, and the chain to use after it is stored."""
         if self.base_id is not None:
             delta = deltas.diff(self.base_doc, doc)
-            size = len(json.dumps(delta, separators=(",", ":"))) if delta is not None else 2
+            size = len(encode_json(delta)) if delta is not None else 2
             if size <= max(MIN_SNAPSHOT_BYTES, self.base_bytes * SNAPSHOT_RATIO):
                 return self.base_id, delta, self
         return None, doc, CheckpointChain.snapshot(checkpoint_id, doc)

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import event, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
@@ -27,7 +28,16 @@ from app.settings import Settings
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return encode_json(value).decode()
+
+
+def encode_json(value: Any) -> bytes:
+    """Compact UTF-8 JSON (orjson, several times faster than ``json`` on the hot path);
+    what orjson refuses (an integer beyond 64 bits, say) goes through ``json``."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 PING_AFTER_IDLE_S = 1.0
