@@ -9,11 +9,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased, defer
 
 from app.store import deltas
-from app.store.database import Executor, encode_json
+from app.store.database import Executor, driver_executemany, encode_json
 from app.store.models import Checkpoint, table, utcnow
 
 # A new snapshot is written when the cumulative delta grows past this share of the
@@ -59,14 +59,45 @@ class CheckpointRow:
 
 
 CHECKPOINT_INSERT = insert(table(Checkpoint))
+CHECKPOINT_INSERT_SQL = (
+    "INSERT INTO checkpoints (id, run_id, parent_id, seq, last_node, next_node, status,"
+    " steps_completed, base_id, data, created_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+)
 
 
 async def insert_checkpoints(
-    session: Executor, rows: Sequence[tuple[CheckpointRow, str | None, Any]]
+    session: Executor,
+    rows: Sequence[tuple[CheckpointRow, str | None, Any]],
+    *,
+    begun: bool = False,
 ) -> None:
     """Insert checkpoints, each ``(row, base_id, data)``, in order (a delta's base may be
-    an earlier one of them): one constant statement, executemany parameters."""
+    an earlier one of them): one constant statement, executemany parameters. ``begun``:
+    as for ``insert_events`` (straight through the driver)."""
     if not rows:
+        return
+    if begun and isinstance(session, AsyncConnection):
+        await driver_executemany(
+            session,
+            CHECKPOINT_INSERT_SQL,
+            [
+                (
+                    row.id,
+                    row.run_id,
+                    row.parent_id,
+                    row.seq,
+                    row.last_node,
+                    row.next_node,
+                    row.status,
+                    row.steps_completed,
+                    base_id,
+                    encode_json(data).decode(),
+                    row.created_at,
+                )
+                for row, base_id, data in rows
+            ],
+        )
         return
     params = [
         {

@@ -8,7 +8,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -173,6 +173,19 @@ async def write_transaction(
     bind = sessions.kw["bind"]
     async with bind.begin() as connection:
         yield connection
+
+
+async def driver_executemany(
+    connection: AsyncConnection, sql: str, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Postgres only: ``rows`` (JSON already encoded as text) straight through asyncpg, a
+    statement it prepares once per connection, skipping SQLAlchemy's per-statement and
+    per-row work — the runner's hot path. It joins the transaction ``connection`` is in,
+    which must have sent a statement already (asyncpg's BEGIN is sent with the first)."""
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    await driver.executemany(sql, rows)
 
 
 def dialect_name(executor: Executor) -> str:

@@ -9,13 +9,16 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, insert, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app import metrics
-from app.store.database import Executor
+from app.store.database import Executor, driver_executemany, encode_json
 from app.store.models import Event, table, utcnow
 
 EVENT_INSERT = insert(table(Event))
+EVENT_INSERT_SQL = (
+    "INSERT INTO events (run_id, seq, type, node, ts, data) VALUES ($1, $2, $3, $4, $5, $6)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,9 +34,13 @@ async def insert_events(
     last_seq: int,
     events: Sequence[NewEvent],
     ts: datetime | Sequence[datetime] | None = None,
+    *,
+    begun: bool = False,
 ) -> list[dict[str, Any]]:
     """Insert ``events`` numbered so that the last one gets ``last_seq``, stamped ``ts``
-    (one time for all, or one per event); the rows as inserted."""
+    (one time for all, or one per event); the rows as inserted. ``begun``: ``session`` is
+    a Postgres connection whose transaction has run a statement (the rows then go straight
+    through the driver)."""
     if not events:
         return []
     stamps = [ts or utcnow()] * len(events) if not isinstance(ts, Sequence) else ts
@@ -49,9 +56,19 @@ async def insert_events(
         }
         for i, (e, stamp) in enumerate(zip(events, stamps, strict=True))
     ]
-    # one constant statement (its compiled form cached), rows sent as executemany
-    # parameters: one pipelined round trip
-    await session.execute(EVENT_INSERT, rows)
+    if begun and isinstance(session, AsyncConnection):
+        await driver_executemany(
+            session,
+            EVENT_INSERT_SQL,
+            [
+                (run_id, r["seq"], r["type"], r["node"], r["ts"], encode_json(r["data"]).decode())
+                for r in rows
+            ],
+        )
+    else:
+        # one constant statement (its compiled form cached), rows sent as executemany
+        # parameters: one pipelined round trip
+        await session.execute(EVENT_INSERT, rows)
     # counted when written (a transaction that then rolls back is rare: a lost lease)
     metrics.observe_events(e.type for e in events)
     return rows

@@ -139,13 +139,15 @@ async def record_step(
             saved = {"checkpoint_id": write.checkpoint.id, "seq": seq}
             evs[at] = NewEvent("checkpoint.saved", write.checkpoint.next_node, saved)
             rows.append((write.checkpoint, write.base_id, write.data))
-    await insert_checkpoints(session, rows)
+    # the UPDATE above began the transaction: on Postgres the rows go through the driver
+    await insert_checkpoints(session, rows, begun=postgres)
     inserted = await insert_events(
         session,
         run_id,
         last_seq,
         [e for evs, _ in prepared for e in evs],
         [w.ts or now for w, (evs, _) in zip(writes, prepared, strict=True) for _ in evs],
+        begun=postgres,
     )
     return Recorded(
         last_checkpoint_seq if checkpoints else None, last_seq, status, inserted, written
