@@ -41,6 +41,7 @@ TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled"})
 PAUSE_EVENTS = frozenset({"run.interrupted", "run.awaiting_input", "run.suspended"})
 
 READ_BATCH = 500
+INF = float("inf")
 SEP = "\n"
 
 
@@ -82,17 +83,31 @@ def matches(event_type: str, patterns: Sequence[str]) -> bool:
 
 
 class _Changed:
-    """A broadcast wake-up: every waiter resumes on the next ``fire()``."""
+    """A broadcast wake-up: every waiter resumes on the next ``fire()``, or once its own
+    ``until`` (a ``time.monotonic()`` value) has passed: the hub's ticker wakes only the
+    waiters in ``due`` whose time has come, so that a thousand idle subscribers are not
+    woken every tick just to find that no keep-alive is due yet."""
 
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
+    def __init__(self, due: dict[asyncio.Future[None], float]) -> None:
+        self._waiters: list[asyncio.Future[None]] = []
+        self._due = due
 
     def fire(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
-    async def wait(self) -> None:
-        await self._event.wait()
+    async def wait(self, until: float = INF) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        if until != INF:
+            self._due[waiter] = until
+        try:
+            await waiter
+        finally:
+            if until != INF:
+                del self._due[waiter]
 
 
 class RunFeed:
@@ -104,7 +119,7 @@ class RunFeed:
         self.position: RunPosition | None = None  # None until the first read
         self.gone = False  # the run was deleted
         self.subscribers = 0
-        self.changed = _Changed()
+        self.changed = _Changed(hub.due)
         self.task: asyncio.Task[None] | None = None
 
     def offer(self, rows: Sequence[dict[str, Any]], status: str) -> None:
@@ -206,6 +221,7 @@ class FeedHub:
         # goes (on SQLite such a task kept the database's write lock for good)
         self._tasks: set[asyncio.Task[None]] = set()
         self._watched: set[Any] = set()  # streams whose sends the ticker checks
+        self.due: dict[asyncio.Future[None], float] = {}  # waits with a time to end them
 
     # -- admission ---------------------------------------------------------------------
 
@@ -250,14 +266,15 @@ class FeedHub:
             self._ticker = asyncio.create_task(self._tick(), name="stepwise-feed-ticker")
 
     async def _tick(self) -> None:
-        """Wake every stream now and then, so that each can see its deadline and its
-        keep-alive come, and check the sends in progress: a thousand subscribers then
-        cost one timer, not a thousand."""
+        """Now and then, wake the streams whose deadline or keep-alive has come (and only
+        those), and check the sends in progress: a thousand subscribers then cost one
+        timer, not a thousand."""
         while (self._feeds or self._watched) and not self.closed:
             await asyncio.sleep(self.tick_s)
-            for feed in list(self._feeds.values()):
-                feed.changed.fire()
             now = time.monotonic()
+            for waiter, until in list(self.due.items()):
+                if until <= now and not waiter.done():
+                    waiter.set_result(None)
             for stream in list(self._watched):
                 stream.check(now)
 
@@ -304,7 +321,7 @@ class FeedHub:
                 if position is None:  # the feed's first read is on its way
                     if feed.gone:
                         return
-                    await feed.changed.wait()
+                    await feed.changed.wait(deadline)
                     if time.monotonic() >= deadline:
                         return
                     continue
@@ -343,9 +360,11 @@ class FeedHub:
                 if time.monotonic() >= deadline:
                     return
                 if lagging or feed.head <= cursor:
-                    # the feed fires on every read (new events, fallback poll, deletion),
-                    # on close and on every tick of the hub
-                    await feed.changed.wait()
+                    # the feed fires on every read (new events, fallback poll, deletion)
+                    # and on close; the ticker ends the wait at the keep-alive or the
+                    # deadline (a lagging stream: at the next tick, to read again)
+                    until = min(sent + quiet_s, deadline)
+                    await feed.changed.wait(time.monotonic() + self.tick_s if lagging else until)
                     if time.monotonic() - sent >= quiet_s and feed.head <= cursor:
                         yield []
                         sent = time.monotonic()
