@@ -83,8 +83,9 @@ def start_server(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 class Subscriber(asyncio.Protocol):
-    """One SSE subscriber on a raw socket: an HTTP/1.1 GET, then the chunked body parsed
-    in ``data_received``. No coroutine per chunk and no HTTP library: the load generator
+    """One SSE subscriber on a raw socket: an HTTP/1.1 GET, then the chunked body, kept
+    with each chunk's time of receipt and parsed after the run (``parse``). No coroutine
+    per chunk, no HTTP library and no parsing while the server works: the load generator
     shares the machine's cores with the server, so it must stay as cheap as it can be."""
 
     def __init__(self, request: bytes, run_id: str) -> None:
@@ -100,13 +101,24 @@ class Subscriber(asyncio.Protocol):
         self._chunks = b""  # the chunked body not yet decoded
         self._sse = b""  # decoded body not yet split into frames
         self._stamps: dict[bytes, float] = {}
+        self._received: list[tuple[float, bytes]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
-        received = time.time()
+        if self.connected.is_set():
+            self._received.append((time.time(), data))
+            return
+        self._take(time.time(), data)
+
+    def parse(self) -> None:
+        for received, data in self._received:
+            self._take(received, data)
+        self._received = []
+
+    def _take(self, received: float, data: bytes) -> None:
         if not self.connected.is_set():
             self._head += data
             head, sep, rest = self._head.partition(b"\r\n\r\n")
@@ -293,6 +305,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             server.wait()
         drop_db(DB_NAME)
 
+    for s in subscribers:
+        s.parse()
     latencies = [x for s in subscribers for x in s.latencies]
     complete = sum(1 for s in subscribers if s.seqs == expected[s.run_id] and s.closed_by_server)
     errors = [s.error for s in subscribers if s.error]
