@@ -23,7 +23,8 @@ from typing import Any, Protocol
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from app.events.feed import FeedEvent, Push
+from app.events.frames import FeedEvent
+from app.events.waiting import Push
 
 PING = b": ping\n\n"
 HEADERS = {

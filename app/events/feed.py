@@ -25,15 +25,22 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.events.bus import EventBus
-from app.schemas.runs import EventOut
+from app.events.frames import (
+    PAUSE_EVENTS,
+    TERMINAL_EVENTS,
+    FeedEvent,
+    encode_frame,
+    matches,
+    sse_frame,
+)
+from app.events.waiting import INF, Changed, Parked, Push
 from app.store import events as event_store
 from app.store import runs as run_store
 from app.store.database import transaction
@@ -43,20 +50,8 @@ log = logging.getLogger(__name__)
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 PAUSED_STATUSES = frozenset({"interrupted", "awaiting_input", "suspended"})
-# the event each status change writes, last in its transaction
-TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled"})
-PAUSE_EVENTS = frozenset({"run.interrupted", "run.awaiting_input", "run.suspended"})
 
 READ_BATCH = 500
-INF = float("inf")
-SEP = "\n"
-
-
-@dataclass(frozen=True, slots=True)
-class FeedEvent:
-    seq: int
-    type: str
-    frame: bytes  # the complete SSE frame, encoded once and shared by every subscriber
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,77 +60,6 @@ class RunPosition:
 
     status: str
     event_seq: int
-
-
-# a subscriber's write of one body: None when it completed at once, else its rest
-Push = Callable[[bytes], "asyncio.Future[None] | None"]
-
-
-@dataclass(eq=False, slots=True)
-class Parked:
-    """A subscriber caught up with its feed, its task asleep: the feed writes new events
-    to it (``push``) and advances its cursor; ``waiter`` wakes its task."""
-
-    cursor: int
-    types: tuple[str, ...]
-    until_paused: bool
-    push: Push
-    sent: float  # time.monotonic() of its last write
-    waiter: asyncio.Future[None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    ends: bool = False  # the feed wrote the event that ends the stream
-    pending: asyncio.Future[None] | None = None  # a write that did not complete at once
-
-
-def sse_frame(event: Event) -> FeedEvent:
-    return encode_frame(event.run_id, event.seq, event.type, event.node, event.ts, event.data)
-
-
-def encode_frame(
-    run_id: str, seq: int, type: str, node: str | None, ts: datetime, data: Any
-) -> FeedEvent:
-    payload = EventOut(run_id=run_id, seq=seq, type=type, node=node, ts=ts, data=data)
-    # the JSON has no raw newlines, so it is one data: line
-    frame = f"id: {seq}{SEP}event: {type}{SEP}data: {payload.model_dump_json()}{SEP}{SEP}"
-    return FeedEvent(seq, type, frame.encode())
-
-
-def matches(event_type: str, patterns: Sequence[str]) -> bool:
-    """``?types=``: exact types or prefix globs (``node.*``); no patterns match all."""
-    if not patterns:
-        return True
-    return any(
-        event_type.startswith(p[:-1]) if p.endswith("*") else event_type == p for p in patterns
-    )
-
-
-class _Changed:
-    """A broadcast wake-up: every waiter resumes on the next ``fire()``, or once its own
-    ``until`` (a ``time.monotonic()`` value) has passed: the hub's ticker wakes only the
-    waiters in ``due`` whose time has come, so that a thousand idle subscribers are not
-    woken every tick just to find that no keep-alive is due yet."""
-
-    def __init__(self, due: dict[asyncio.Future[None], float]) -> None:
-        self._waiters: list[asyncio.Future[None]] = []
-        self._due = due
-
-    def fire(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def wait(self, until: float = INF) -> None:
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        if until != INF:
-            self._due[waiter] = until
-        try:
-            await waiter
-        finally:
-            if until != INF:
-                del self._due[waiter]
 
 
 class RunFeed:
@@ -147,7 +71,7 @@ class RunFeed:
         self.position: RunPosition | None = None  # None until the first read
         self.gone = False  # the run was deleted
         self.subscribers = 0
-        self.changed = _Changed(hub.due)
+        self.changed = Changed(hub.due)
         self.task: asyncio.Task[None] | None = None
         self.parked: dict[Parked, None] = {}  # insertion-ordered
         self._fan_out_due = False

@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from app.api.sse import PING, EventStreamResponse, start_send
-from app.events.feed import FeedEvent, Push
+from app.events.frames import FeedEvent
+from app.events.waiting import Push
 
 
 class Ticker:
