@@ -7,6 +7,7 @@ a database connection while it waits.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -17,6 +18,8 @@ from app.api.sse import EventStreamResponse
 from app.engine.services import Engine
 from app.errors import Invalid, NotFound, ServiceUnavailable, error_item
 from app.events.feed import FeedHub, StreamLimitReached, StreamSlot
+from app.events.frames import FeedEvent
+from app.events.waiting import Push
 from app.schemas.runs import EventList, EventOut, RunCreate
 from app.store import events as event_store
 from app.store import runs as run_store
@@ -86,16 +89,20 @@ def event_stream(
     headers: dict[str, str] | None = None,
 ) -> EventStreamResponse:
     settings = engine.settings
-    batches = hub.stream(
-        run_id,
-        after,
-        types=types,
-        until_paused=until == "paused",
-        max_s=settings.sse_max_stream_s,
-        keepalive_s=settings.sse_keepalive_s,
-    )
+
+    def open_batches(push: Push) -> AsyncIterator[list[FeedEvent]]:
+        return hub.stream(
+            run_id,
+            after,
+            types=types,
+            until_paused=until == "paused",
+            max_s=settings.sse_max_stream_s,
+            keepalive_s=settings.sse_keepalive_s,
+            push=push,
+        )
+
     return EventStreamResponse(
-        batches,
+        open_batches,
         on_close=slot.release,
         watchdog=hub,
         # a client that stops reading is dropped instead of holding the stream open

@@ -8,6 +8,13 @@ the buffer reads the database on its own until it catches up. So N subscribers o
 run cost one query per new batch of events, not N, and none holds a database
 connection while it waits. Events a runner of this process has just committed are
 handed to the feed directly (``FeedHub.offer``): local watchers need no read at all.
+
+A subscriber that has caught up parks on its feed (``Parked``) with a ``push`` of its
+response. When new events come, one pass of the feed (``RunFeed._fan_out``) writes
+them to every parked subscriber: the bytes for a cursor and a filter are joined once
+and handed to each push, which completes at once when the socket has room. The
+subscribers' tasks stay asleep; one is woken only to end its stream, to wait for a send
+that could not complete, to read past the buffer, or for a keep-alive or its deadline.
 """
 
 from __future__ import annotations
@@ -20,13 +27,20 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.events.bus import EventBus
-from app.schemas.runs import EventOut
+from app.events.frames import (
+    PAUSE_EVENTS,
+    TERMINAL_EVENTS,
+    FeedEvent,
+    encode_frame,
+    matches,
+    sse_frame,
+)
+from app.events.waiting import INF, Changed, Parked, Push
 from app.store import events as event_store
 from app.store import runs as run_store
 from app.store.database import transaction
@@ -36,19 +50,8 @@ log = logging.getLogger(__name__)
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 PAUSED_STATUSES = frozenset({"interrupted", "awaiting_input", "suspended"})
-# the event each status change writes, last in its transaction
-TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled"})
-PAUSE_EVENTS = frozenset({"run.interrupted", "run.awaiting_input", "run.suspended"})
 
 READ_BATCH = 500
-SEP = "\n"
-
-
-@dataclass(frozen=True, slots=True)
-class FeedEvent:
-    seq: int
-    type: str
-    frame: bytes  # the complete SSE frame, encoded once and shared by every subscriber
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,42 +60,6 @@ class RunPosition:
 
     status: str
     event_seq: int
-
-
-def sse_frame(event: Event) -> FeedEvent:
-    return encode_frame(event.run_id, event.seq, event.type, event.node, event.ts, event.data)
-
-
-def encode_frame(
-    run_id: str, seq: int, type: str, node: str | None, ts: datetime, data: Any
-) -> FeedEvent:
-    payload = EventOut(run_id=run_id, seq=seq, type=type, node=node, ts=ts, data=data)
-    # the JSON has no raw newlines, so it is one data: line
-    frame = f"id: {seq}{SEP}event: {type}{SEP}data: {payload.model_dump_json()}{SEP}{SEP}"
-    return FeedEvent(seq, type, frame.encode())
-
-
-def matches(event_type: str, patterns: Sequence[str]) -> bool:
-    """``?types=``: exact types or prefix globs (``node.*``); no patterns match all."""
-    if not patterns:
-        return True
-    return any(
-        event_type.startswith(p[:-1]) if p.endswith("*") else event_type == p for p in patterns
-    )
-
-
-class _Changed:
-    """A broadcast wake-up: every waiter resumes on the next ``fire()``."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def fire(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
-
-    async def wait(self) -> None:
-        await self._event.wait()
 
 
 class RunFeed:
@@ -104,8 +71,10 @@ class RunFeed:
         self.position: RunPosition | None = None  # None until the first read
         self.gone = False  # the run was deleted
         self.subscribers = 0
-        self.changed = _Changed()
+        self.changed = Changed(hub.due)
         self.task: asyncio.Task[None] | None = None
+        self.parked: dict[Parked, None] = {}  # insertion-ordered
+        self._fan_out_due = False
 
     def offer(self, rows: Sequence[dict[str, Any]], status: str) -> None:
         """Events this process just committed (``insert_events`` rows): taken at once when
@@ -118,6 +87,7 @@ class RunFeed:
         self.head = rows[-1]["seq"]
         self.position = RunPosition(status, self.head)
         self.changed.fire()
+        self._schedule_fan_out()
 
     def since(self, cursor: int) -> list[FeedEvent] | None:
         """Buffered events after ``cursor``; None when the buffer no longer reaches back
@@ -127,6 +97,63 @@ class RunFeed:
         if not self.buffer or cursor < self.buffer[0].seq - 1:
             return None
         return list(itertools.islice(self.buffer, cursor - self.buffer[0].seq + 1, None))
+
+    def _schedule_fan_out(self) -> None:
+        if self.parked and not self._fan_out_due:
+            self._fan_out_due = True
+            asyncio.get_running_loop().call_soon(self._fan_out)
+
+    def _fan_out(self) -> None:
+        """Write the events past each parked subscriber's cursor to it, in one pass."""
+        self._fan_out_due = False
+        bodies: dict[tuple[int, tuple[str, ...], bool], tuple[bytes, int, bool] | None] = {}
+        now = time.monotonic()
+        for sub in list(self.parked):
+            if sub.waiter.done() or sub.cursor >= self.head:
+                continue
+            key = (sub.cursor, sub.types, sub.until_paused)
+            if key not in bodies:
+                bodies[key] = self._body(*key)
+            found = bodies[key]
+            if found is None:  # past the buffer: the subscriber reads on its own
+                self.wake(sub)
+                continue
+            body, sub.cursor, sub.ends = found
+            if body:
+                try:
+                    sub.pending = sub.push(body)
+                except Exception as exc:  # the subscriber's task raises it
+                    sub.pending = asyncio.get_running_loop().create_future()
+                    sub.pending.set_exception(exc)
+                sub.sent = now
+            if sub.ends or sub.pending is not None:
+                self.wake(sub)
+
+    def _body(
+        self, cursor: int, types: tuple[str, ...], until_paused: bool
+    ) -> tuple[bytes, int, bool] | None:
+        """The frames after ``cursor`` that match ``types``, joined; the new cursor; and
+        whether they end the stream. None when the buffer no longer reaches ``cursor``."""
+        batch = self.since(cursor)
+        if batch is None:
+            return None
+        frames: list[bytes] = []
+        for event in batch:
+            cursor = event.seq
+            if matches(event.type, types):
+                frames.append(event.frame)
+            if event.type in TERMINAL_EVENTS or (until_paused and event.type in PAUSE_EVENTS):
+                return b"".join(frames), cursor, True
+        return b"".join(frames), cursor, False
+
+    def wake(self, sub: Parked) -> None:
+        self.parked.pop(sub, None)
+        if not sub.waiter.done():
+            sub.waiter.set_result(None)
+
+    def wake_parked(self) -> None:
+        for sub in list(self.parked):
+            self.wake(sub)
 
     async def run(self) -> None:
         async with self.hub.bus.subscribe(self.run_id) as signal:
@@ -139,6 +166,10 @@ class RunFeed:
                     more = False
                 if (self.head, self.position, self.gone) != before:
                     self.changed.fire()
+                    if self.gone:
+                        self.wake_parked()
+                    else:
+                        self._schedule_fan_out()
                 if not more:
                     woke = await signal.wait_past(self.head, self.hub.poll_s)
                     while woke and signal.seq <= self.head:  # ``offer`` brought them
@@ -206,6 +237,7 @@ class FeedHub:
         # goes (on SQLite such a task kept the database's write lock for good)
         self._tasks: set[asyncio.Task[None]] = set()
         self._watched: set[Any] = set()  # streams whose sends the ticker checks
+        self.due: dict[asyncio.Future[None], float] = {}  # waits with a time to end them
 
     # -- admission ---------------------------------------------------------------------
 
@@ -250,14 +282,15 @@ class FeedHub:
             self._ticker = asyncio.create_task(self._tick(), name="stepwise-feed-ticker")
 
     async def _tick(self) -> None:
-        """Wake every stream now and then, so that each can see its deadline and its
-        keep-alive come, and check the sends in progress: a thousand subscribers then
-        cost one timer, not a thousand."""
+        """Now and then, wake the streams whose deadline or keep-alive has come (and only
+        those), and check the sends in progress: a thousand subscribers then cost one
+        timer, not a thousand."""
         while (self._feeds or self._watched) and not self.closed:
             await asyncio.sleep(self.tick_s)
-            for feed in list(self._feeds.values()):
-                feed.changed.fire()
             now = time.monotonic()
+            for waiter, until in list(self.due.items()):
+                if until <= now and not waiter.done():
+                    waiter.set_result(None)
             for stream in list(self._watched):
                 stream.check(now)
 
@@ -287,12 +320,16 @@ class FeedHub:
         until_paused: bool = False,
         max_s: float | None = None,
         keepalive_s: float | None = None,
+        push: Push | None = None,
     ) -> AsyncIterator[list[FeedEvent]]:
         """The run's events after ``after``: stored, then live, each exactly once, in batches
         (all that were ready at once: one write to the socket for each), and an empty
         batch whenever nothing was sent for ``keepalive_s`` (time for a keep-alive). Ends
         when the run is terminal (or paused, with ``until_paused``), when it is deleted,
-        after ``max_s`` seconds (checked every ``tick_s``), or when the hub closes."""
+        after ``max_s`` seconds (checked every ``tick_s``), or when the hub closes.
+
+        With ``push``, live events are not yielded: once caught up the stream parks on
+        the feed, which writes them through ``push`` (see ``RunFeed._fan_out``)."""
         deadline = time.monotonic() + (max_s if max_s is not None else float("inf"))
         quiet_s = keepalive_s if keepalive_s is not None else float("inf")
         sent = time.monotonic()
@@ -304,7 +341,7 @@ class FeedHub:
                 if position is None:  # the feed's first read is on its way
                     if feed.gone:
                         return
-                    await feed.changed.wait()
+                    await feed.changed.wait(deadline)
                     if time.monotonic() >= deadline:
                         return
                     continue
@@ -343,12 +380,36 @@ class FeedHub:
                 if time.monotonic() >= deadline:
                     return
                 if lagging or feed.head <= cursor:
-                    # the feed fires on every read (new events, fallback poll, deletion),
-                    # on close and on every tick of the hub
-                    await feed.changed.wait()
+                    # the feed fires on every read (new events, fallback poll, deletion)
+                    # and on close; the ticker ends the wait at the keep-alive or the
+                    # deadline (a lagging stream: at the next tick, to read again)
+                    until = min(sent + quiet_s, deadline)
+                    if push is not None and not lagging and cursor >= live_from:
+                        sub = Parked(cursor, tuple(types), until_paused, push, sent)
+                        await self._park(feed, sub, until)
+                        cursor, sent = sub.cursor, sub.sent
+                        if sub.ends:
+                            return
+                    else:
+                        await feed.changed.wait(
+                            time.monotonic() + self.tick_s if lagging else until
+                        )
                     if time.monotonic() - sent >= quiet_s and feed.head <= cursor:
                         yield []
                         sent = time.monotonic()
+
+    async def _park(self, feed: RunFeed, sub: Parked, until: float) -> None:
+        """Sleep while the feed writes to ``sub``; then finish a write it began."""
+        feed.parked[sub] = None
+        if until != INF:
+            self.due[sub.waiter] = until
+        try:
+            await sub.waiter
+        finally:
+            feed.parked.pop(sub, None)
+            self.due.pop(sub.waiter, None)
+        if sub.pending is not None:
+            await sub.pending
 
     async def close(self) -> None:
         """End every stream (server shutdown) and stop the feeds."""
@@ -357,6 +418,7 @@ class FeedHub:
             self._ticker.cancel()
         for feed in self._feeds.values():
             feed.changed.fire()
+            feed.wake_parked()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

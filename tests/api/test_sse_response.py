@@ -5,12 +5,14 @@ HEAD sends headers only; every way out releases the stream's slot once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from app.api.sse import PING, EventStreamResponse
-from app.events.feed import FeedEvent
+from app.api.sse import PING, EventStreamResponse, start_send
+from app.events.frames import FeedEvent
+from app.events.waiting import Push
 
 
 class Ticker:
@@ -40,7 +42,7 @@ async def batches(count: int, *, then_wait: bool = True) -> AsyncIterator[list[F
 
 def response(source: AsyncIterator[list[FeedEvent]], ticker: Ticker, closed: list[int]) -> Any:
     return EventStreamResponse(
-        source, on_close=lambda: closed.append(1), watchdog=ticker, send_timeout_s=5
+        lambda push: source, on_close=lambda: closed.append(1), watchdog=ticker, send_timeout_s=5
     )
 
 
@@ -108,3 +110,87 @@ async def test_a_finished_stream_ends_its_body_and_head_sends_headers_only() -> 
         assert [m["body"] for m in sent[1:]] == bodies
         assert sent[-1]["more_body"] is False
         assert closed == [1]
+
+
+async def test_start_send_completes_at_once_or_finishes_the_send_as_a_task() -> None:
+    log: list[str] = []
+    gate = asyncio.Event()
+    failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def quick() -> None:
+        log.append("quick")
+
+    async def slow() -> None:
+        log.append("slow begins")
+        await gate.wait()
+        log.append("slow ends")
+
+    async def failing() -> None:
+        try:
+            await failed
+        except ValueError:
+            log.append("failure seen by the send")
+
+    async def stuck() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            log.append("stuck closed")
+
+    assert start_send(quick()) is None and log == ["quick"]
+    pending = start_send(slow())
+    assert pending is not None and log[-1] == "slow begins"
+    gate.set()
+    await asyncio.wait_for(pending, 5)
+    assert log[-1] == "slow ends"
+    pending = start_send(failing())
+    assert pending is not None
+    failed.set_exception(ValueError("socket gone"))
+    await asyncio.wait_for(pending, 5)
+    assert log[-1] == "failure seen by the send"
+    pending = start_send(stuck())
+    assert pending is not None
+    await asyncio.sleep(0)
+    pending.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await pending
+    assert log[-1] == "stuck closed"
+
+
+async def test_a_pushed_write_that_waits_is_watched_and_a_stalled_client_is_dropped() -> None:
+    ticker, closed, sent = Ticker(), [], []
+    stuck = asyncio.Event()
+    pending: list[asyncio.Future[None] | None] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if len(sent) == 4:  # the socket's buffers are full from the second pushed write on
+            stuck.set()
+            await asyncio.Event().wait()
+
+    async def source(push: Push) -> AsyncIterator[list[FeedEvent]]:
+        yield [FeedEvent(1, "step.progress", b"id: 1\n\n")]
+        assert push(b"id: 2\n\n") is None  # room in the socket: written at once
+        waiting = push(b"id: 3\n\n")
+        pending.append(waiting)
+        assert waiting is not None
+        await waiting  # as ``FeedHub.stream`` does before it sends anything else
+        yield []
+
+    scope = {"type": "http", "method": "GET"}
+    respond = EventStreamResponse(
+        source, on_close=lambda: closed.append(1), watchdog=ticker, send_timeout_s=5
+    )
+    sent_before_stall = 4
+    task = asyncio.create_task(respond(scope, never_disconnects, send))
+    await stuck.wait()
+    assert len(sent) == sent_before_stall
+    ticker.tick(time.monotonic() + 1)  # within the timeout: kept
+    await asyncio.sleep(0)
+    assert not task.done()
+    ticker.tick(time.monotonic() + 6)  # past it: dropped, quietly
+    await asyncio.wait_for(task, 5)
+    assert task.exception() is None
+    assert closed == [1] and not ticker.watched
+    assert pending[0] is not None and pending[0].done()
+    assert [m["body"] for m in sent[1:]] == [b"id: 1\n\n", b"id: 2\n\n", b"id: 3\n\n"]

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.events.bus import EventBus
-from app.events.feed import FeedHub, RunFeed, RunPosition, sse_frame
+from app.events.feed import FeedHub, RunFeed, RunPosition
+from app.events.frames import sse_frame
 from app.store.models import Event
 
 

@@ -328,6 +328,7 @@ async def test_stream_lifetime_is_bounded(serve: ServerFactory) -> None:
     stream = await asyncio.wait_for(read_sse(client, f"/runs/{run_id}/events"), 20)
     assert stream.closed_by_server
     assert stream.events == await events_of(client, run_id)
+    assert stream.comments >= 2  # keep-alives while nothing happened
     # keep-alive comments carry no id: a reconnection goes on from the last event
     rest = await asyncio.wait_for(
         read_sse(client, f"/runs/{run_id}/events", headers={"Last-Event-ID": str(stream.seqs[-1])}),
