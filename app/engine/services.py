@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus
 
 import httpx
@@ -29,6 +29,9 @@ from app.store import agent_turns as agent_turn_store
 from app.store import workflows as workflow_store
 from app.store.database import transaction
 from app.store.models import Run
+
+if TYPE_CHECKING:
+    from app.agents.clients import ModelClients
 
 SECRET_PREFIX = "STEPWISE_SECRET_"
 REDACTED = "***"
@@ -204,6 +207,7 @@ class Engine:
     definitions: DefinitionCache
     http: httpx.AsyncClient
     outbound_policy: OutboundPolicy
+    model_clients: ModelClients  # agent steps' model clients, kept across steps and runs
     secrets: dict[str, str]
     redactor: Redactor
     # called after a commit that appended events: (run_id, last_seq)
@@ -256,6 +260,7 @@ class Engine:
         settings: Settings,
         sessions: async_sessionmaker[AsyncSession],
         http: httpx.AsyncClient,
+        model_clients: ModelClients,
         registry: StepRegistry | None = None,
     ) -> Engine:
         templates = TemplateEngine(
@@ -275,6 +280,7 @@ class Engine:
             validator=validator,
             definitions=DefinitionCache(validator),
             http=http,
+            model_clients=model_clients,
             outbound_policy=OutboundPolicy(
                 allow_private_networks=settings.allow_private_networks,
                 allowed_hosts=frozenset(settings.http_allowed_hosts),

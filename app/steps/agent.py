@@ -14,13 +14,14 @@ Journal entries, in order: ``start`` ``{system, messages, prompts}``, then ``mod
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from typing import Any
 
-from app.agents.providers import ModelAnswer, ModelError, ModelRequest, Provider, make_provider
+from app.agents.clients import ClientKey, ModelClients
+from app.agents.providers import ModelAnswer, ModelError, ModelRequest, Provider
 from app.agents.setup import AgentSetup, handoff_messages, load_setup, opening, transfer_spec
 from app.agents.stream import DeltaCoalescer
 from app.agents.tools import argument_errors, result_text, run_http_tool, run_plugin_tool
-from app.agents.transport import model_http_client
 from app.errors import StepwiseError
 from app.steps.base import StepContext, StepResult
 from app.steps.http import config_error, outbound_policy
@@ -60,6 +61,7 @@ class _Loop:
         self.tool_log: list[dict[str, Any]] = []
         self.usage = {"input_tokens": 0, "output_tokens": 0, "model_calls": 0}
         self.provider: Provider | None = None
+        self._leases = AsyncExitStack()  # the shared model client, while the step runs
         self.text = ""
         self.finish_reason = "stop"
 
@@ -159,7 +161,8 @@ class _Loop:
 
     async def _ask_model(self) -> ModelAnswer:
         ctx, setup = self.ctx, self.setup
-        if self.provider is None:
+        provider = self.provider
+        if provider is None:
             api_key = setup.model.api_key
             if api_key is not None and ctx.services.templates.has_template(api_key):
                 try:
@@ -169,13 +172,11 @@ class _Loop:
                 except Exception as exc:  # a TemplateError: e.g. an unknown secret
                     message = getattr(exc, "message", type(exc).__name__)
                     raise ModelError("invalid_step_config", f"api_key: {message}") from None
-            self.provider = make_provider(
-                setup.model.provider,
-                base_url=setup.model.base_url,
-                api_key=str(api_key) if api_key is not None else None,
-                http_client=model_http_client(
-                    outbound_policy(ctx), timeout_s=setup.model.timeout_s
-                ),
+            model = setup.model
+            key = ClientKey(model.provider, model.base_url, outbound_policy(ctx), model.timeout_s)
+            clients: ModelClients = ctx.services.model_clients
+            provider = self.provider = await self._leases.enter_async_context(
+                clients.provider(key, str(api_key) if api_key is not None else None)
             )
         agent = setup.agent
         request = ModelRequest(
@@ -195,13 +196,12 @@ class _Loop:
 
         coalescer = DeltaCoalescer(delta)
         try:
-            return await self.provider.complete(request, coalescer.add)
+            return await provider.complete(request, coalescer.add)
         finally:
             await coalescer.close()
 
     async def close(self) -> None:
-        if self.provider is not None:
-            await self.provider.aclose()
+        await self._leases.aclose()
 
     # -- tools ----------------------------------------------------------------------------
 
