@@ -27,7 +27,7 @@ from app.steps.outbound import OutboundPolicy
 from app.steps.registry import StepRegistry
 from app.store import agent_turns as agent_turn_store
 from app.store import workflows as workflow_store
-from app.store.database import transaction
+from app.store.database import write_transaction
 from app.store.models import Run
 
 if TYPE_CHECKING:
@@ -244,15 +244,24 @@ class Engine:
     async def resolve_prompt(self, ref: str) -> prompts.ResolvedPrompt:
         return await prompts.resolve_prompt(self.sessions, ref)
 
-    async def agent_turns(self, run_id: str, node: str, visit: int) -> list[dict[str, Any]]:
-        async with transaction(self.sessions) as session:
-            return await agent_turn_store.load(session, run_id, node, visit)
+    # perf (issue 17): Core transactions, without an ORM session's upkeep
+    async def agent_turns(
+        self, run_id: str, node: str, visit: int, *, start: Any = None
+    ) -> list[dict[str, Any]]:
+        """The visit's journal; with ``start``, an empty one gets it as its first entry
+        in the same transaction."""
+        async with write_transaction(self.sessions) as connection:
+            turns = await agent_turn_store.load(connection, run_id, node, visit)
+            if turns or start is None:
+                return turns
+            await agent_turn_store.record(connection, run_id, node, visit, 0, "start", start)
+        return [{"seq": 0, "kind": "start", "data": start}]
 
     async def record_agent_turn(
         self, run_id: str, node: str, visit: int, seq: int, kind: str, data: Any
     ) -> None:
-        async with transaction(self.sessions) as session:
-            await agent_turn_store.record(session, run_id, node, visit, seq, kind, data)
+        async with write_transaction(self.sessions) as connection:
+            await agent_turn_store.record(connection, run_id, node, visit, seq, kind, data)
 
     @classmethod
     def build(

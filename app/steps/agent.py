@@ -4,6 +4,7 @@ The loop is durable: every model answer, tool result, human answer and session m
 is recorded in the visit's journal (``agent_turns``, through ``ctx.services``) before the
 loop goes on. An execution first replays what is recorded — no model call and no tool
 call is made again for a recorded turn, and no event is emitted again — then carries on.
+A new visit's ``start`` entry is recorded in the transaction that finds the journal empty.
 So a crash, a retry, a pause (``ask_human``, a session turn) or a resume of the same
 visit continues where the loop was.
 
@@ -328,28 +329,45 @@ class AgentStep:
         setup = load_setup(ctx)
         if isinstance(setup, str):
             return config_error("agent", setup)
-        journal = _Journal(ctx, await ctx.services.agent_turns(ctx.run_id, ctx.node, ctx.visit))
-        start_entry = journal.next()
-        if start_entry is None:
-            try:
-                start = await opening(ctx, setup)
-            except StepwiseError as exc:  # an unknown prompt
-                return StepResult.failed(exc.code, exc.message)
-            if not any(m["role"] == "user" for m in start["messages"]):
-                first = await self._first_message(ctx, setup)
-                if isinstance(first, StepResult):
-                    return first
-                start["messages"].append({"role": "user", "content": first})
-            # a secret in `with` or a prompt is never sent to a model
-            start = ctx.services.redactor.json(start)
-            await journal.record("start", start)
+        # perf (issue 17): the opening is built before the journal is read, so that reading
+        # an empty journal and recording the opening are one transaction; a replay reads
+        # the recorded opening and drops this one (and what kept it from being built)
+        try:
+            fresh: dict[str, Any] | StepResult | Exception = await self._opening(ctx, setup)
+        except Exception as exc:  # e.g. a prompt that no longer renders: the journal decides
+            fresh = exc
+        services = ctx.services
+        if isinstance(fresh, dict):
+            entries = await services.agent_turns(ctx.run_id, ctx.node, ctx.visit, start=fresh)
         else:
-            start = start_entry["data"]
+            entries = await services.agent_turns(ctx.run_id, ctx.node, ctx.visit)
+            if not entries:
+                if isinstance(fresh, Exception):
+                    raise fresh
+                return fresh
+        journal = _Journal(ctx, entries)
+        start_entry = journal.next()
+        assert start_entry is not None  # the opening, recorded or just now
         loop = _Loop(ctx, setup, journal)
         try:
-            return await loop.run(start)
+            return await loop.run(start_entry["data"])
         finally:
             await loop.close()
+
+    async def _opening(self, ctx: StepContext, setup: AgentSetup) -> dict[str, Any] | StepResult:
+        """The journal's first entry for a new visit, or the result that ends the step
+        when there is none (an unknown prompt, no user turn yet)."""
+        try:
+            start = await opening(ctx, setup)
+        except StepwiseError as exc:  # an unknown prompt
+            return StepResult.failed(exc.code, exc.message)
+        if not any(m["role"] == "user" for m in start["messages"]):
+            first = await self._first_message(ctx, setup)
+            if isinstance(first, StepResult):
+                return first
+            start["messages"].append({"role": "user", "content": first})
+        # a secret in `with` or a prompt is never sent to a model
+        return dict(ctx.services.redactor.json(start))
 
     async def _first_message(self, ctx: StepContext, setup: AgentSetup) -> str | StepResult:
         message = ctx.context.get("user_message")
