@@ -11,6 +11,7 @@ import logging
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import tracing
+from app.agents.clients import ModelClients
 from app.engine.commands import RunCommands
 from app.engine.pool import RunnerPool
 from app.engine.retention import RetentionSweeper
@@ -47,8 +48,9 @@ class Runtime:
         own_pids = set() if settings.is_sqlite else backend_pids(self.db)
         self.bus = EventBus()
         self.http = make_http_client()
+        self.model_clients = ModelClients()
         self.engine = Engine.build(
-            settings, create_sessionmaker(self.db), self.http, self._registry
+            settings, create_sessionmaker(self.db), self.http, self.model_clients, self._registry
         )
         self.engine.on_events = self.bus.publish
         self.commands = RunCommands(self.engine)
@@ -109,6 +111,7 @@ class Runtime:
             await self.listener.stop()
         await self.webhooks.close()
         await self.http.aclose()
+        await self.model_clients.aclose()
         if self.db is not None:
             await self.db.dispose()
         tracing.shutdown()

@@ -7,7 +7,8 @@ address, scheme and redirect-hop checks as ``http`` steps) and streams the answe
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import cast
 
 import httpx
 import httpx2
@@ -16,15 +17,24 @@ from app.steps.outbound import OutboundPolicy, make_guarded_client
 
 
 class _Body(httpx2.AsyncByteStream):
+    """The guarded response's body. One pass over it, which every reader resumes: the
+    ``openai`` library stops reading at ``[DONE]`` and then drains the rest through a new
+    iteration, so that the connection goes back to the pool; a second ``aiter_raw`` would
+    fail, and the unread connection be closed."""
+
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
+        self._chunks = cast(AsyncGenerator[bytes, None], response.aiter_raw())
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._response.aiter_raw():
+        async for chunk in self._chunks:
             yield chunk
 
     async def aclose(self) -> None:
-        await self._response.aclose()
+        try:
+            await self._chunks.aclose()
+        finally:
+            await self._response.aclose()
 
 
 class _GuardBridge(httpx2.AsyncBaseTransport):

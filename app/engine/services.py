@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, quote_plus
 
 import httpx
@@ -27,8 +27,11 @@ from app.steps.outbound import OutboundPolicy
 from app.steps.registry import StepRegistry
 from app.store import agent_turns as agent_turn_store
 from app.store import workflows as workflow_store
-from app.store.database import transaction
+from app.store.database import write_transaction
 from app.store.models import Run
+
+if TYPE_CHECKING:
+    from app.agents.clients import ModelClients
 
 SECRET_PREFIX = "STEPWISE_SECRET_"
 REDACTED = "***"
@@ -220,6 +223,7 @@ class Engine:
     definitions: DefinitionCache
     http: httpx.AsyncClient
     outbound_policy: OutboundPolicy
+    model_clients: ModelClients  # agent steps' model clients, kept across steps and runs
     secrets: dict[str, str]
     redactor: Redactor
     on_events: EventsHook = _no_events
@@ -255,15 +259,24 @@ class Engine:
     async def resolve_prompt(self, ref: str) -> prompts.ResolvedPrompt:
         return await prompts.resolve_prompt(self.sessions, ref)
 
-    async def agent_turns(self, run_id: str, node: str, visit: int) -> list[dict[str, Any]]:
-        async with transaction(self.sessions) as session:
-            return await agent_turn_store.load(session, run_id, node, visit)
+    # perf (issue 17): Core transactions, without an ORM session's upkeep
+    async def agent_turns(
+        self, run_id: str, node: str, visit: int, *, start: Any = None
+    ) -> list[dict[str, Any]]:
+        """The visit's journal; with ``start``, an empty one gets it as its first entry
+        in the same transaction."""
+        async with write_transaction(self.sessions) as connection:
+            turns = await agent_turn_store.load(connection, run_id, node, visit)
+            if turns or start is None:
+                return turns
+            await agent_turn_store.record(connection, run_id, node, visit, 0, "start", start)
+        return [{"seq": 0, "kind": "start", "data": start}]
 
     async def record_agent_turn(
         self, run_id: str, node: str, visit: int, seq: int, kind: str, data: Any
     ) -> None:
-        async with transaction(self.sessions) as session:
-            await agent_turn_store.record(session, run_id, node, visit, seq, kind, data)
+        async with write_transaction(self.sessions) as connection:
+            await agent_turn_store.record(connection, run_id, node, visit, seq, kind, data)
 
     @classmethod
     def build(
@@ -271,6 +284,7 @@ class Engine:
         settings: Settings,
         sessions: async_sessionmaker[AsyncSession],
         http: httpx.AsyncClient,
+        model_clients: ModelClients,
         registry: StepRegistry | None = None,
     ) -> Engine:
         templates = TemplateEngine(
@@ -290,6 +304,7 @@ class Engine:
             validator=validator,
             definitions=DefinitionCache(validator),
             http=http,
+            model_clients=model_clients,
             outbound_policy=OutboundPolicy(
                 allow_private_networks=settings.allow_private_networks,
                 allowed_hosts=frozenset(settings.http_allowed_hosts),

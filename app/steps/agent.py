@@ -4,6 +4,7 @@ The loop is durable: every model answer, tool result, human answer and session m
 is recorded in the visit's journal (``agent_turns``, through ``ctx.services``) before the
 loop goes on. An execution first replays what is recorded — no model call and no tool
 call is made again for a recorded turn, and no event is emitted again — then carries on.
+A new visit's ``start`` entry is recorded in the transaction that finds the journal empty.
 So a crash, a retry, a pause (``ask_human``, a session turn) or a resume of the same
 visit continues where the loop was.
 
@@ -14,13 +15,14 @@ Journal entries, in order: ``start`` ``{system, messages, prompts}``, then ``mod
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from typing import Any
 
-from app.agents.providers import ModelAnswer, ModelError, ModelRequest, Provider, make_provider
+from app.agents.clients import ClientKey, ModelClients
+from app.agents.providers import ModelAnswer, ModelError, ModelRequest, Provider
 from app.agents.setup import AgentSetup, handoff_messages, load_setup, opening, transfer_spec
 from app.agents.stream import DeltaCoalescer
 from app.agents.tools import argument_errors, result_text, run_http_tool, run_plugin_tool
-from app.agents.transport import model_http_client
 from app.errors import StepwiseError
 from app.steps.base import StepContext, StepResult
 from app.steps.http import config_error, outbound_policy
@@ -60,6 +62,7 @@ class _Loop:
         self.tool_log: list[dict[str, Any]] = []
         self.usage = {"input_tokens": 0, "output_tokens": 0, "model_calls": 0}
         self.provider: Provider | None = None
+        self._leases = AsyncExitStack()  # the shared model client, while the step runs
         self.text = ""
         self.finish_reason = "stop"
 
@@ -159,7 +162,8 @@ class _Loop:
 
     async def _ask_model(self) -> ModelAnswer:
         ctx, setup = self.ctx, self.setup
-        if self.provider is None:
+        provider = self.provider
+        if provider is None:
             api_key = setup.model.api_key
             if api_key is not None and ctx.services.templates.has_template(api_key):
                 try:
@@ -169,13 +173,11 @@ class _Loop:
                 except Exception as exc:  # a TemplateError: e.g. an unknown secret
                     message = getattr(exc, "message", type(exc).__name__)
                     raise ModelError("invalid_step_config", f"api_key: {message}") from None
-            self.provider = make_provider(
-                setup.model.provider,
-                base_url=setup.model.base_url,
-                api_key=str(api_key) if api_key is not None else None,
-                http_client=model_http_client(
-                    outbound_policy(ctx), timeout_s=setup.model.timeout_s
-                ),
+            model = setup.model
+            key = ClientKey(model.provider, model.base_url, outbound_policy(ctx), model.timeout_s)
+            clients: ModelClients = ctx.services.model_clients
+            provider = self.provider = await self._leases.enter_async_context(
+                clients.provider(key, str(api_key) if api_key is not None else None)
             )
         agent = setup.agent
         request = ModelRequest(
@@ -195,13 +197,12 @@ class _Loop:
 
         coalescer = DeltaCoalescer(delta)
         try:
-            return await self.provider.complete(request, coalescer.add)
+            return await provider.complete(request, coalescer.add)
         finally:
             await coalescer.close()
 
     async def close(self) -> None:
-        if self.provider is not None:
-            await self.provider.aclose()
+        await self._leases.aclose()
 
     # -- tools ----------------------------------------------------------------------------
 
@@ -328,28 +329,45 @@ class AgentStep:
         setup = load_setup(ctx)
         if isinstance(setup, str):
             return config_error("agent", setup)
-        journal = _Journal(ctx, await ctx.services.agent_turns(ctx.run_id, ctx.node, ctx.visit))
-        start_entry = journal.next()
-        if start_entry is None:
-            try:
-                start = await opening(ctx, setup)
-            except StepwiseError as exc:  # an unknown prompt
-                return StepResult.failed(exc.code, exc.message)
-            if not any(m["role"] == "user" for m in start["messages"]):
-                first = await self._first_message(ctx, setup)
-                if isinstance(first, StepResult):
-                    return first
-                start["messages"].append({"role": "user", "content": first})
-            # a secret in `with` or a prompt is never sent to a model
-            start = ctx.services.redactor.json(start)
-            await journal.record("start", start)
+        # perf (issue 17): the opening is built before the journal is read, so that reading
+        # an empty journal and recording the opening are one transaction; a replay reads
+        # the recorded opening and drops this one (and what kept it from being built)
+        try:
+            fresh: dict[str, Any] | StepResult | Exception = await self._opening(ctx, setup)
+        except Exception as exc:  # e.g. a prompt that no longer renders: the journal decides
+            fresh = exc
+        services = ctx.services
+        if isinstance(fresh, dict):
+            entries = await services.agent_turns(ctx.run_id, ctx.node, ctx.visit, start=fresh)
         else:
-            start = start_entry["data"]
+            entries = await services.agent_turns(ctx.run_id, ctx.node, ctx.visit)
+            if not entries:
+                if isinstance(fresh, Exception):
+                    raise fresh
+                return fresh
+        journal = _Journal(ctx, entries)
+        start_entry = journal.next()
+        assert start_entry is not None  # the opening, recorded or just now
         loop = _Loop(ctx, setup, journal)
         try:
-            return await loop.run(start)
+            return await loop.run(start_entry["data"])
         finally:
             await loop.close()
+
+    async def _opening(self, ctx: StepContext, setup: AgentSetup) -> dict[str, Any] | StepResult:
+        """The journal's first entry for a new visit, or the result that ends the step
+        when there is none (an unknown prompt, no user turn yet)."""
+        try:
+            start = await opening(ctx, setup)
+        except StepwiseError as exc:  # an unknown prompt
+            return StepResult.failed(exc.code, exc.message)
+        if not any(m["role"] == "user" for m in start["messages"]):
+            first = await self._first_message(ctx, setup)
+            if isinstance(first, StepResult):
+                return first
+            start["messages"].append({"role": "user", "content": first})
+        # a secret in `with` or a prompt is never sent to a model
+        return dict(ctx.services.redactor.json(start))
 
     async def _first_message(self, ctx: StepContext, setup: AgentSetup) -> str | StepResult:
         message = ctx.context.get("user_message")

@@ -7,13 +7,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.store.database import dialect_name
+from app.store.database import Executor, dialect_name
 from app.store.models import AgentTurn, table
 
 
-async def load(session: AsyncSession, run_id: str, node: str, visit: int) -> list[dict[str, Any]]:
+async def load(session: Executor, run_id: str, node: str, visit: int) -> list[dict[str, Any]]:
     """The visit's turns in order: ``{seq, kind, data}``."""
     stmt = (
         select(AgentTurn.seq, AgentTurn.kind, AgentTurn.data)
@@ -24,7 +23,7 @@ async def load(session: AsyncSession, run_id: str, node: str, visit: int) -> lis
 
 
 async def record(
-    session: AsyncSession, run_id: str, node: str, visit: int, seq: int, kind: str, data: Any
+    session: Executor, run_id: str, node: str, visit: int, seq: int, kind: str, data: Any
 ) -> None:
     """Record one turn; a turn already recorded under that key is kept as it was (the
     first writer wins, so two workers of one run never disagree on history)."""

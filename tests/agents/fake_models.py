@@ -6,7 +6,8 @@ as ``data:`` chunks ending with ``data: [DONE]``, tool calls as ``delta.tool_cal
 ``message_start`` … ``message_stop`` events). Each request takes the next scripted
 reply: an :class:`Answer` (text and/or tool calls; ``malformed`` or ``cut`` spoil its
 stream) or an :class:`Error` (a status with headers). ``requests`` keeps every request
-body and its headers; ``connections`` counts accepted connections. Other paths answer
+body and its headers; ``connections`` counts accepted connections, ``open_connections``
+those not closed yet. Other paths answer
 from ``routes`` (the tools' endpoints).
 """
 
@@ -65,6 +66,7 @@ class FakeModel:
         self.requests: list[Request] = []
         self.routes: dict[str, Route] = {}
         self.connections = 0
+        self.open_connections = 0
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -116,12 +118,14 @@ class FakeModel:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.open_connections += 1
         try:
             while await self._exchange(reader, writer):
                 pass
         except (ConnectionError, asyncio.IncompleteReadError, OSError):
             pass
         finally:
+            self.open_connections -= 1
             with contextlib.suppress(Exception):
                 writer.close()
 

@@ -201,3 +201,33 @@ async def test_agent_definitions_are_checked(client: httpx.AsyncClient) -> None:
     assert ["nodes", "two", "agent"] in locs
     assert ["nodes", "three", "agent"] in locs
     assert ["agents", "a", "tools", 0] not in locs
+
+
+async def test_a_session_without_a_prompt_resumes_an_answered_question_from_its_journal(
+    client: httpx.AsyncClient, fake: FakeModel
+) -> None:
+    # the resume with the answer carries no user message: no opening could be built for a
+    # new visit, so it is the recorded one that goes on (and no model call is made again)
+    fake.push(
+        Answer(tool_calls=[("call_q", "ask_human", {"question": "Which order?"})]),
+        Answer(text="Order A-1 is on its way."),
+    )
+    definition = agent_workflow(fake, agent={"ask_human": True}, node={"with": {"session": True}})
+    run = await run_and_wait(client, {"definition": definition, "inputs": {}})
+    assert run["status"] == "awaiting_input", run
+    response = await client.post(f"/runs/{run['id']}/messages", json={"message": "my refund"})
+    assert response.status_code == 202, response.text
+    run = await until_status(client, run["id"], "interrupted")
+    interrupt = run["interrupt"]
+    assert interrupt["kind"] == "agent_question"
+    answer = await client.post(
+        f"/runs/{run['id']}/response", json={"interrupt_id": interrupt["id"], "value": "A-1"}
+    )
+    assert answer.status_code == 202, answer.text
+    run = await until_status(client, run["id"], "awaiting_input", "failed")
+    assert run["status"] == "awaiting_input", run
+    assert run["awaiting_input"]["prompt"] == "Order A-1 is on its way."
+    assert len(fake.model_requests) == 2
+    assert user_texts(fake, fake.model_requests[1].body) == ["my refund"]
+    [result] = tool_results(fake, fake.model_requests[1].body)
+    assert result["content"] == "A-1"

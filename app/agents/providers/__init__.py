@@ -74,8 +74,18 @@ class ModelError(Exception):
         return self.message
 
 
+# the shared clients' API key: never a real one, and never the environment's (an SDK
+# reads OPENAI_API_KEY / ANTHROPIC_API_KEY when given none)
+NO_API_KEY = "unused"
+
+
 class Provider(Protocol):
     async def complete(self, request: ModelRequest, on_text: OnText) -> ModelAnswer: ...
+
+    def with_api_key(self, api_key: str | None) -> Provider:
+        """This provider sending ``api_key`` (a copy sharing its HTTP client), or itself
+        when there is none. Close only the original: a copy's close would close the shared client."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -128,12 +138,13 @@ def malformed(where: str, what: str) -> ModelError:
 
 
 def make_provider(
-    provider: str, *, base_url: str | None, api_key: str | None, http_client: httpx2.AsyncClient
+    provider: str, *, base_url: str | None, http_client: httpx2.AsyncClient
 ) -> Provider:
+    """A provider sending through ``http_client``, with no API key (see ``with_api_key``)."""
     if provider == "anthropic":
         from app.agents.providers.anthropic import AnthropicProvider
 
-        return AnthropicProvider(base_url=base_url, api_key=api_key, http_client=http_client)
+        return AnthropicProvider.connect(base_url, http_client)
     from app.agents.providers.openai import OpenAIProvider
 
-    return OpenAIProvider(base_url=base_url, api_key=api_key, http_client=http_client)
+    return OpenAIProvider.connect(base_url, http_client)

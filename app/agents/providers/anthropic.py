@@ -10,6 +10,7 @@ import anthropic
 import httpx2
 
 from app.agents.providers import (
+    NO_API_KEY,
     Message,
     ModelAnswer,
     ModelError,
@@ -63,16 +64,24 @@ def wire_messages(messages: list[Message]) -> list[dict[str, Any]]:
 
 
 class AnthropicProvider:
-    def __init__(
-        self, *, base_url: str | None, api_key: str | None, http_client: httpx2.AsyncClient
-    ) -> None:
-        self.where = f"model server {base_url or DEFAULT_BASE_URL}"
-        self._client = anthropic.AsyncAnthropic(
+    def __init__(self, client: anthropic.AsyncAnthropic, where: str) -> None:
+        self._client = client
+        self.where = where
+
+    @classmethod
+    def connect(cls, base_url: str | None, http_client: httpx2.AsyncClient) -> AnthropicProvider:
+        client = anthropic.AsyncAnthropic(
             base_url=base_url or DEFAULT_BASE_URL,
-            api_key=api_key or "unused",
+            api_key=NO_API_KEY,
             max_retries=0,
             http_client=http_client,
         )
+        return cls(client, f"model server {base_url or DEFAULT_BASE_URL}")
+
+    def with_api_key(self, api_key: str | None) -> AnthropicProvider:
+        if not api_key:
+            return self
+        return AnthropicProvider(self._client.with_options(api_key=api_key), self.where)
 
     async def aclose(self) -> None:
         await self._client.close()

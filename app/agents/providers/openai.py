@@ -11,6 +11,7 @@ import httpx2
 import openai
 
 from app.agents.providers import (
+    NO_API_KEY,
     Message,
     ModelAnswer,
     ModelError,
@@ -65,16 +66,24 @@ def parse_args(text: str) -> Any:
 
 
 class OpenAIProvider:
-    def __init__(
-        self, *, base_url: str | None, api_key: str | None, http_client: httpx2.AsyncClient
-    ) -> None:
-        self.where = f"model server {base_url or DEFAULT_BASE_URL}"
-        self._client = openai.AsyncOpenAI(
+    def __init__(self, client: openai.AsyncOpenAI, where: str) -> None:
+        self._client = client
+        self.where = where
+
+    @classmethod
+    def connect(cls, base_url: str | None, http_client: httpx2.AsyncClient) -> OpenAIProvider:
+        client = openai.AsyncOpenAI(
             base_url=base_url or DEFAULT_BASE_URL,
-            api_key=api_key or "unused",
+            api_key=NO_API_KEY,
             max_retries=0,
             http_client=http_client,
         )
+        return cls(client, f"model server {base_url or DEFAULT_BASE_URL}")
+
+    def with_api_key(self, api_key: str | None) -> OpenAIProvider:
+        if not api_key:
+            return self
+        return OpenAIProvider(self._client.with_options(api_key=api_key), self.where)
 
     async def aclose(self) -> None:
         await self._client.close()
