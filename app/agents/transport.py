@@ -8,12 +8,13 @@ address, scheme and redirect-hop checks as ``http`` steps) and streams the answe
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
+from http.cookiejar import CookieJar
 from typing import cast
 
 import httpx
 import httpx2
 
-from app.steps.outbound import OutboundPolicy, make_guarded_client
+from app.steps.outbound import NoCookies, OutboundPolicy, make_guarded_client
 
 
 class _Body(httpx2.AsyncByteStream):
@@ -68,6 +69,8 @@ def model_http_client(policy: OutboundPolicy, *, timeout_s: float) -> httpx2.Asy
     guarded = make_guarded_client(policy, timeout_s=timeout_s)
     return httpx2.AsyncClient(
         transport=_GuardBridge(guarded),
+        # shared by every node using this model: one node's cookies must not reach another's
+        cookies=CookieJar(policy=NoCookies()),
         trust_env=False,
         follow_redirects=False,
         timeout=httpx2.Timeout(timeout_s, connect=min(timeout_s, 10.0)),

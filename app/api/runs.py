@@ -87,8 +87,8 @@ async def wait_for_run(engine: Engine, bus: EventBus, run_id: str, timeout_s: fl
         known = bus.known(run_id)
         if known is not None and known.status in BLOCKING:
             # this process just saw it queued or running: no read until that changes
-            await _while_blocking(signal, known.seq, deadline)
-            if signal.resource is not None and signal.status not in BLOCKING:
+            settled = await _while_blocking(signal, known.seq, deadline)
+            if settled and signal.resource is not None:
                 # a runner of this process settled it meanwhile: its row as committed
                 return Response(signal.resource, media_type="application/json")
         while True:
@@ -98,20 +98,24 @@ async def wait_for_run(engine: Engine, bus: EventBus, run_id: str, timeout_s: fl
                     raise NotFound(f"run {run_id!r} not found", code="run_not_found")
                 if run.status not in BLOCKING or deadline - time.monotonic() <= 0:
                     return json_response(await run_out(session, run))
-            await _while_blocking(signal, run.event_seq, deadline)
-            if signal.resource is not None and signal.status not in BLOCKING:
+            settled = await _while_blocking(signal, run.event_seq, deadline)
+            if settled and signal.resource is not None:
                 return Response(signal.resource, media_type="application/json")
 
 
-async def _while_blocking(signal: RunSignal, seen: int, deadline: float) -> None:
+async def _while_blocking(signal: RunSignal, seen: int, deadline: float) -> bool:
     """Sleep until the bus says the status left queued/running (wake-ups that only bring
-    more events of a running run need no read); the 1 s timeout bounds a lost wake-up."""
+    more events of a running run need no read); the 1 s timeout bounds a lost wake-up.
+    True when it did, with an event after ``seen``: then ``signal.resource``, if set, is
+    the run as settled during this wait (a signal kept open by other watchers may still
+    hold an older pause's resource otherwise)."""
     remaining = deadline - time.monotonic()
     while remaining > 0 and await signal.wait_past(seen, min(remaining, 1.0)):
         seen = signal.seq
         if signal.status is None or signal.status not in BLOCKING:
-            return
+            return signal.status is not None
         remaining = deadline - time.monotonic()
+    return False
 
 
 @router.post("/runs", response_model=RunOut, status_code=202)

@@ -356,7 +356,7 @@ async def resolve_checked(url: httpx.URL, policy: OutboundPolicy) -> list[IPAddr
 # --------------------------------------------------------------------------- the client
 
 
-class _NoCookies(CookiePolicy):
+class NoCookies(CookiePolicy):
     """A shared client must not carry one workflow's cookies into another's requests."""
 
     netscape = True
@@ -498,7 +498,7 @@ def make_http_client(
         trust_env=False,
         follow_redirects=False,
         timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
-        cookies=CookieJar(policy=_NoCookies()),
+        cookies=CookieJar(policy=NoCookies()),
         headers={"User-Agent": "stepwise"},
     )
 
@@ -778,5 +778,5 @@ def make_guarded_client(policy: OutboundPolicy, *, timeout_s: float) -> httpx.As
         trust_env=False,
         follow_redirects=False,
         timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
-        cookies=CookieJar(policy=_NoCookies()),
+        cookies=CookieJar(policy=NoCookies()),
     )

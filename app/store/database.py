@@ -13,9 +13,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 from sqlalchemy import event, make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import (
+    DataError,
+    DisconnectionError,
+    IntegrityError,
+    OperationalError,
+    ProgrammingError,
+)
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -54,8 +61,8 @@ class SQLiteConnection(sqlite3.Connection):
     """
 
     def close(self) -> None:
-        if self.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(sqlite3.Error):  # (closed already: in_transaction raises)
+            if self.in_transaction:
                 self.rollback()
         super().close()
 
@@ -185,7 +192,17 @@ async def driver_executemany(
     raw = await connection.get_raw_connection()
     driver = raw.driver_connection
     assert driver is not None
-    await driver.executemany(sql, rows)
+    try:
+        await driver.executemany(sql, rows)
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        # the errors SQLAlchemy would have raised: the runner tells bugs from outages by them
+        raise IntegrityError(sql, None, exc) from exc
+    except asyncpg.DataError as exc:
+        raise DataError(sql, None, exc) from exc
+    except asyncpg.SyntaxOrAccessError as exc:
+        raise ProgrammingError(sql, None, exc) from exc
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise OperationalError(sql, None, exc) from exc
 
 
 def dialect_name(executor: Executor) -> str:

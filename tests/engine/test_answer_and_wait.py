@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 from sqlalchemy import event
 
+from tests.conftest import AppFactory
 from tests.engine.test_pauses import ASK
 from tests.engine.test_runner import start, wf
 
@@ -123,3 +124,22 @@ async def test_a_wait_for_a_run_settled_here_reads_nothing(client: httpx.AsyncCl
     ]
     # the answer locks and reads the run once; nothing reads it after the runner's commit
     assert len(reads_of_runs) == 1, "\n".join(" ".join(s.split())[:90] for s in statements)
+
+
+async def test_a_wait_never_answers_with_an_earlier_pause(make_client: AppFactory) -> None:
+    """A watcher keeps the run's signal open across pauses: a wait that times out must
+    read the run, not answer with the resource of the pause before the message."""
+    client = await make_client()
+    run = await start(client, CHAT)
+    async with client.app.state.bus.subscribe(run["id"]):  # type: ignore[attr-defined]
+        first = await client.post(
+            f"/runs/{run['id']}/messages", params={"wait_s": 10}, json={"message": "hello"}
+        )
+        assert first.json()["status"] == "awaiting_input"
+        await client.app.state.runtime.pool.stop()  # type: ignore[attr-defined]
+        second = await client.post(
+            f"/runs/{run['id']}/messages", params={"wait_s": 1.5}, json={"message": "again"}
+        )
+    assert second.status_code == 200
+    assert second.json()["status"] == "queued"  # no runner here: the message waits
+    assert second.json() == await fetch(client, run["id"])
