@@ -71,7 +71,7 @@ class RunRecorder:
     def __init__(self, engine: Engine, run_id: str, lease: run_store.Lease) -> None:
         self.engine = engine
         self.run_id = run_id
-        self.guard = run_store.lease_guard(lease)
+        self.lease = lease
         self.events: list[NewEvent] = []
         # pure steps checkpointed but not yet committed, each with the run row after it
         self.staged: list[tuple[StepWrite, dict[str, Any]]] = []
@@ -147,7 +147,7 @@ class RunRecorder:
             recorded = await record_step(
                 session,
                 self.run_id,
-                guard=self.guard,
+                guard=self.lease,
                 values=values,
                 events=last.events,
                 checkpoint=last.checkpoint,

@@ -70,14 +70,14 @@ async def insert_checkpoints(
     session: Executor,
     rows: Sequence[tuple[CheckpointRow, str | None, Any]],
     *,
-    begun: bool = False,
+    direct: bool = False,
 ) -> None:
     """Insert checkpoints, each ``(row, base_id, data)``, in order (a delta's base may be
-    an earlier one of them): one constant statement, executemany parameters. ``begun``:
+    an earlier one of them): one constant statement, executemany parameters. ``direct``:
     as for ``insert_events`` (straight through the driver)."""
     if not rows:
         return
-    if begun and isinstance(session, AsyncConnection):
+    if direct and isinstance(session, AsyncConnection):
         await driver_executemany(
             session,
             CHECKPOINT_INSERT_SQL,

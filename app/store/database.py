@@ -182,20 +182,25 @@ async def write_transaction(
         yield connection
 
 
-async def driver_executemany(
-    connection: AsyncConnection, sql: str, rows: Sequence[tuple[Any, ...]]
-) -> None:
-    """Postgres only: ``rows`` (JSON already encoded as text) straight through asyncpg, a
-    statement it prepares once per connection, skipping SQLAlchemy's per-statement and
-    per-row work — the runner's hot path. It joins the transaction ``connection`` is in,
-    which must have sent a statement already (asyncpg's BEGIN is sent with the first)."""
+async def _driver(connection: AsyncConnection) -> Any:
+    """The asyncpg connection under ``connection``, inside the transaction SQLAlchemy
+    began on it: SQLAlchemy's adapter sends BEGIN with the first statement, so it is
+    started here when no statement went through SQLAlchemy yet (commit and rollback stay
+    SQLAlchemy's)."""
     raw = await connection.get_raw_connection()
-    driver = raw.driver_connection
-    assert driver is not None
+    adapted: Any = raw.dbapi_connection
+    if adapted._transaction is None:
+        await adapted._start_transaction()
+    return raw.driver_connection
+
+
+@contextlib.contextmanager
+def _as_sqlalchemy_errors(sql: str) -> Any:
+    """asyncpg's errors as those SQLAlchemy would have raised: the runner tells bugs from
+    outages by them."""
     try:
-        await driver.executemany(sql, rows)
+        yield
     except asyncpg.IntegrityConstraintViolationError as exc:
-        # the errors SQLAlchemy would have raised: the runner tells bugs from outages by them
         raise IntegrityError(sql, None, exc) from exc
     except asyncpg.DataError as exc:
         raise DataError(sql, None, exc) from exc
@@ -203,6 +208,28 @@ async def driver_executemany(
         raise ProgrammingError(sql, None, exc) from exc
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise OperationalError(sql, None, exc) from exc
+
+
+async def driver_executemany(
+    connection: AsyncConnection, sql: str, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Postgres only: ``rows`` (JSON already encoded as text) straight through asyncpg, a
+    statement it prepares once per connection, skipping SQLAlchemy's per-statement and
+    per-row work — the runner's hot path. It joins the transaction ``connection`` is in."""
+    driver = await _driver(connection)
+    with _as_sqlalchemy_errors(sql):
+        await driver.executemany(sql, rows)
+
+
+async def driver_fetchrow(
+    connection: AsyncConnection, sql: str, args: Sequence[Any]
+) -> Sequence[Any] | None:
+    """Postgres only: one statement's first row straight through asyncpg (prepared once
+    per connection), in the transaction ``connection`` is in."""
+    driver = await _driver(connection)
+    with _as_sqlalchemy_errors(sql):
+        row = await driver.fetchrow(sql, *args)
+    return None if row is None else tuple(row)
 
 
 def dialect_name(executor: Executor) -> str:

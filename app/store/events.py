@@ -35,12 +35,11 @@ async def insert_events(
     events: Sequence[NewEvent],
     ts: datetime | Sequence[datetime] | None = None,
     *,
-    begun: bool = False,
+    direct: bool = False,
 ) -> list[dict[str, Any]]:
     """Insert ``events`` numbered so that the last one gets ``last_seq``, stamped ``ts``
-    (one time for all, or one per event); the rows as inserted. ``begun``: ``session`` is
-    a Postgres connection whose transaction has run a statement (the rows then go straight
-    through the driver)."""
+    (one time for all, or one per event); the rows as inserted. ``direct``: ``session`` is
+    a Postgres Core connection (the rows then go straight through the driver)."""
     if not events:
         return []
     stamps = [ts or utcnow()] * len(events) if not isinstance(ts, Sequence) else ts
@@ -56,7 +55,7 @@ async def insert_events(
         }
         for i, (e, stamp) in enumerate(zip(events, stamps, strict=True))
     ]
-    if begun and isinstance(session, AsyncConnection):
+    if direct and isinstance(session, AsyncConnection):
         await driver_executemany(
             session,
             EVENT_INSERT_SQL,

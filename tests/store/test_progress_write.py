@@ -1,0 +1,169 @@
+"""The runner's write (``record_step`` with a lease): on Postgres it goes straight through
+asyncpg, and must write exactly what the SQLAlchemy statement writes, inside the
+transaction SQLAlchemy began (a rollback undoes it), fenced by the lease."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import JSON, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.settings import Settings
+from app.store.checkpoints import CheckpointRow
+from app.store.database import create_engine
+from app.store.events import NewEvent
+from app.store.models import Run, utcnow
+from app.store.progress import record_step
+from app.store.runs import Lease, lease_guard
+
+from ..conftest import truncate
+
+LEASE = Lease("worker-1", 7)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    await truncate(database_url)
+    engine = create_engine(Settings(database_url=database_url))
+    yield engine
+    await engine.dispose()
+
+
+async def _new_run(engine: AsyncEngine, owner: str = LEASE.owner) -> str:
+    run_id = str(uuid.uuid4())
+    now = utcnow()
+    async with engine.begin() as conn:
+        await conn.execute(
+            Run.__table__.insert().values(  # type: ignore[attr-defined]
+                id=run_id,
+                workflow_name="w",
+                definition_hash="h",
+                status="running",
+                inputs={},
+                lease_owner=owner,
+                lease_token=LEASE.token,
+                lease_expires_at=now + timedelta(seconds=30),
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    return run_id
+
+
+def _values(status: str) -> dict[str, Any]:
+    return {
+        "status": status,
+        "current_node": None if status == "completed" else "b",
+        "step_count": 3,
+        "attempt": 0,
+        "resume_data": None,
+        "interrupt": None,
+        "awaiting": {"branch": "x", "node": "ask"} if status == "running" else None,
+        "error": None,
+        "output": {"total": 5, "names": ["ä", "b"]} if status == "completed" else None,
+        "due_at": None,
+        "lease_expires_at": utcnow() + timedelta(seconds=30) if status == "running" else None,
+    }
+
+
+async def _write(
+    engine: AsyncEngine, run_id: str, guard: Any, status: str, *, rollback: bool = False
+) -> Any:
+    checkpoint = CheckpointRow(str(uuid.uuid4()), run_id, None, 0, "a", "b", status, 3)
+    async with engine.connect() as conn:
+        transaction = await conn.begin()
+        recorded = await record_step(
+            conn,
+            run_id,
+            guard=guard,
+            values=_values(status),
+            events=[NewEvent("node.completed", "a", {"output": {"n": 1}})],
+            checkpoint=checkpoint,
+            data={"frames": [{"state": {"n": 1}}]},
+        )
+        await (transaction.rollback() if rollback else transaction.commit())
+    return recorded
+
+
+async def _row(engine: AsyncEngine, run_id: str) -> dict[str, Any]:
+    async with engine.connect() as conn:
+        # JSON as stored (text): SQL NULL and JSON null are told apart
+        columns = ", ".join(
+            f"CAST({c.name} AS TEXT) AS {c.name}" if isinstance(c.type, JSON) else c.name
+            for c in Run.__table__.columns  # type: ignore[attr-defined]
+        )
+        query = text(f"SELECT {columns} FROM runs WHERE id = :id")
+        row = (await conn.execute(query, {"id": run_id})).one()
+        events = (
+            await conn.execute(
+                text("SELECT seq, type, node, data FROM events WHERE run_id = :id ORDER BY seq"),
+                {"id": run_id},
+            )
+        ).all()
+        checkpoints = (
+            await conn.execute(
+                text(
+                    "SELECT seq, last_node, next_node, status FROM checkpoints WHERE run_id = :id"
+                ),
+                {"id": run_id},
+            )
+        ).all()
+    found = dict(row._mapping)
+    for key in ("id", "updated_at", "head_checkpoint_id", "lease_expires_at", "created_at"):
+        found.pop(key)
+    # a checkpoint's id is the run's own
+    found["events"] = [
+        (s, t, n, {k: v for k, v in _json(d).items() if k != "checkpoint_id"})
+        for s, t, n, d in events
+    ]
+    found["checkpoints"] = [tuple(c) for c in checkpoints]
+    return found
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+@pytest.mark.parametrize("status", ["running", "completed"])
+async def test_the_lease_write_writes_what_the_statement_writes(
+    engine: AsyncEngine, status: str
+) -> None:
+    direct, core = await _new_run(engine), await _new_run(engine)
+    by_lease = await _write(engine, direct, LEASE, status)
+    by_statement = await _write(engine, core, lease_guard(LEASE), status)
+
+    assert await _row(engine, direct) == await _row(engine, core)
+    assert (by_lease.checkpoint_seq, by_lease.last_event_seq, by_lease.status) == (
+        by_statement.checkpoint_seq,
+        by_statement.last_event_seq,
+        by_statement.status,
+    )
+    assert [e["type"] for e in by_lease.events] == ["node.completed", "checkpoint.saved"]
+    if status == "completed":  # a settling write returns the whole row
+        assert by_lease.run.output == by_statement.run.output == {"total": 5, "names": ["ä", "b"]}
+        assert by_lease.run.lease_owner == LEASE.owner
+    else:
+        assert by_lease.run is None
+
+
+async def test_the_lease_write_is_undone_by_a_rollback(engine: AsyncEngine) -> None:
+    run_id = await _new_run(engine)
+    recorded = await _write(engine, run_id, LEASE, "running", rollback=True)
+    assert recorded is not None
+    found = await _row(engine, run_id)
+    assert (found["event_seq"], found["checkpoint_seq"], found["step_count"]) == (0, 0, 0)
+    assert found["events"] == [] and found["checkpoints"] == []
+
+
+async def test_the_lease_write_is_refused_without_the_lease(engine: AsyncEngine) -> None:
+    run_id = await _new_run(engine, owner="worker-2")
+    assert await _write(engine, run_id, LEASE, "running") is None
+    found = await _row(engine, run_id)
+    assert (found["event_seq"], found["status"]) == (0, "running")
+    assert found["events"] == []
