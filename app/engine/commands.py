@@ -263,7 +263,7 @@ class RunCommands(HistoryCommands):
                         },
                         "interrupt": (others[0] if len(others) == 1 else others) or None,
                         "due_at": None,  # (a branch's timer: the run runs now anyway)
-                        **self._reservation(),
+                        **self._reservation(run.lease_token + 1),
                     },
                 )
                 assert doc is not None
@@ -343,7 +343,7 @@ class RunCommands(HistoryCommands):
                         },
                         "awaiting": None,
                         "due_at": None,
-                        **self._reservation(),
+                        **self._reservation(current.lease_token + 1),
                     },
                 )
                 handover = await self._hand_over(session, run)

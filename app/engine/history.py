@@ -20,7 +20,7 @@ from app.store.checkpoints import CheckpointRow
 from app.store.database import transaction
 from app.store.events import NewEvent, insert_events
 from app.store.models import Run, utcnow
-from app.store.progress import record_step
+from app.store.progress import Unchanged, record_step
 
 
 async def _write_snapshot(
@@ -50,7 +50,7 @@ async def _write_snapshot(
     recorded = await record_step(
         session,
         run.id,
-        guard=(Run.status == run.status),
+        guard=Unchanged(run.status),
         values=current,
         events=events,
         checkpoint=row,

@@ -12,7 +12,7 @@ from app.errors import Conflict, NotFound
 from app.store import runs as run_store
 from app.store.events import NewEvent
 from app.store.models import Run
-from app.store.progress import record_step, take_written
+from app.store.progress import Unchanged, record_step, take_written
 
 
 class RunStatus(StrEnum):
@@ -103,7 +103,7 @@ async def change_status(
     recorded = await record_step(
         session,
         run_id,
-        guard=(Run.status == run.status),
+        guard=Unchanged(run.status),
         values=changes,
         events=events,
         whole_row=True,

@@ -22,7 +22,7 @@ from app.errors import NotFound
 from app.store import checkpoints as checkpoint_store
 from app.store import runs as run_store
 from app.store.models import Checkpoint, Run, utcnow
-from app.store.progress import record_step, take_written
+from app.store.progress import Unchanged, record_step, take_written
 
 Loaded = tuple[Checkpoint, memory.Doc, checkpoint_store.CheckpointChain]
 
@@ -45,10 +45,10 @@ class CommandBase:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def _reservation(self, token: Any = Run.lease_token + 1) -> dict[str, Any]:
+    def _reservation(self, token: int) -> dict[str, Any]:
         """Lease columns that queue a run for this process's runners (see
         ``run_store.reservation``), when they can take it now; else none. ``token``: the
-        lease token (a new run's is 1)."""
+        lease token (a new run's is 1; else the locked row's plus one)."""
         owner = self.engine.runner_owner
         if owner is None or not self.engine.can_adopt():
             return {}
@@ -102,7 +102,7 @@ class CommandBase:
         recorded = await record_step(
             session,
             run.id,
-            guard=Run.status == run.status,
+            guard=Unchanged(run.status),
             values={"answers": answers, **values},
             events=[],
             whole_row=True,

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, String, cast, func, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import JSON, ClauseElement, ColumnElement, String, cast, func, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.store.checkpoints import CheckpointRow, insert_checkpoints
@@ -43,6 +43,17 @@ STATUS_EVENT_TYPES = frozenset(
         "run.suspended",
     }
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Unchanged:
+    """A write's fence for commands: the run must still have ``status`` (their
+    transaction has usually locked its row)."""
+
+    status: str
+
+
+Fence = Lease | Unchanged
 
 
 @dataclass(slots=True)
@@ -84,7 +95,7 @@ async def record_step(
     session: Executor,
     run_id: str,
     *,
-    guard: ColumnElement[bool] | Lease | None,
+    guard: ColumnElement[bool] | Fence | None,
     values: dict[str, Any],
     events: Sequence[NewEvent],
     checkpoint: CheckpointRow | None = None,
@@ -96,8 +107,8 @@ async def record_step(
     """Write a step's outcome (after the ``earlier`` ones, oldest first); None when
     ``guard`` (the lease) refused it. ``values`` is the run row after the last step.
     With ``whole_row`` (or when the write pauses or ends the run) ``Recorded.run`` is the
-    whole row as written. ``values`` are plain values (no SQL expressions) when ``guard``
-    is a ``Lease``: on Postgres that write skips SQLAlchemy (see ``_driver_update``)."""
+    whole row as written. On Postgres, a write fenced by a ``Fence`` whose ``values`` are
+    plain (no SQL expressions) skips SQLAlchemy (see ``_driver_update``)."""
     now = utcnow()
     writes = [*earlier, StepWrite(list(events), checkpoint, base_id, data)]
     prepared = [_with_saved_event(w) for w in writes]
@@ -107,15 +118,16 @@ async def record_step(
     # in this process is answered from it
     settles = whole_row or values.get("status") not in (None, "running", "queued")
     postgres = dialect_name(session) == "postgresql"
-    if postgres and isinstance(session, AsyncConnection) and isinstance(guard, Lease):
+    if postgres and isinstance(guard, Fence) and _plain(values):
+        if isinstance(session, AsyncSession):  # its transaction, on its connection
+            session = await session.connection()
         row = await _driver_update(
             session, run_id, guard, values, now, total, checkpoints, settles=settles
         )
     else:
-        if isinstance(guard, Lease):
-            guard = lease_guard(guard)
+        clause = _clause(guard) if isinstance(guard, Fence) else guard
         row = await _orm_update(
-            session, run_id, guard, values, now, total, checkpoints, settles=settles
+            session, run_id, clause, values, now, total, checkpoints, settles=settles
         )
     if row is None:
         return None
@@ -186,10 +198,20 @@ async def _orm_update(
     return (await session.execute(stmt)).first()
 
 
+def _plain(values: dict[str, Any]) -> bool:
+    return not any(isinstance(value, ClauseElement) for value in values.values())
+
+
+def _clause(fence: Fence) -> ColumnElement[bool]:
+    if isinstance(fence, Lease):
+        return lease_guard(fence)
+    return Run.status == fence.status
+
+
 async def _driver_update(
     connection: AsyncConnection,
     run_id: str,
-    lease: Lease,
+    fence: Fence,
     values: dict[str, Any],
     now: datetime,
     events: int,
@@ -197,30 +219,33 @@ async def _driver_update(
     *,
     settles: bool,
 ) -> Sequence[Any] | None:
-    """``_orm_update`` straight through asyncpg, for the runner's writes: one prepared
-    statement per shape of ``values`` (a handful), its JSON encoded once here. About a
-    fifth of the server's CPU per step went to building, caching and binding the Core
-    statement."""
+    """``_orm_update`` straight through asyncpg, for the runner's writes and the commands'
+    status changes: one prepared statement per shape of ``values`` (a handful), its JSON
+    encoded once here. About a fifth of the server's CPU per step went to building,
+    caching and binding the Core statement."""
     if checkpoints:
         values = {**values, "head_checkpoint_id": checkpoints[-1].id}
     keys = tuple(values)
-    sql = _update_sql(keys, settles, events > 0)
+    sql = _update_sql(keys, isinstance(fence, Lease), settles, events > 0)
     args: list[Any] = [run_id, now, events, len(checkpoints)]
     args.extend(
         encode_json(values[key]).decode() if key in _JSON_KEYS else values[key] for key in keys
     )
-    args.extend((lease.owner, lease.token))
+    args.extend((fence.owner, fence.token) if isinstance(fence, Lease) else (fence.status,))
     return await driver_fetchrow(connection, sql, args)
 
 
 @functools.lru_cache(maxsize=64)
-def _update_sql(keys: tuple[str, ...], settles: bool, notify: bool) -> str:
-    """The SQL of ``_driver_update`` for one shape of the run's values."""
+def _update_sql(keys: tuple[str, ...], leased: bool, settles: bool, notify: bool) -> str:
+    """The SQL of ``_driver_update`` for one shape of the run's values and its fence."""
     sets = ["updated_at = $2", "event_seq = event_seq + $3", "checkpoint_seq = checkpoint_seq + $4"]
     sets += [f"{_COLUMN_NAMES[key]} = ${i}" for i, key in enumerate(keys, start=5)]
     n = 5 + len(keys)
-    held = ", ".join(f"'{status}'" for status in HELD)  # as ``lease_guard``
-    where = f"id = $1 AND status IN ({held}) AND lease_owner = ${n} AND lease_token = ${n + 1}"
+    if leased:
+        held = ", ".join(f"'{status}'" for status in HELD)  # as ``lease_guard``
+        where = f"id = $1 AND status IN ({held}) AND lease_owner = ${n} AND lease_token = ${n + 1}"
+    else:
+        where = f"id = $1 AND status = ${n}"
     returning = ["checkpoint_seq", "event_seq", "status"]
     if settles:
         returning += [_COLUMN_NAMES[key] for key in RUN_KEYS]

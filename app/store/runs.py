@@ -123,7 +123,7 @@ def lease_guard(lease: Lease) -> ColumnElement[bool]:
     )
 
 
-def reservation(owner: str, now: datetime, lease_s: float, token: Any) -> dict[str, Any]:
+def reservation(owner: str, now: datetime, lease_s: float, token: int) -> dict[str, Any]:
     """The lease columns of a run queued *for* a process: the API transaction that queues
     it (a start, an answer) also hands it to the caller's runner pool, so no claim is
     needed. It stays ``queued`` until the runner's first write; if that process dies,

@@ -19,7 +19,7 @@ from app.store.checkpoints import CheckpointRow
 from app.store.database import create_engine
 from app.store.events import NewEvent
 from app.store.models import Run, utcnow
-from app.store.progress import record_step
+from app.store.progress import Unchanged, record_step
 from app.store.runs import Lease, lease_guard
 
 from ..conftest import truncate
@@ -130,13 +130,20 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+FENCES = {
+    "lease": (LEASE, lease_guard(LEASE)),
+    "unchanged": (Unchanged("running"), Run.status == "running"),
+}
+
+
+@pytest.mark.parametrize("fence", FENCES)
 @pytest.mark.parametrize("status", ["running", "completed"])
-async def test_the_lease_write_writes_what_the_statement_writes(
-    engine: AsyncEngine, status: str
+async def test_the_fenced_write_writes_what_the_statement_writes(
+    engine: AsyncEngine, status: str, fence: str
 ) -> None:
     direct, core = await _new_run(engine), await _new_run(engine)
-    by_lease = await _write(engine, direct, LEASE, status)
-    by_statement = await _write(engine, core, lease_guard(LEASE), status)
+    by_lease = await _write(engine, direct, FENCES[fence][0], status)
+    by_statement = await _write(engine, core, FENCES[fence][1], status)
 
     assert await _row(engine, direct) == await _row(engine, core)
     assert (by_lease.checkpoint_seq, by_lease.last_event_seq, by_lease.status) == (
@@ -161,9 +168,12 @@ async def test_the_lease_write_is_undone_by_a_rollback(engine: AsyncEngine) -> N
     assert found["events"] == [] and found["checkpoints"] == []
 
 
-async def test_the_lease_write_is_refused_without_the_lease(engine: AsyncEngine) -> None:
+@pytest.mark.parametrize("fence", [LEASE, Unchanged("interrupted")])
+async def test_the_fenced_write_is_refused_when_the_fence_fails(
+    engine: AsyncEngine, fence: Any
+) -> None:
     run_id = await _new_run(engine, owner="worker-2")
-    assert await _write(engine, run_id, LEASE, "running") is None
+    assert await _write(engine, run_id, fence, "running") is None
     found = await _row(engine, run_id)
     assert (found["event_seq"], found["status"]) == (0, "running")
     assert found["events"] == []
