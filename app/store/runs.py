@@ -65,14 +65,15 @@ async def locked_answers(executor: Executor, run_id: str) -> list[dict[str, Any]
 
 
 _GET = select(table(Run)).where(table(Run).c.id == bindparam("run_id"))
+# built once: the statement's cache key and compiled form are not made again per call
+_GET_LOCKED = select(Run).where(Run.id == bindparam("run_id")).with_for_update()
 
 
 async def get(session: AsyncSession, run_id: str, *, lock: bool = False) -> Run | None:
     """The run; with ``lock`` its row is locked and the object belongs to the session
     (to be changed), else it is a detached copy read with a constant Core statement."""
     if lock:
-        stmt = select(Run).where(Run.id == run_id).with_for_update()
-        return (await session.execute(stmt)).scalar_one_or_none()
+        return (await session.execute(_GET_LOCKED, {"run_id": run_id})).scalar_one_or_none()
     row = (await session.execute(_GET, {"run_id": run_id})).first()
     if row is None:
         return None
