@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import importlib.metadata
-import inspect
 import json
 import os
 import platform
@@ -29,12 +27,15 @@ from bench.common import DEFAULTS, PG_ADMIN_URL, QUICK, log, query
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-PARTS = ("pgbench", "stepwise", "processes", "langgraph", "dbos", "agent", "sse", "profile")
+PARTS = (
+    "pgbench", "stepwise", "processes", "langgraph", "dbos", "agent", "parallel", "sse", "profile",
+)  # fmt: skip
 SUITES = {
     "pgbench": "bench.pgbench_limit",
     "stepwise": "bench.stepwise_suite",
     "processes": "bench.stepwise_suite",  # W1 with `serve --processes 2`
     "agent": "bench.agent_overhead",
+    "parallel": "bench.parallel_suite",
     "langgraph": "bench.langgraph_suite",
     "dbos": "bench.dbos_suite",
     "profile": "bench.profile_w1",
@@ -62,23 +63,22 @@ def run_suite(module: str, params: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def run_sse(quick: bool) -> dict[str, Any]:
-    """W4 through bench/sse_fanout.py (written separately): ``async def main(args) -> dict``."""
-    try:
-        module = importlib.import_module("bench.sse_fanout")
-    except ImportError:
-        return {"error": "bench/sse_fanout.py is not there yet (hook: async def main(args))"}
-    entry = getattr(module, "main", None)
-    if not inspect.iscoroutinefunction(entry):
-        entry = getattr(module, "bench", None)  # the name it had before the agreed `main`
-    if not inspect.iscoroutinefunction(entry):
-        return {"error": "bench.sse_fanout has no `async def main(args) -> dict`"}
+def run_sse(quick: bool, *, subscribers: int = 1000, runs: int = 1) -> dict[str, Any]:
+    """W4 through ``bench.sse_fanout``: ``subscribers`` spread over ``runs`` runs."""
+    from bench import sse_fanout
+
     args = argparse.Namespace(
-        subscribers=1000, rounds=10 if quick else 20, wait_s=0.1, workers=4, json=False
+        subscribers=subscribers,
+        runs=runs,
+        connect_wave=500,
+        rounds=10 if quick else 20,
+        wait_s=0.1,
+        workers=4,
+        json=False,
     )
-    log("running bench.sse_fanout")
+    log(f"running bench.sse_fanout ({subscribers:,} subscribers, {runs} runs)")
     try:
-        return dict(asyncio.run(entry(args)))
+        return dict(asyncio.run(sse_fanout.bench(args)))
     except Exception as exc:
         return {"error": f"sse_fanout failed: {exc!r}"}
 
@@ -430,14 +430,27 @@ def write_results(data: dict[str, Any], path: Path) -> None:
             add("")
 
     add("## W4 SSE fan-out (Stepwise only)\n")
-    if sse.get("error"):
-        add(f"Not measured: {sse['error']}.\n")
-    else:
-        add("| figure | value |")
-        add("|---|---|")
-        for key, value in sse.items():
-            add(f"| {key} | {value:,.1f} |" if isinstance(value, float) else f"| {key} | {value} |")
+    add("One `stepwise serve`; raw-socket subscribers on the same machine (`bench/sse_fanout.py`); "
+        "latency is an event's `ts` to its receipt.\n")  # fmt: skip
+    wide = data.get("sse_wide") or {}
+    cases = [(f"{c.get('subscribers', '?'):,} subscribers of {c.get('runs', '?')} run(s)", c)
+             for c in (sse, wide) if c]  # fmt: skip
+    for label, case in cases:
+        if case.get("error"):
+            add(f"{label}: not measured: {case['error']}.\n")
+    cases = [(label, case) for label, case in cases if not case.get("error")]
+    if cases:
+        add("| figure | " + " | ".join(label for label, _ in cases) + " |")
+        add("|---|" + "---|" * len(cases))
+        for key in cases[0][1]:
+            cells = [case.get(key) for _, case in cases]
+            add(f"| {key} | " + " | ".join(
+                f"{v:,.1f}" if isinstance(v, float) else str(v) for v in cells) + " |")  # fmt: skip
         add("")
+
+    par = data.get("parallel") or {}
+    if par:
+        write_parallel(add, par)
 
     add("## Targets\n")
     targets = []
@@ -473,6 +486,19 @@ def write_results(data: dict[str, Any], path: Path) -> None:
                     f"{w1:,.0f} of {pg16 / 4:,.0f} steps/s",
                 )
             )
+    w1c = mean(pick(sw, "W1C", "steps_per_s", in_flight=16))
+    if w1c is not None and lg16:
+        targets.append(
+            (
+                "W1C @16 (`call` steps) ≥ LangGraph's W1 @16 (pure steps)",
+                f"{w1c / lg16:.2f}x",
+                w1c >= lg16,
+                f"{w1c:,.0f} of {lg16:,.0f} steps/s",
+            )
+        )
+    if prof.get("server_cpu_ms_per_step") is not None:
+        cpu = float(prof["server_cpu_ms_per_step"])
+        targets.append(("server CPU per durable step ≤ 0.5 ms (W1 @16)", f"{cpu:.2f} ms", cpu <= 0.5, ""))  # fmt: skip
     w3 = mean(pick(sw, "W3", "p50_ms"))
     if w3 is not None:
         targets.append(("W3 p50 < 10 ms", f"{w3:.1f} ms", w3 < 10, ""))
@@ -502,7 +528,7 @@ def write_results(data: dict[str, Any], path: Path) -> None:
         load = prof["load"]
         add(f"- load while profiling: {load['steps_per_s']:.0f} durable steps/s, "
             f"{load['runs_per_s']:.1f} runs/s over {load['seconds']:.0f} s")  # fmt: skip
-        add(f"- server CPU: {prof['server_cpu_ms_per_step']:.1f} ms per step "
+        add(f"- server CPU: {prof['server_cpu_ms_per_step']:.2f} ms per step "
             f"({100 * prof['server_cpu_share']:.0f}% of one core)")  # fmt: skip
         add(f"- transactions committed (pg_stat_database.xact_commit): "
             f"{prof['xacts_per_step']:.2f} per step, {prof['xacts_per_run']:.1f} per run "
@@ -542,6 +568,42 @@ def write_results(data: dict[str, Any], path: Path) -> None:
             add("## Notes\n")
         add(notes)
     path.write_text("\n".join(lines) + "\n")
+
+
+def write_parallel(add: Any, par: dict[str, Any]) -> None:
+    """The parallel-branches section (``bench/parallel_suite.py``)."""
+    add("## Parallel branches and `step: map` (Stepwise only)\n")
+    if par.get("error"):
+        add(f"Not measured: {par['error']}.\n")
+        return
+    small, fan, big = par["map_small"], par["fanout"], par["map_big"]
+    mib = 2**20
+    add("| figure | value |")
+    add("|---|---|")
+    for label, value in (
+        (f"{small['items']}-item map of `set` steps (child workflow of one `set` node, "
+         "`max_concurrency: 8`), POST /runs → completed: items/s", fmt(small["items_per_s"])),
+        (f"fan-out of `call` steps that each take {fan['call_s']} s: 1 branch, wall s",
+         fmt(fan["one_branch_s"], 2)),
+        (f"the same with {fan['branches']} branches, wall s "
+         f"({fan['branches']} x {fan['call_s']} s one after the other: "
+         f"{fan['branches'] * fan['call_s']:.1f} s)", fmt(fan["n_branches_s"], 2)),
+        (f"{big['items']:,}-item map: wall s (items/s)",
+         f"{big['seconds']:.1f} ({big['items_per_s']:.0f} items/s)"),
+        (f"{big['items']:,}-item map: server RSS before → peak",
+         f"{big['rss_before_bytes'] / mib:.1f} → {big['rss_peak_bytes'] / mib:.1f} MiB"),
+        (f"{big['items']:,}-item map: checkpoint rows / snapshots among them",
+         f"{big['checkpoint_rows']:,} / {big['snapshots']:,}"),
+        (f"{big['items']:,}-item map: checkpoint `data` bytes (pg_column_size)",
+         f"{big['checkpoint_data_bytes'] / 1e6:.1f} MB "
+         f"({big['checkpoint_data_bytes'] / max(1, big['checkpoint_rows']) / 1e3:.1f} KB a row)"),
+        (f"{big['items']:,}-item map: event rows / bytes",
+         f"{big['event_rows']:,} / {big['event_bytes'] / 1e6:.1f} MB"),
+        (f"{big['items']:,}-item map: database growth (all tables and indexes)",
+         f"{big['database_growth_bytes'] / 1e6:.1f} MB"),
+    ):  # fmt: skip
+        add(f"| {label} | {value} |")
+    add("")
 
 
 def main() -> None:
@@ -594,6 +656,12 @@ def main() -> None:
         log_offset = pg_log_size()
         if part == "sse":
             data["sse"] = run_sse(args.quick)
+            data["sse_wide"] = run_sse(args.quick, subscribers=10_000, runs=100)
+        elif part == "parallel":
+            data[part] = run_suite(
+                SUITES[part],
+                {"small_reps": 3, "big_items": 2_000} if args.quick else {},
+            )
         elif part == "processes":
             data[part] = run_suite(SUITES[part], {**params, "processes": 2, "only": ["W1"]})
         elif part == "agent":
