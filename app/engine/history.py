@@ -20,7 +20,8 @@ from app.store.checkpoints import CheckpointRow
 from app.store.database import transaction
 from app.store.events import NewEvent, insert_events
 from app.store.models import Run, utcnow
-from app.store.progress import Unchanged, record_step
+from app.store.progress import record_step
+from app.store.statements import Unchanged
 
 
 async def _write_snapshot(

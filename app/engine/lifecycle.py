@@ -12,7 +12,8 @@ from app.errors import Conflict, NotFound
 from app.store import runs as run_store
 from app.store.events import NewEvent
 from app.store.models import Run
-from app.store.progress import Unchanged, record_step, take_written
+from app.store.progress import record_step, take_written
+from app.store.statements import Unchanged
 
 
 class RunStatus(StrEnum):

@@ -22,7 +22,8 @@ from app.errors import NotFound
 from app.store import checkpoints as checkpoint_store
 from app.store import runs as run_store
 from app.store.models import Checkpoint, Run, utcnow
-from app.store.progress import Unchanged, record_step, take_written
+from app.store.progress import record_step, take_written
+from app.store.statements import Unchanged
 
 Loaded = tuple[Checkpoint, memory.Doc, checkpoint_store.CheckpointChain]
 

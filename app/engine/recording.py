@@ -31,7 +31,7 @@ from app.engine.services import Engine
 from app.steps.base import StepError
 from app.store import runs as run_store
 from app.store.checkpoints import CheckpointChain, CheckpointRow
-from app.store.database import write_transaction
+from app.store.database import lone_statement, write_transaction
 from app.store.events import NewEvent
 from app.store.models import Run, utcnow
 from app.store.progress import StepWrite, record_step
@@ -139,7 +139,10 @@ class RunRecorder:
         earlier = [write for write, _ in self.staged]
         watch = bool(self.taken) or branchdoc.section_index(self.doc) is not None
         removed: set[str] = set()
-        async with write_transaction(self.engine.sessions) as session:
+        # with no answers to read first, a write on Postgres is one statement
+        alone = not watch and not self.engine.settings.is_sqlite
+        opened = lone_statement if alone else write_transaction
+        async with opened(self.engine.sessions) as session:
             if watch:
                 answers = await run_store.locked_answers(session, self.run_id)
                 if answers:

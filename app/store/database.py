@@ -182,14 +182,26 @@ async def write_transaction(
         yield connection
 
 
+@asynccontextmanager
+async def lone_statement(
+    sessions: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncConnection]:
+    """A Core connection with no transaction begun, for a write that is one statement
+    and commits by itself (Postgres, through the driver: ``app.store.statements``)."""
+    bind = sessions.kw["bind"]
+    async with bind.connect() as connection:
+        yield connection
+
+
 async def _driver(connection: AsyncConnection) -> Any:
     """The asyncpg connection under ``connection``, inside the transaction SQLAlchemy
     began on it: SQLAlchemy's adapter sends BEGIN with the first statement, so it is
     started here when no statement went through SQLAlchemy yet (commit and rollback stay
-    SQLAlchemy's)."""
+    SQLAlchemy's). With no transaction begun on ``connection``, none is started: each
+    statement commits by itself."""
     raw = await connection.get_raw_connection()
     adapted: Any = raw.dbapi_connection
-    if adapted._transaction is None:
+    if adapted._transaction is None and connection.in_transaction():
         await adapted._start_transaction()
     return raw.driver_connection
 
@@ -225,7 +237,7 @@ async def driver_fetchrow(
     connection: AsyncConnection, sql: str, args: Sequence[Any]
 ) -> Sequence[Any] | None:
     """Postgres only: one statement's first row straight through asyncpg (prepared once
-    per connection), in the transaction ``connection`` is in."""
+    per connection), in the transaction ``connection`` is in (if any)."""
     driver = await _driver(connection)
     with _as_sqlalchemy_errors(sql):
         row = await driver.fetchrow(sql, *args)

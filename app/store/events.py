@@ -43,18 +43,7 @@ async def insert_events(
     if not events:
         return []
     stamps = [ts or utcnow()] * len(events) if not isinstance(ts, Sequence) else ts
-    first = last_seq - len(events) + 1
-    rows = [
-        {
-            "run_id": run_id,
-            "seq": first + i,
-            "type": e.type,
-            "node": e.node,
-            "ts": stamp,
-            "data": e.data or {},
-        }
-        for i, (e, stamp) in enumerate(zip(events, stamps, strict=True))
-    ]
+    rows = event_rows(run_id, last_seq, events, stamps)
     if direct and isinstance(session, AsyncConnection):
         await driver_executemany(
             session,
@@ -71,6 +60,24 @@ async def insert_events(
     # counted when written (a transaction that then rolls back is rare: a lost lease)
     metrics.observe_events(e.type for e in events)
     return rows
+
+
+def event_rows(
+    run_id: str, last_seq: int, events: Sequence[NewEvent], stamps: Sequence[datetime]
+) -> list[dict[str, Any]]:
+    """The rows of ``events`` numbered so that the last one gets ``last_seq``."""
+    first = last_seq - len(events) + 1
+    return [
+        {
+            "run_id": run_id,
+            "seq": first + i,
+            "type": e.type,
+            "node": e.node,
+            "ts": stamp,
+            "data": e.data or {},
+        }
+        for i, (e, stamp) in enumerate(zip(events, stamps, strict=True))
+    ]
 
 
 async def has_event(session: AsyncSession, run_id: str, type_: str) -> bool:

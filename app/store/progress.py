@@ -7,31 +7,30 @@ of it commits together or not at all.
 A write may carry several steps (``StepWrite``), each with its own checkpoint and
 events: the runner lets consecutive pure steps share one commit (see
 ``app.engine.recording``); every step still gets its checkpoint and its events, in order.
+
+On Postgres the fenced writes go straight through asyncpg (``app.store.statements``),
+and a write given a connection with no transaction begun is a single statement that
+commits by itself.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ClauseElement, ColumnElement, String, cast, func, update
+from sqlalchemy import ClauseElement, ColumnElement, String, cast, func, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
+from app import metrics
 from app.store.checkpoints import CheckpointRow, insert_checkpoints
-from app.store.database import Executor, dialect_name, driver_fetchrow, encode_json
-from app.store.events import NewEvent, insert_events
+from app.store.database import Executor, dialect_name
+from app.store.events import NewEvent, event_rows, insert_events
 from app.store.models import Run, table, utcnow
-from app.store.runs import HELD, Lease, lease_guard
-
-RUN_KEYS = tuple(attr.key for attr in Run.__mapper__.column_attrs)
-_COLUMN_NAMES = {attr.key: attr.columns[0].name for attr in Run.__mapper__.column_attrs}
-_JSON_KEYS = frozenset(
-    attr.key for attr in Run.__mapper__.column_attrs if isinstance(attr.columns[0].type, JSON)
-)
+from app.store.runs import Lease, lease_guard
+from app.store.statements import RUN_KEYS, Fence, fenced_update, one_statement
 
 STATUS_EVENT_TYPES = frozenset(
     {
@@ -43,17 +42,6 @@ STATUS_EVENT_TYPES = frozenset(
         "run.suspended",
     }
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Unchanged:
-    """A write's fence for commands: the run must still have ``status`` (their
-    transaction has usually locked its row)."""
-
-    status: str
-
-
-Fence = Lease | Unchanged
 
 
 @dataclass(slots=True)
@@ -119,9 +107,11 @@ async def record_step(
     settles = whole_row or values.get("status") not in (None, "running", "queued")
     postgres = dialect_name(session) == "postgresql"
     if postgres and isinstance(guard, Fence) and _plain(values):
+        if isinstance(session, AsyncConnection) and not session.in_transaction():
+            return await _alone(session, run_id, guard, values, now, writes, prepared, settles)
         if isinstance(session, AsyncSession):  # its transaction, on its connection
             session = await session.connection()
-        row = await _driver_update(
+        row = await fenced_update(
             session, run_id, guard, values, now, total, checkpoints, settles=settles
         )
     else:
@@ -131,33 +121,90 @@ async def record_step(
         )
     if row is None:
         return None
-    last_checkpoint_seq, last_seq, status = int(row[0]), int(row[1]), str(row[2])
-    written = None
-    if settles:
-        written = Run(**dict(zip(RUN_KEYS, row[3 : 3 + len(RUN_KEYS)], strict=True)))
-    seq = last_checkpoint_seq - len(checkpoints)
-    rows: list[tuple[CheckpointRow, str | None, Any]] = []
-    for write, (evs, at) in zip(writes, prepared, strict=True):
-        ts = write.ts or now
-        if write.checkpoint is not None:
-            seq += 1
-            write.checkpoint.seq = seq
-            write.checkpoint.created_at = ts
-            saved = {"checkpoint_id": write.checkpoint.id, "seq": seq}
-            evs[at] = NewEvent("checkpoint.saved", write.checkpoint.next_node, saved)
-            rows.append((write.checkpoint, write.base_id, write.data))
+    rows = _numbered(writes, prepared, int(row[0]) - len(checkpoints), now)
     # on Postgres the rows go straight through the driver
     await insert_checkpoints(session, rows, direct=postgres)
     inserted = await insert_events(
         session,
         run_id,
-        last_seq,
+        int(row[1]),
         [e for evs, _ in prepared for e in evs],
-        [w.ts or now for w, (evs, _) in zip(writes, prepared, strict=True) for _ in evs],
+        _stamps(writes, prepared, now),
         direct=postgres,
     )
+    return _recorded(row, bool(checkpoints), inserted, settles=settles)
+
+
+async def _alone(
+    connection: AsyncConnection,
+    run_id: str,
+    fence: Fence,
+    values: dict[str, Any],
+    now: datetime,
+    writes: list[StepWrite],
+    prepared: list[tuple[list[NewEvent], int]],
+    settles: bool,
+) -> Recorded | None:
+    """The write as one statement, committed by itself (``statements.one_statement``)."""
+    checkpoints: list[tuple[CheckpointRow, str | None, Any]] = []
+    events: list[tuple[NewEvent, datetime, int]] = []
+    for write, (evs, at) in zip(writes, prepared, strict=True):
+        ts = write.ts or now
+        for i, event in enumerate(evs):
+            if i == at and write.checkpoint is not None:  # its data: the statement's
+                checkpoints.append((write.checkpoint, write.base_id, write.data))
+                saved = NewEvent(event.type, write.checkpoint.next_node)
+                events.append((saved, ts, len(checkpoints)))
+            else:
+                events.append((event, ts, 0))
+    row = await one_statement(
+        connection, run_id, fence, values, now, checkpoints, events, settles=settles
+    )
+    if row is None:
+        return None
+    # the same numbers, and the same checkpoint.saved data, as the statement wrote
+    _numbered(writes, prepared, int(row[0]) - len(checkpoints), now)
+    flat = [e for evs, _ in prepared for e in evs]
+    inserted = event_rows(run_id, int(row[1]), flat, _stamps(writes, prepared, now))
+    metrics.observe_events(e.type for e in flat)
+    return _recorded(row, bool(checkpoints), inserted, settles=settles)
+
+
+def _numbered(
+    writes: list[StepWrite],
+    prepared: list[tuple[list[NewEvent], int]],
+    seq: int,
+    now: datetime,
+) -> list[tuple[CheckpointRow, str | None, Any]]:
+    """Number the writes' checkpoints after ``seq`` and fill in their ``checkpoint.saved``
+    events; the checkpoints as ``(row, base_id, data)``."""
+    rows: list[tuple[CheckpointRow, str | None, Any]] = []
+    for write, (evs, at) in zip(writes, prepared, strict=True):
+        if write.checkpoint is not None:
+            seq += 1
+            write.checkpoint.seq = seq
+            write.checkpoint.created_at = write.ts or now
+            saved = {"checkpoint_id": write.checkpoint.id, "seq": seq}
+            evs[at] = NewEvent("checkpoint.saved", write.checkpoint.next_node, saved)
+            rows.append((write.checkpoint, write.base_id, write.data))
+    return rows
+
+
+def _stamps(
+    writes: list[StepWrite], prepared: list[tuple[list[NewEvent], int]], now: datetime
+) -> list[datetime]:
+    return [w.ts or now for w, (evs, _) in zip(writes, prepared, strict=True) for _ in evs]
+
+
+def _recorded(
+    row: Sequence[Any], checkpointed: bool, inserted: list[dict[str, Any]], *, settles: bool
+) -> Recorded:
+    last_checkpoint_seq, last_seq, status = int(row[0]), int(row[1]), str(row[2])
+    written = None
+    if settles:
+        written = Run(**dict(zip(RUN_KEYS, row[3 : 3 + len(RUN_KEYS)], strict=True)))
     return Recorded(
-        last_checkpoint_seq if checkpoints else None, last_seq, status, inserted, written
+        last_checkpoint_seq if checkpointed else None, last_seq, status, inserted, written
     )
 
 
@@ -206,54 +253,6 @@ def _clause(fence: Fence) -> ColumnElement[bool]:
     if isinstance(fence, Lease):
         return lease_guard(fence)
     return Run.status == fence.status
-
-
-async def _driver_update(
-    connection: AsyncConnection,
-    run_id: str,
-    fence: Fence,
-    values: dict[str, Any],
-    now: datetime,
-    events: int,
-    checkpoints: list[CheckpointRow],
-    *,
-    settles: bool,
-) -> Sequence[Any] | None:
-    """``_orm_update`` straight through asyncpg, for the runner's writes and the commands'
-    status changes: one prepared statement per shape of ``values`` (a handful), its JSON
-    encoded once here. About a fifth of the server's CPU per step went to building,
-    caching and binding the Core statement."""
-    if checkpoints:
-        values = {**values, "head_checkpoint_id": checkpoints[-1].id}
-    keys = tuple(values)
-    sql = _update_sql(keys, isinstance(fence, Lease), settles, events > 0)
-    args: list[Any] = [run_id, now, events, len(checkpoints)]
-    args.extend(
-        encode_json(values[key]).decode() if key in _JSON_KEYS else values[key] for key in keys
-    )
-    args.extend((fence.owner, fence.token) if isinstance(fence, Lease) else (fence.status,))
-    return await driver_fetchrow(connection, sql, args)
-
-
-@functools.lru_cache(maxsize=64)
-def _update_sql(keys: tuple[str, ...], leased: bool, settles: bool, notify: bool) -> str:
-    """The SQL of ``_driver_update`` for one shape of the run's values and its fence."""
-    sets = ["updated_at = $2", "event_seq = event_seq + $3", "checkpoint_seq = checkpoint_seq + $4"]
-    sets += [f"{_COLUMN_NAMES[key]} = ${i}" for i, key in enumerate(keys, start=5)]
-    n = 5 + len(keys)
-    if leased:
-        held = ", ".join(f"'{status}'" for status in HELD)  # as ``lease_guard``
-        where = f"id = $1 AND status IN ({held}) AND lease_owner = ${n} AND lease_token = ${n + 1}"
-    else:
-        where = f"id = $1 AND status = ${n}"
-    returning = ["checkpoint_seq", "event_seq", "status"]
-    if settles:
-        returning += [_COLUMN_NAMES[key] for key in RUN_KEYS]
-    if notify:
-        returning.append(
-            "pg_notify('stepwise_events', id || ':' || event_seq::text || ':' || status)"
-        )
-    return f"UPDATE runs SET {', '.join(sets)} WHERE {where} RETURNING {', '.join(returning)}"
 
 
 def take_written(run: Run, recorded: Recorded | None) -> Run:

@@ -19,8 +19,9 @@ from app.store.checkpoints import CheckpointRow
 from app.store.database import create_engine
 from app.store.events import NewEvent
 from app.store.models import Run, utcnow
-from app.store.progress import Unchanged, record_step
+from app.store.progress import StepWrite, record_step
 from app.store.runs import Lease, lease_guard
+from app.store.statements import Unchanged
 
 from ..conftest import truncate
 
@@ -73,22 +74,46 @@ def _values(status: str) -> dict[str, Any]:
 
 
 async def _write(
-    engine: AsyncEngine, run_id: str, guard: Any, status: str, *, rollback: bool = False
+    engine: AsyncEngine,
+    run_id: str,
+    guard: Any,
+    status: str,
+    *,
+    rollback: bool = False,
+    alone: bool = False,
 ) -> Any:
-    checkpoint = CheckpointRow(str(uuid.uuid4()), run_id, None, 0, "a", "b", status, 3)
+    """One write of two steps; ``alone``: given a connection with no transaction begun
+    (on Postgres one statement that commits by itself)."""
+    first = CheckpointRow(str(uuid.uuid4()), run_id, None, 0, "a", "a2", "running", 2)
+    checkpoint = CheckpointRow(str(uuid.uuid4()), run_id, first.id, 0, "a2", "b", status, 3)
+    earlier = StepWrite(
+        [NewEvent("node.started", "a"), NewEvent("node.completed", "a", {"output": 0})],
+        first,
+        None,
+        {"frames": [{"state": {"n": 0}}]},
+    )
     async with engine.connect() as conn:
-        transaction = await conn.begin()
+        transaction = None if alone else await conn.begin()
         recorded = await record_step(
             conn,
             run_id,
             guard=guard,
             values=_values(status),
-            events=[NewEvent("node.completed", "a", {"output": {"n": 1}})],
+            events=[NewEvent("node.completed", "a2", {"output": {"n": 1}}), *_ended(status)],
             checkpoint=checkpoint,
-            data={"frames": [{"state": {"n": 1}}]},
+            base_id=first.id,
+            data={"n": 1},
+            earlier=[earlier],
         )
-        await (transaction.rollback() if rollback else transaction.commit())
+        if transaction is not None:
+            await (transaction.rollback() if rollback else transaction.commit())
+        elif conn.in_transaction():  # SQLite: the write began one
+            await conn.commit()
     return recorded
+
+
+def _ended(status: str) -> list[NewEvent]:
+    return [NewEvent("run.completed", None, {"output": 5})] if status == "completed" else []
 
 
 async def _row(engine: AsyncEngine, run_id: str) -> dict[str, Any]:
@@ -109,7 +134,8 @@ async def _row(engine: AsyncEngine, run_id: str) -> dict[str, Any]:
         checkpoints = (
             await conn.execute(
                 text(
-                    "SELECT seq, last_node, next_node, status FROM checkpoints WHERE run_id = :id"
+                    "SELECT seq, last_node, next_node, status, steps_completed, base_id IS NULL,"
+                    " CAST(data AS TEXT) FROM checkpoints WHERE run_id = :id ORDER BY seq"
                 ),
                 {"id": run_id},
             )
@@ -136,27 +162,32 @@ FENCES = {
 }
 
 
+@pytest.mark.parametrize("alone", [False, True], ids=["in-transaction", "alone"])
 @pytest.mark.parametrize("fence", FENCES)
 @pytest.mark.parametrize("status", ["running", "completed"])
 async def test_the_fenced_write_writes_what_the_statement_writes(
-    engine: AsyncEngine, status: str, fence: str
+    engine: AsyncEngine, status: str, fence: str, alone: bool
 ) -> None:
     direct, core = await _new_run(engine), await _new_run(engine)
-    by_lease = await _write(engine, direct, FENCES[fence][0], status)
+    by_fence = await _write(engine, direct, FENCES[fence][0], status, alone=alone)
     by_statement = await _write(engine, core, FENCES[fence][1], status)
 
     assert await _row(engine, direct) == await _row(engine, core)
-    assert (by_lease.checkpoint_seq, by_lease.last_event_seq, by_lease.status) == (
+    assert (by_fence.checkpoint_seq, by_fence.last_event_seq, by_fence.status) == (
         by_statement.checkpoint_seq,
         by_statement.last_event_seq,
         by_statement.status,
     )
-    assert [e["type"] for e in by_lease.events] == ["node.completed", "checkpoint.saved"]
+    types = ["node.started", "node.completed", "checkpoint.saved", "node.completed"]
+    types += ["checkpoint.saved", *(["run.completed"] if status == "completed" else [])]
+    assert [e["type"] for e in by_fence.events] == types
+    assert [e["seq"] for e in by_fence.events] == list(range(1, len(types) + 1))
+    assert by_fence.events[-1 if status == "running" else -2]["data"]["seq"] == 2
     if status == "completed":  # a settling write returns the whole row
-        assert by_lease.run.output == by_statement.run.output == {"total": 5, "names": ["ä", "b"]}
-        assert by_lease.run.lease_owner == LEASE.owner
+        assert by_fence.run.output == by_statement.run.output == {"total": 5, "names": ["ä", "b"]}
+        assert by_fence.run.lease_owner == LEASE.owner
     else:
-        assert by_lease.run is None
+        assert by_fence.run is None
 
 
 async def test_the_lease_write_is_undone_by_a_rollback(engine: AsyncEngine) -> None:
@@ -168,12 +199,13 @@ async def test_the_lease_write_is_undone_by_a_rollback(engine: AsyncEngine) -> N
     assert found["events"] == [] and found["checkpoints"] == []
 
 
+@pytest.mark.parametrize("alone", [False, True], ids=["in-transaction", "alone"])
 @pytest.mark.parametrize("fence", [LEASE, Unchanged("interrupted")])
 async def test_the_fenced_write_is_refused_when_the_fence_fails(
-    engine: AsyncEngine, fence: Any
+    engine: AsyncEngine, fence: Any, alone: bool
 ) -> None:
     run_id = await _new_run(engine, owner="worker-2")
-    assert await _write(engine, run_id, fence, "running") is None
+    assert await _write(engine, run_id, fence, "running", alone=alone) is None
     found = await _row(engine, run_id)
-    assert (found["event_seq"], found["status"]) == (0, "running")
-    assert found["events"] == []
+    assert (found["event_seq"], found["checkpoint_seq"], found["status"]) == (0, 0, "running")
+    assert found["events"] == [] and found["checkpoints"] == []
