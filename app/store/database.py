@@ -187,10 +187,14 @@ async def lone_statement(
     sessions: async_sessionmaker[AsyncSession],
 ) -> AsyncIterator[AsyncConnection]:
     """A Core connection with no transaction begun, for a write that is one statement
-    and commits by itself (Postgres, through the driver: ``app.store.statements``)."""
+    and commits by itself (Postgres, through the driver: ``app.store.statements``).
+    Whatever SQLAlchemy itself began on it (a statement that was not such a write) is
+    committed at the end, or rolled back on an error, as by ``write_transaction``."""
     bind = sessions.kw["bind"]
     async with bind.connect() as connection:
         yield connection
+        if connection.in_transaction():
+            await connection.commit()
 
 
 async def _driver(connection: AsyncConnection) -> Any:

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.settings import Settings
 from app.store.checkpoints import CheckpointRow
-from app.store.database import create_engine
+from app.store.database import create_engine, create_sessionmaker, lone_statement
 from app.store.events import NewEvent
 from app.store.models import Run, utcnow
 from app.store.progress import StepWrite, record_step
@@ -209,3 +209,17 @@ async def test_the_fenced_write_is_refused_when_the_fence_fails(
     found = await _row(engine, run_id)
     assert (found["event_seq"], found["checkpoint_seq"], found["status"]) == (0, 0, "running")
     assert found["events"] == [] and found["checkpoints"] == []
+
+
+async def test_a_lone_statement_connection_commits_what_sqlalchemy_began(
+    engine: AsyncEngine,
+) -> None:
+    """A write that is not one statement (here: fenced by a SQL expression) on a
+    ``lone_statement`` connection is still committed when the block ends."""
+    run_id = await _new_run(engine)
+    async with lone_statement(create_sessionmaker(engine)) as conn:
+        recorded = await record_step(
+            conn, run_id, guard=lease_guard(LEASE), values={"step_count": 4}, events=[]
+        )
+    assert recorded is not None
+    assert (await _row(engine, run_id))["step_count"] == 4
