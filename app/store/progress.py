@@ -96,7 +96,8 @@ async def record_step(
     ``guard`` (the lease) refused it. ``values`` is the run row after the last step.
     With ``whole_row`` (or when the write pauses or ends the run) ``Recorded.run`` is the
     whole row as written. On Postgres, a write fenced by a ``Fence`` whose ``values`` are
-    plain (no SQL expressions) skips SQLAlchemy (see ``_driver_update``)."""
+    plain (no SQL expressions) skips SQLAlchemy (``app.store.statements``); given a
+    connection with no transaction begun, it is one statement that commits by itself."""
     now = utcnow()
     writes = [*earlier, StepWrite(list(events), checkpoint, base_id, data)]
     prepared = [_with_saved_event(w) for w in writes]
