@@ -75,7 +75,7 @@ def _with_saved_event(write: StepWrite) -> tuple[list[NewEvent], int]:
         return events, -1
     while at > 0 and events[at - 1].type in STATUS_EVENT_TYPES:
         at -= 1
-    events.insert(at, NewEvent("checkpoint.saved"))
+    events.insert(at, NewEvent("checkpoint.saved", write.checkpoint.next_node))
     return events, at
 
 
@@ -150,14 +150,11 @@ async def _alone(
     checkpoints: list[tuple[CheckpointRow, str | None, Any]] = []
     events: list[tuple[NewEvent, datetime, int]] = []
     for write, (evs, at) in zip(writes, prepared, strict=True):
-        ts = write.ts or now
-        for i, event in enumerate(evs):
-            if i == at and write.checkpoint is not None:  # its data: the statement's
-                checkpoints.append((write.checkpoint, write.base_id, write.data))
-                saved = NewEvent(event.type, write.checkpoint.next_node)
-                events.append((saved, ts, len(checkpoints)))
-            else:
-                events.append((event, ts, 0))
+        if write.checkpoint is not None:
+            checkpoints.append((write.checkpoint, write.base_id, write.data))
+        # the checkpoint.saved placeholder (at ``at``) gets its data from the statement
+        ts, k = write.ts or now, len(checkpoints)
+        events.extend((event, ts, k if i == at else 0) for i, event in enumerate(evs))
     row = await one_statement(
         connection, run_id, fence, values, now, checkpoints, events, settles=settles
     )

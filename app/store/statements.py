@@ -73,9 +73,7 @@ async def fenced_update(
     """The run's row advanced by ``events`` and ``checkpoints`` and set to ``values``
     while ``fence`` holds: ``RETURNING checkpoint_seq, event_seq, status`` (then, when
     ``settles``, every column of ``RUN_KEYS``), or None."""
-    values = _with_head(values, checkpoints)
-    shape = Shape(tuple(values), isinstance(fence, Lease), settles, events > 0)
-    args = _update_args(run_id, fence, values, now, events, len(checkpoints))
+    shape, args = _update(run_id, fence, values, now, events, checkpoints, settles)
     return await driver_fetchrow(connection, _update_sql(shape), args)
 
 
@@ -95,9 +93,7 @@ async def one_statement(
     k)``: ``k`` > 0 makes it the ``checkpoint.saved`` of the k-th checkpoint, its data
     written by the statement) in the same statement."""
     rows = [row for row, _, _ in checkpoints]
-    values = _with_head(values, rows)
-    shape = Shape(tuple(values), isinstance(fence, Lease), settles, bool(events))
-    args = _update_args(run_id, fence, values, now, len(events), len(rows))
+    shape, args = _update(run_id, fence, values, now, len(events), rows, settles)
     args += [
         [row.id for row in rows],
         [row.parent_id for row in rows],
@@ -117,28 +113,24 @@ async def one_statement(
     return await driver_fetchrow(connection, _one_statement_sql(shape), args)
 
 
-def _with_head(values: dict[str, Any], checkpoints: Sequence[CheckpointRow]) -> dict[str, Any]:
-    return {**values, "head_checkpoint_id": checkpoints[-1].id} if checkpoints else values
-
-
-def _update_args(
+def _update(
     run_id: str,
     fence: Fence,
     values: dict[str, Any],
     now: datetime,
     events: int,
-    checkpoints: int,
-) -> list[Any]:
-    args: list[Any] = [run_id, now, events, checkpoints]
+    checkpoints: Sequence[CheckpointRow],
+    settles: bool,
+) -> tuple[Shape, list[Any]]:
+    """The shape and the parameters of ``_update_sql`` for this write."""
+    if checkpoints:
+        values = {**values, "head_checkpoint_id": checkpoints[-1].id}
+    args: list[Any] = [run_id, now, events, len(checkpoints)]
     args.extend(
         encode_json(value).decode() if key in _JSON_KEYS else value for key, value in values.items()
     )
     args.extend((fence.owner, fence.token) if isinstance(fence, Lease) else (fence.status,))
-    return args
-
-
-def _fence_count(shape: Shape) -> int:
-    return 2 if shape.leased else 1
+    return Shape(tuple(values), isinstance(fence, Lease), settles, events > 0), args
 
 
 @functools.lru_cache(maxsize=64)
@@ -168,7 +160,7 @@ def _update_sql(shape: Shape) -> str:
 def _one_statement_sql(shape: Shape) -> str:
     """``_update_sql`` as the first of three data-modifying CTEs; the arrays of the
     checkpoints and the events follow the update's parameters."""
-    a = 5 + len(shape.keys) + _fence_count(shape)  # the first array's parameter
+    a = 5 + len(shape.keys) + (2 if shape.leased else 1)  # the first array's parameter
     ids, parents, last, nxt, status, steps, bases, data, created = (f"${a + i}" for i in range(9))
     types, nodes, stamps, payloads, saved = (f"${a + 9 + i}" for i in range(5))
     seq_of = "u.head_seq - $4 + "  # the k-th checkpoint's seq
