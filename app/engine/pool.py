@@ -28,6 +28,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingErr
 
 from app import tracing
 from app.engine.failures import record_internal_error
+from app.engine.lifecycle import RunStatus
 from app.engine.memory import Handover
 from app.engine.runner import RunExecution
 from app.engine.services import Engine
@@ -344,6 +345,8 @@ class RunnerPool:
             return
         if status is not None:
             log.warning("run %s: after an internal error it is %s", run_id, status)
+        if status == RunStatus.QUEUED:
+            self._wake.set()  # it is due again soon: no NOTIFY needed to see it
 
     # -- leases -----------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import orjson
 from sqlalchemy import event, make_url
 from sqlalchemy.exc import (
     DataError,
+    DBAPIError,
     DisconnectionError,
     IntegrityError,
     OperationalError,
@@ -210,20 +211,53 @@ async def _driver(connection: AsyncConnection) -> Any:
     return raw.driver_connection
 
 
-@contextlib.contextmanager
-def _as_sqlalchemy_errors(sql: str) -> Any:
-    """asyncpg's errors as those SQLAlchemy would have raised: the runner tells bugs from
-    outages by them."""
+def _as_sqlalchemy_error(sql: str, exc: Exception, broken: bool) -> DBAPIError:
+    """An asyncpg error as the one SQLAlchemy would have raised: the runner tells bugs
+    from outages by them."""
+    if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
+        return IntegrityError(sql, None, exc, connection_invalidated=broken)
+    if isinstance(exc, asyncpg.DataError):
+        return DataError(sql, None, exc, connection_invalidated=broken)
+    if isinstance(exc, asyncpg.SyntaxOrAccessError):
+        return ProgrammingError(sql, None, exc, connection_invalidated=broken)
+    return OperationalError(sql, None, exc, connection_invalidated=broken)
+
+
+# What asyncpg raises for a statement: the server's errors, a connection that is closed
+# or whose protocol is mid-way through something else (the server just ended it: asyncpg
+# is still reading the error when the next statement comes), and the socket's errors.
+_DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+)
+# ...and those of them that leave the connection unusable (with the server's "terminating
+# connection" errors, asyncpg may not have seen the socket close yet).
+_BROKEN = (
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.IdleSessionTimeoutError,
+)
+
+
+async def _on_driver(connection: AsyncConnection, sql: str, call: Any) -> Any:
+    """``call(driver)`` on the asyncpg connection under ``connection``, its errors raised
+    as SQLAlchemy's. A connection the error leaves unusable is invalidated, as SQLAlchemy
+    does for its own statements, so the pool never hands it out again."""
+    driver = await _driver(connection)
     try:
-        yield
-    except asyncpg.IntegrityConstraintViolationError as exc:
-        raise IntegrityError(sql, None, exc) from exc
-    except asyncpg.DataError as exc:
-        raise DataError(sql, None, exc) from exc
-    except asyncpg.SyntaxOrAccessError as exc:
-        raise ProgrammingError(sql, None, exc) from exc
-    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise OperationalError(sql, None, exc) from exc
+        return await call(driver)
+    except _DRIVER_ERRORS as exc:
+        broken = driver.is_closed() or isinstance(exc, _BROKEN)
+        if broken:
+            with contextlib.suppress(Exception):
+                await connection.invalidate(exc)
+        raise _as_sqlalchemy_error(sql, exc, broken) from exc
 
 
 async def driver_executemany(
@@ -232,9 +266,7 @@ async def driver_executemany(
     """Postgres only: ``rows`` (JSON already encoded as text) straight through asyncpg, a
     statement it prepares once per connection, skipping SQLAlchemy's per-statement and
     per-row work — the runner's hot path. It joins the transaction ``connection`` is in."""
-    driver = await _driver(connection)
-    with _as_sqlalchemy_errors(sql):
-        await driver.executemany(sql, rows)
+    await _on_driver(connection, sql, lambda driver: driver.executemany(sql, rows))
 
 
 async def driver_fetchrow(
@@ -242,9 +274,7 @@ async def driver_fetchrow(
 ) -> Sequence[Any] | None:
     """Postgres only: one statement's first row straight through asyncpg (prepared once
     per connection), in the transaction ``connection`` is in (if any)."""
-    driver = await _driver(connection)
-    with _as_sqlalchemy_errors(sql):
-        row = await driver.fetchrow(sql, *args)
+    row = await _on_driver(connection, sql, lambda driver: driver.fetchrow(sql, *args))
     return None if row is None else tuple(row)
 
 

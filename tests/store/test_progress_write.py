@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import JSON, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.settings import Settings
@@ -223,3 +224,25 @@ async def test_a_lone_statement_connection_commits_what_sqlalchemy_began(
         )
     assert recorded is not None
     assert (await _row(engine, run_id))["step_count"] == 4
+
+
+@pytest.mark.postgres_only
+async def test_a_connection_the_server_ended_is_an_outage_and_is_never_reused(
+    engine: AsyncEngine,
+) -> None:
+    """The driver's errors on a connection the server terminated are SQLAlchemy's
+    ``OperationalError`` (an outage the runner retries, not a bug in the run) and the
+    connection is invalidated: the pool's next connection is a new one that works."""
+    run_id = await _new_run(engine)
+    async with engine.connect() as conn:
+        pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        await conn.commit()
+        async with engine.connect() as other:
+            await other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            await other.commit()
+        with pytest.raises(OperationalError) as raised:
+            await record_step(conn, run_id, guard=LEASE, values={"step_count": 4}, events=[])
+        assert raised.value.connection_invalidated
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one() != pid
+    assert await _write(engine, run_id, LEASE, "running", alone=True) is not None
