@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, quote_plus
 
-import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.engine import prompts
@@ -23,7 +22,7 @@ from app.engine.validation import DefinitionLimits, DefinitionValidator
 from app.errors import NotFound
 from app.schemas.definition import WorkflowDefinition
 from app.settings import Settings
-from app.steps.outbound import OutboundPolicy
+from app.steps.outbound import OutboundClient, OutboundPolicy
 from app.steps.registry import StepRegistry
 from app.store import agent_turns as agent_turn_store
 from app.store import workflows as workflow_store
@@ -221,7 +220,7 @@ class Engine:
     registry: StepRegistry
     validator: DefinitionValidator
     definitions: DefinitionCache
-    http: httpx.AsyncClient
+    http: OutboundClient
     outbound_policy: OutboundPolicy
     model_clients: ModelClients  # agent steps' model clients, kept across steps and runs
     secrets: dict[str, str]
@@ -283,7 +282,7 @@ class Engine:
         cls,
         settings: Settings,
         sessions: async_sessionmaker[AsyncSession],
-        http: httpx.AsyncClient,
+        http: OutboundClient,
         model_clients: ModelClients,
         registry: StepRegistry | None = None,
     ) -> Engine:

@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-import httpx
+from app.steps.outbound import OutboundClient
 
 
 class StepStatus(StrEnum):
@@ -141,7 +141,7 @@ class StepContext:
     context: dict[str, Any]
     attempt: int = 1
     visit: int = 1
-    http: httpx.AsyncClient | None = None
+    http: OutboundClient | None = None
     services: Any = None  # the engine's StepServices (settings, outbound guard, subgraphs)
     emit: ProgressEmitter = field(default=_no_progress)
     emit_event: EventEmitter = field(default=_no_event)  # see ``event``

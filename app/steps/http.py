@@ -31,6 +31,7 @@ from app.steps.base import StepContext, StepResult
 from app.steps.outbound import (
     AddressNotAllowed,
     GuardedResponse,
+    OutboundClient,
     OutboundPolicy,
     ResponseTooLarge,
     TooManyRedirects,
@@ -171,7 +172,7 @@ def outbound_policy(ctx: StepContext) -> OutboundPolicy:
 
 
 @asynccontextmanager
-async def outbound_client(ctx: StepContext) -> AsyncIterator[httpx.AsyncClient]:
+async def outbound_client(ctx: StepContext) -> AsyncIterator[OutboundClient]:
     """The shared client, or a short-lived guarded one when the engine gave none."""
     if ctx.http is not None:
         yield ctx.http

@@ -44,6 +44,7 @@ class Reply:
     chunks: Iterable[bytes] | None = None  # sent with chunked transfer-encoding
     delay_s: float = 0.0
     chunk_delay_s: float = 0.0
+    close_after: bool = False  # close the connection afterwards, without saying so
 
 
 Route = Reply | Callable[[Hit], Reply]
@@ -161,7 +162,7 @@ class LoopbackServer:
         elif method != "HEAD":
             writer.write(reply.body)
         await writer.drain()
-        return headers.get("connection", "").lower() != "close"
+        return not reply.close_after and headers.get("connection", "").lower() != "close"
 
 
 LOOPBACK = OutboundPolicy(allowed_hosts=frozenset({"127.0.0.1"}))

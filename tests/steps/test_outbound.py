@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import ipaddress
 import re
 import socket
@@ -185,6 +186,35 @@ async def test_allowed_host_by_address(
     # ... but it opens that address only
     with pytest.raises(AddressNotAllowed):
         await send_guarded(http_client, LOOPBACK, "GET", server.url("/x", "[::1]"), timeout_s=5)
+
+
+async def test_the_request_as_sent_and_a_compressed_answer(
+    server: LoopbackServer, http_client: httpx.AsyncClient
+) -> None:
+    """What the endpoint receives: the client's headers (User-Agent, Accept-Encoding),
+    the caller's, the body; and an answer in gzip is read decoded."""
+    server.route(
+        "/x", Reply(200, headers=[("Content-Encoding", "gzip")], body=gzip.compress(b"unzipped"))
+    )
+    response = await send_guarded(
+        http_client,
+        LOOPBACK,
+        "POST",
+        server.url("/x"),
+        headers={"X-Trace": "t-1", "User-Agent": "caller/2"},
+        json={"a": 1},
+        timeout_s=5,
+    )
+    assert (response.status_code, response.body) == (200, b"unzipped")
+    hit = server.hits[-1]
+    assert hit.body == b'{"a":1}'
+    assert hit.headers["x-trace"] == "t-1"
+    assert hit.headers["user-agent"] == "caller/2"  # the caller's header wins
+    assert hit.headers["content-type"] == "application/json"
+    assert hit.headers["content-length"] == "7"
+    assert "gzip" in hit.headers["accept-encoding"]
+    await send_guarded(http_client, LOOPBACK, "GET", server.url("/x"), timeout_s=5)
+    assert server.hits[-1].headers["user-agent"] == "stepwise"  # the client's default
 
 
 async def test_allowed_host_by_name(server: LoopbackServer, http_client: httpx.AsyncClient) -> None:
