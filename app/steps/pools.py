@@ -33,6 +33,7 @@ class _Stream(httpcore.AsyncNetworkStream):
     def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
         self._inner = inner
         self._socket: socket.socket | None = inner.get_extra_info("socket")
+        self._tls: ssl.SSLObject | None = inner.get_extra_info("ssl_object")
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return await self._inner.read(max_bytes, timeout)
@@ -53,16 +54,30 @@ class _Stream(httpcore.AsyncNetworkStream):
 
     def get_extra_info(self, info: str) -> typing.Any:
         if info == "is_readable":
-            return _readable(self._socket)
+            return _readable(self._socket, self._tls)
         return self._inner.get_extra_info(info)
 
 
-def _readable(sock: socket.socket | None) -> bool:
+def _readable(sock: socket.socket | None, tls: ssl.SSLObject | None = None) -> bool:
     """Whether an idle connection has something to read: the server closed it (or sent
-    what it should not have), so it must not be used again."""
+    what it should not have), so it must not be used again.
+
+    Over TLS the server's close_notify may already have been read off the socket, with
+    the end of the last response, and wait in the TLS object's input: the socket then
+    looks idle though the connection is over. A non-blocking read of the TLS object
+    finds it (it can only consume records the next exchange could not use)."""
     fd = -1 if sock is None else sock.fileno()
     if fd < 0:
         return True
+    if tls is not None:
+        try:
+            tls.read(1)
+        except ssl.SSLWantReadError:
+            pass  # nothing buffered: the socket decides
+        except ssl.SSLError:
+            return True  # close_notify (SSLZeroReturnError) or a broken stream
+        else:
+            return True  # data nobody asked for
     poll = select.poll()
     poll.register(fd, select.POLLIN)
     return bool(poll.poll(0))
