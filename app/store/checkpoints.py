@@ -140,14 +140,16 @@ async def load(
     found = (await session.execute(_LOAD, {"checkpoint_id": checkpoint_id})).first()
     if found is None:
         return None
-    checkpoint, base_data = found
+    return with_doc(*found)
+
+
+def with_doc(checkpoint: Checkpoint, base_data: Any) -> tuple[Checkpoint, Any, CheckpointChain]:
+    """A checkpoint read with its snapshot's data: its full document and its chain."""
     if checkpoint.base_id is None:
         doc = checkpoint.data
-        chain = CheckpointChain.snapshot(checkpoint.id, doc)
-    else:
-        doc = deltas.apply(base_data, checkpoint.data)
-        chain = CheckpointChain.snapshot(checkpoint.base_id, base_data)
-    return checkpoint, doc, chain
+        return checkpoint, doc, CheckpointChain.snapshot(checkpoint.id, doc)
+    doc = deltas.apply(base_data, checkpoint.data)
+    return checkpoint, doc, CheckpointChain.snapshot(checkpoint.base_id, base_data)
 
 
 async def list_for_run(

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ClauseElement, ColumnElement, String, cast, func, update
+from sqlalchemy import ClauseElement, ColumnElement, String, and_, cast, func, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -250,7 +250,15 @@ def _plain(values: dict[str, Any]) -> bool:
 def _clause(fence: Fence) -> ColumnElement[bool]:
     if isinstance(fence, Lease):
         return lease_guard(fence)
-    return Run.status == fence.status
+    if fence.versions is None:
+        return Run.status == fence.status
+    events, checkpoints, token = fence.versions
+    return and_(
+        Run.status == fence.status,
+        Run.event_seq == events,
+        Run.checkpoint_seq == checkpoints,
+        Run.lease_token == token,
+    )
 
 
 def take_written(run: Run, recorded: Recorded | None) -> Run:

@@ -12,6 +12,9 @@ the update and, fed by its ``RETURNING``, the inserts of the checkpoints and the
 (data-modifying CTEs) — for a write that is its own transaction: Postgres commits it by
 itself, with no ``BEGIN`` or ``COMMIT`` round trip; when the fence fails, the update
 returns no row and nothing is inserted.
+
+``run_and_head`` is the read an unlocked command fences such a write against: the run and
+its head checkpoint in one statement, outside any transaction.
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ from typing import Any
 from sqlalchemy import JSON
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.store.checkpoints import CheckpointRow
+from app.store.checkpoints import CheckpointChain, CheckpointRow, with_doc
 from app.store.database import driver_fetchrow, encode_json
 from app.store.events import NewEvent
-from app.store.models import Run
+from app.store.models import Checkpoint, Run
 from app.store.runs import HELD, Lease
 
 RUN_KEYS = tuple(attr.key for attr in Run.__mapper__.column_attrs)
@@ -41,9 +44,12 @@ _JSON_KEYS = frozenset(
 @dataclass(frozen=True, slots=True)
 class Unchanged:
     """A write's fence for commands: the run must still have ``status`` (their
-    transaction has usually locked its row)."""
+    transaction has usually locked its row) and, when ``versions`` is given, still its
+    ``(event_seq, checkpoint_seq, lease_token)``: the fence of a write made after an
+    unlocked read, which every other change of the run since then fails."""
 
     status: str
+    versions: tuple[int, int, int] | None = None
 
 
 Fence = Lease | Unchanged
@@ -55,6 +61,7 @@ class Shape:
 
     keys: tuple[str, ...]  # the run's columns set, in order
     leased: bool  # fenced by a lease (else by an unchanged status)
+    versioned: bool  # ...and unchanged versions
     settles: bool  # returns the whole row
     notify: bool  # the write has events: NOTIFY their watchers on commit
 
@@ -129,8 +136,13 @@ def _update(
     args.extend(
         encode_json(value).decode() if key in _JSON_KEYS else value for key, value in values.items()
     )
-    args.extend((fence.owner, fence.token) if isinstance(fence, Lease) else (fence.status,))
-    return Shape(tuple(values), isinstance(fence, Lease), settles, events > 0), args
+    if isinstance(fence, Lease):
+        args.extend((fence.owner, fence.token))
+    else:
+        args.append(fence.status)
+        args.extend(fence.versions or ())
+    versioned = isinstance(fence, Unchanged) and fence.versions is not None
+    return Shape(tuple(values), isinstance(fence, Lease), versioned, settles, events > 0), args
 
 
 @functools.lru_cache(maxsize=64)
@@ -145,6 +157,11 @@ def _update_sql(shape: Shape) -> str:
         where = f"id = $1 AND status IN ({held}) AND lease_owner = ${n} AND lease_token = ${n + 1}"
     else:
         where = f"id = $1 AND status = ${n}"
+        if shape.versioned:
+            where += (
+                f" AND event_seq = ${n + 1} AND checkpoint_seq = ${n + 2}"
+                f" AND lease_token = ${n + 3}"
+            )
     # named apart from the whole row's columns, which a settling write returns after them
     returning = ["checkpoint_seq AS head_seq", "event_seq AS last_seq", "status AS now_status"]
     if shape.settles:
@@ -160,7 +177,8 @@ def _update_sql(shape: Shape) -> str:
 def _one_statement_sql(shape: Shape) -> str:
     """``_update_sql`` as the first of three data-modifying CTEs; the arrays of the
     checkpoints and the events follow the update's parameters."""
-    a = 5 + len(shape.keys) + (2 if shape.leased else 1)  # the first array's parameter
+    fence = 2 if shape.leased else 4 if shape.versioned else 1
+    a = 5 + len(shape.keys) + fence  # the first array's parameter
     ids, parents, last, nxt, status, steps, bases, data, created = (f"${a + i}" for i in range(9))
     types, nodes, stamps, payloads, saved = (f"${a + 9 + i}" for i in range(5))
     seq_of = "u.head_seq - $4 + "  # the k-th checkpoint's seq
@@ -184,3 +202,32 @@ def _one_statement_sql(shape: Shape) -> str:
         f" {saved}::int[]) WITH ORDINALITY AS x(type, node, ts, data, saved, k)) "
         "SELECT * FROM u"
     )
+
+
+_CHECKPOINT_KEYS = tuple(attr.key for attr in Checkpoint.__mapper__.column_attrs)
+_RUN_AND_HEAD = (
+    "SELECT "
+    + ", ".join(f"r.{_COLUMN_NAMES[key]}" for key in RUN_KEYS)
+    + ", "
+    + ", ".join(f"c.{attr.columns[0].name}" for attr in Checkpoint.__mapper__.column_attrs)
+    + ", b.data FROM runs r LEFT JOIN checkpoints c ON c.id = r.head_checkpoint_id"
+    " LEFT JOIN checkpoints b ON b.id = c.base_id WHERE r.id = $1"
+)
+
+
+async def run_and_head(
+    connection: AsyncConnection, run_id: str
+) -> tuple[Run, tuple[Checkpoint, Any, CheckpointChain] | None] | None:
+    """The run and its head checkpoint (with its full document and chain) in one read,
+    with no transaction of its own: a snapshot the caller's write fences against
+    (``Unchanged.versions``). None if there is no such run."""
+    row = await driver_fetchrow(connection, _RUN_AND_HEAD, [run_id])
+    if row is None:
+        return None
+    cut = len(RUN_KEYS)
+    run = Run(**dict(zip(RUN_KEYS, row[:cut], strict=True)))
+    if row[cut] is None:  # no checkpoint yet
+        return run, None
+    head = row[cut : cut + len(_CHECKPOINT_KEYS)]
+    checkpoint = Checkpoint(**dict(zip(_CHECKPOINT_KEYS, head, strict=True)))
+    return run, with_doc(checkpoint, row[-1])

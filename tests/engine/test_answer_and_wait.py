@@ -3,6 +3,8 @@ this process's runner just committed: the resource is the one a read would retur
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -99,30 +101,52 @@ async def test_a_bad_wait_s_is_refused_and_the_answer_not_taken(
     assert (await fetch(client, run["id"]))["status"] == "interrupted"
 
 
-async def test_a_wait_for_a_run_settled_here_reads_nothing(client: httpx.AsyncClient) -> None:
-    """The runner of this process committed the run's end: the waiting request answers
-    with that row and state, without reading the run back."""
-    run = await start(client, ASK)
+@contextlib.contextmanager
+def statements_sent(engine: Any) -> Iterator[list[str]]:
+    """Every statement sent to the database meanwhile: SQLAlchemy's, and those sent
+    straight through asyncpg (its query logger on each connection checked out)."""
     statements: list[str] = []
+    loggers: list[Any] = []
 
     def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         statements.append(statement)
 
-    engine = client.app.state.runtime.db.sync_engine  # type: ignore[attr-defined]
+    def checked_out(dbapi_connection: Any, *_args: Any) -> None:
+        driver = dbapi_connection.driver_connection
+        if hasattr(driver, "add_query_logger"):
+            driver.add_query_logger(log)
+            loggers.append(driver)
+
+    def log(record: Any) -> None:
+        statements.append(record.query)
+
     event.listen(engine, "before_cursor_execute", seen)
+    event.listen(engine, "checkout", checked_out)
     try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+        event.remove(engine, "checkout", checked_out)
+        for driver in loggers:
+            driver.remove_query_logger(log)
+
+
+async def test_a_wait_for_a_run_settled_here_reads_nothing(client: httpx.AsyncClient) -> None:
+    """The runner of this process committed the run's end: the waiting request answers
+    with that row and state, without reading the run back."""
+    run = await start(client, ASK)
+    engine = client.app.state.runtime.db.sync_engine  # type: ignore[attr-defined]
+    with statements_sent(engine) as statements:
         response = await client.post(
             f"/runs/{run['id']}/response",
             params={"wait_s": 10},
             json={"interrupt_id": run["interrupt"]["id"], "value": {"ok": True}},
         )
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
     assert response.json()["status"] == "completed"
     reads_of_runs = [
         s for s in statements if s.lstrip().upper().startswith("SELECT") and "FROM runs" in s
     ]
-    # the answer locks and reads the run once; nothing reads it after the runner's commit
+    # the answer reads the run once; nothing reads it after the runner's commit
     assert len(reads_of_runs) == 1, "\n".join(" ".join(s.split())[:90] for s in statements)
 
 

@@ -11,18 +11,20 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import JSON, text
+from sqlalchemy import JSON, and_, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.settings import Settings
+from app.store import checkpoints as checkpoint_store
+from app.store import deltas
 from app.store.checkpoints import CheckpointRow
 from app.store.database import create_engine, create_sessionmaker, lone_statement
 from app.store.events import NewEvent
 from app.store.models import Run, utcnow
 from app.store.progress import StepWrite, record_step
 from app.store.runs import Lease, lease_guard
-from app.store.statements import Unchanged
+from app.store.statements import RUN_KEYS, Unchanged, run_and_head
 
 from ..conftest import truncate
 
@@ -82,6 +84,7 @@ async def _write(
     *,
     rollback: bool = False,
     alone: bool = False,
+    data: Any = None,
 ) -> Any:
     """One write of two steps; ``alone``: given a connection with no transaction begun
     (on Postgres one statement that commits by itself)."""
@@ -103,7 +106,7 @@ async def _write(
             events=[NewEvent("node.completed", "a2", {"output": {"n": 1}}), *_ended(status)],
             checkpoint=checkpoint,
             base_id=first.id,
-            data={"n": 1},
+            data={"n": 1} if data is None else data,
             earlier=[earlier],
         )
         if transaction is not None:
@@ -160,6 +163,16 @@ def _json(value: Any) -> Any:
 FENCES = {
     "lease": (LEASE, lease_guard(LEASE)),
     "unchanged": (Unchanged("running"), Run.status == "running"),
+    # (event_seq, checkpoint_seq, lease_token) as read: a new run's
+    "versions": (
+        Unchanged("running", (0, 0, LEASE.token)),
+        and_(
+            Run.status == "running",
+            Run.event_seq == 0,
+            Run.checkpoint_seq == 0,
+            Run.lease_token == LEASE.token,
+        ),
+    ),
 }
 
 
@@ -201,7 +214,17 @@ async def test_the_lease_write_is_undone_by_a_rollback(engine: AsyncEngine) -> N
 
 
 @pytest.mark.parametrize("alone", [False, True], ids=["in-transaction", "alone"])
-@pytest.mark.parametrize("fence", [LEASE, Unchanged("interrupted")])
+@pytest.mark.parametrize(
+    "fence",
+    [
+        LEASE,
+        Unchanged("interrupted"),
+        Unchanged("running", (1, 0, LEASE.token)),  # an event written since the read
+        Unchanged("running", (0, 1, LEASE.token)),  # a checkpoint
+        Unchanged("running", (0, 0, LEASE.token - 1)),  # claimed or reserved meanwhile
+    ],
+    ids=["lease", "status", "event_seq", "checkpoint_seq", "lease_token"],
+)
 async def test_the_fenced_write_is_refused_when_the_fence_fails(
     engine: AsyncEngine, fence: Any, alone: bool
 ) -> None:
@@ -210,6 +233,40 @@ async def test_the_fenced_write_is_refused_when_the_fence_fails(
     found = await _row(engine, run_id)
     assert (found["event_seq"], found["checkpoint_seq"], found["status"]) == (0, 0, "running")
     assert found["events"] == [] and found["checkpoints"] == []
+
+
+@pytest.mark.postgres_only
+async def test_the_run_and_its_head_read_together_are_what_the_store_loads(
+    engine: AsyncEngine,
+) -> None:
+    """``run_and_head`` (one driver read, for the unlocked answer) gives the run's row and
+    its head checkpoint's full document and chain, as the session's reads do."""
+    run_id = await _new_run(engine)
+    # a snapshot, then a delta against it
+    delta = deltas.diff({"frames": [{"state": {"n": 0}}]}, {"frames": [{"state": {"n": 1}}]})
+    await _write(engine, run_id, LEASE, "running", data=delta)
+    async with lone_statement(create_sessionmaker(engine)) as conn:
+        read = await run_and_head(conn, run_id)
+        assert not conn.in_transaction()  # a read of its own: nothing left open
+        assert await run_and_head(conn, str(uuid.uuid4())) is None
+    async with create_sessionmaker(engine)() as session:
+        run = await session.get(Run, run_id)
+        assert run is not None and run.head_checkpoint_id is not None
+        loaded = await checkpoint_store.load(session, run.head_checkpoint_id)
+    assert read is not None and loaded is not None
+    found, head = read
+    assert {key: getattr(found, key) for key in RUN_KEYS} == {
+        key: getattr(run, key) for key in RUN_KEYS
+    }
+    assert head is not None
+    assert head[0].base_id is not None  # the head is a delta: the document is rebuilt
+    assert head[1] == {"frames": [{"state": {"n": 1}}]}
+    assert (head[0].id, head[0].seq, head[1], head[2]) == (
+        loaded[0].id,
+        loaded[0].seq,
+        loaded[1],
+        loaded[2],
+    )
 
 
 async def test_a_lone_statement_connection_commits_what_sqlalchemy_began(
