@@ -11,7 +11,8 @@ from pydantic import BaseModel
 
 from app.api import deps
 from app.engine import branchdoc
-from app.engine.commands import Answered, RunCommands
+from app.engine.approvals import Answered
+from app.engine.commands import RunCommands
 from app.engine.lifecycle import RunStatus
 from app.engine.resources import run_out, run_resource
 from app.engine.services import Engine

@@ -4,7 +4,7 @@ Each command is one transaction that locks the run, checks the transition
 (``app.engine.lifecycle``) and writes the change with its events; the runner pool and
 other processes are woken only after the commit. The exception is the most common
 answer (an interrupted run's one interrupt approved, on Postgres): one read and one write
-fenced on the versions read, with no lock held in between (``_approve_unlocked``).
+fenced on the versions read, with no lock held in between (``app.engine.approvals``).
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.engine import branchdoc, memory
+from app.engine.approvals import Answered, ApprovalCommands, answer_of, approval, check_value
 from app.engine.history import HistoryCommands
 from app.engine.lifecycle import TERMINAL, RunStatus, change_status
 from app.engine.prompts import prompt_ref_errors
@@ -30,11 +31,9 @@ from app.schemas.runs import InterruptResponse, RunCreate
 from app.store import checkpoints as checkpoint_store
 from app.store import runs as run_store
 from app.store.checkpoints import CheckpointRow
-from app.store.database import lone_statement, transaction
+from app.store.database import transaction
 from app.store.events import NewEvent, insert_events
 from app.store.models import Run, utcnow
-from app.store.progress import record_step, take_written
-from app.store.statements import Unchanged, run_and_head
 
 # a run whose branches may be answered: paused, or executing with some branches paused
 ANSWERABLE = (RunStatus.INTERRUPTED, RunStatus.RUNNING, RunStatus.QUEUED)
@@ -46,12 +45,6 @@ class Started:
     run: Run
     created: bool
     state: Any = None  # the initial state of a run just created (no read-back needed)
-
-
-@dataclass(frozen=True, slots=True)
-class Answered:
-    run: Run
-    doc: memory.Doc | None = None  # the head checkpoint's document, when it was read
 
 
 def _prompt_refs(definition: WorkflowDefinition) -> dict[str, Any]:
@@ -69,7 +62,7 @@ def _prompt_refs(definition: WorkflowDefinition) -> dict[str, Any]:
     return {"agents": agents, "nodes": nodes} if agents or nodes else {}
 
 
-class RunCommands(HistoryCommands):
+class RunCommands(HistoryCommands, ApprovalCommands):
     """Every command a client can give (``HistoryCommands`` brings resume, fork and
     state edits)."""
 
@@ -234,12 +227,12 @@ class RunCommands(HistoryCommands):
                     extra={"reason": "stale_interrupt_id"},
                 )
             others = [i for i in every if i["id"] != body.interrupt_id]
-            answer = _answer(body)
+            answer = answer_of(body)
             who = body.responded_by or "someone"
             executing = run.status != RunStatus.INTERRUPTED
             if body.status == "approved":
                 checkpoint, doc, chain = await load_doc(session, run)
-                _check_value(doc, body)
+                check_value(doc, body)
             if body.status == "approved" and executing:
                 left = {
                     "response": answer,
@@ -256,7 +249,7 @@ class RunCommands(HistoryCommands):
                     RunStatus.QUEUED,
                     locked=run,
                     values={
-                        **_approval(body, others),
+                        **approval(body, others),
                         **self._reservation(run.lease_token + 1),
                     },
                 )
@@ -300,44 +293,6 @@ class RunCommands(HistoryCommands):
             else:
                 self.engine.on_cancel(run_id)
         return Answered(run, doc)
-
-    async def _approve_unlocked(self, run_id: str, body: InterruptResponse) -> Answered | None:
-        """The common answer — the one interrupt of an interrupted run approved, the run
-        queued for this process's runners — in two statements and no transaction: the
-        run and its head checkpoint read together, then the change written by one
-        statement fenced on the versions read (Postgres). None, with nothing written,
-        where that does not apply or the run changed in between: the locked path then
-        answers (and refuses what must be refused)."""
-        async with lone_statement(self.engine.sessions) as connection:
-            read = await run_and_head(connection, run_id)
-            if read is None:
-                return None
-            run, loaded = read
-            if loaded is None or run.status != RunStatus.INTERRUPTED:
-                return None
-            every = branchdoc.interrupts_of(run.interrupt)
-            reservation = self._reservation(run.lease_token + 1)
-            if [i["id"] for i in every] != [body.interrupt_id] or not reservation:
-                return None
-            _check_value(loaded[1], body)
-            recorded = await record_step(
-                connection,
-                run_id,
-                guard=Unchanged(run.status, (run.event_seq, run.checkpoint_seq, run.lease_token)),
-                values={"status": str(RunStatus.QUEUED), **_approval(body, []), **reservation},
-                events=[],
-                whole_row=True,
-            )
-            if recorded is None:
-                return None
-            run = take_written(run, recorded)
-        try:  # the definitions a runner needs are nearly always in memory already
-            async with self.engine.sessions() as session:
-                handover = await self._hand_over(session, run, loaded)
-        except SQLAlchemyError:
-            handover = None  # the runner reads the run itself
-        self._after_commit(run, work=True, handover=handover)
-        return Answered(run, loaded[1])
 
     async def message(self, run_id: str, message: Any, branch: str | None = None) -> Answered:
         async with transaction(self.engine.sessions) as session:
@@ -411,32 +366,3 @@ class RunCommands(HistoryCommands):
             if run.status in (RunStatus.QUEUED, RunStatus.RUNNING):
                 raise Conflict(f"run {run_id} is {run.status}; cancel it first", code="run_active")
             await run_store.delete_run(session, run_id)
-
-
-def _answer(body: InterruptResponse) -> dict[str, Any]:
-    answer = body.model_dump(exclude={"interrupt_id"})
-    answer["interrupt_id"] = body.interrupt_id
-    return answer
-
-
-def _approval(body: InterruptResponse, others: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run's values when an interrupted run's interrupt is approved (``others``: the
-    interrupts of its branches still pending)."""
-    return {
-        "resume_data": {"response": _answer(body), "info": {"interrupt_id": body.interrupt_id}},
-        "interrupt": (others[0] if len(others) == 1 else others) or None,
-        "due_at": None,  # (a branch's timer: the run runs now anyway)
-    }
-
-
-def _check_value(doc: memory.Doc, body: InterruptResponse) -> None:
-    """422 when the approved value does not match the interrupt's schema."""
-    schema = branchdoc.interrupt_schema(doc, body.interrupt_id)
-    if isinstance(schema, dict):
-        errors = instance_errors(schema, body.value, ["body", "value"])
-        if errors:
-            raise Invalid(
-                "the value does not match the interrupt's schema",
-                code="invalid_response",
-                errors=errors,
-            )
