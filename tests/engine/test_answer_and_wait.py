@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import event
 
 from tests.conftest import AppFactory
@@ -148,6 +149,27 @@ async def test_a_wait_for_a_run_settled_here_reads_nothing(client: httpx.AsyncCl
     ]
     # the answer reads the run once; nothing reads it after the runner's commit
     assert len(reads_of_runs) == 1, "\n".join(" ".join(s.split())[:90] for s in statements)
+
+
+@pytest.mark.postgres_only
+async def test_an_approval_locks_nothing(client: httpx.AsyncClient) -> None:
+    """The common approval is one read and one fenced write (app/engine/approvals.py):
+    no row lock is taken, and the run goes on from the answer."""
+    run = await start(client, ASK)
+    engine = client.app.state.runtime.db.sync_engine  # type: ignore[attr-defined]
+    with statements_sent(engine) as statements:
+        response = await client.post(
+            f"/runs/{run['id']}/response",
+            json={"interrupt_id": run["interrupt"]["id"], "value": {"ok": True}},
+        )
+    assert response.status_code == 202
+    assert any(s.startswith("SELECT") and "JOIN checkpoints" in s for s in statements)
+    # (the claim loops' own statements skip locked rows; none of them is the answer's)
+    locks = [s for s in statements if "FOR UPDATE" in s.upper() and "SKIP LOCKED" not in s.upper()]
+    assert not locks, locks
+    done = await client.get(f"/runs/{run['id']}/wait", params={"timeout_s": 10})
+    assert done.json()["status"] == "completed"
+    assert done.json()["state"]["answer"] == {"ok": True}
 
 
 async def test_a_wait_never_answers_with_an_earlier_pause(make_client: AppFactory) -> None:
