@@ -44,6 +44,8 @@ class ApprovalCommands(CommandBase):
         statement fenced on the versions read (Postgres). None, with nothing written,
         where that does not apply or the run changed in between: the locked path then
         answers (and refuses what must be refused)."""
+        if not self._can_reserve():  # (no runner here to hand it to: not worth a read)
+            return None
         async with lone_statement(self.engine.sessions) as connection:
             read = await run_and_head(connection, run_id)
             if read is None:

@@ -50,10 +50,15 @@ class CommandBase:
         """Lease columns that queue a run for this process's runners (see
         ``run_store.reservation``), when they can take it now; else none. ``token``: the
         lease token (a new run's is 1; else the locked row's plus one)."""
-        owner = self.engine.runner_owner
-        if owner is None or not self.engine.can_adopt():
+        if not self._can_reserve():
             return {}
+        owner = self.engine.runner_owner
+        assert owner is not None
         return run_store.reservation(owner, utcnow(), self.engine.settings.lease_s, token)
+
+    def _can_reserve(self) -> bool:
+        """Whether this process's runners can take a run queued for them now."""
+        return self.engine.runner_owner is not None and self.engine.can_adopt()
 
     def _reserved(self, run: Run) -> bool:
         return run.lease_owner is not None and run.lease_owner == self.engine.runner_owner

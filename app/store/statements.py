@@ -145,13 +145,18 @@ def _update(
     return Shape(tuple(values), isinstance(fence, Lease), versioned, settles, events > 0), args
 
 
+def _fence_params(shape: Shape) -> int:
+    """How many parameters the fence of ``_update_sql`` takes (after the values)."""
+    return 2 if shape.leased else 4 if shape.versioned else 1
+
+
 @functools.lru_cache(maxsize=64)
 def _update_sql(shape: Shape) -> str:
     """``UPDATE runs … RETURNING``: $1 the run, $2 now, $3 events, $4 checkpoints, then
     the values in ``shape.keys`` order, then the fence's."""
     sets = ["updated_at = $2", "event_seq = event_seq + $3", "checkpoint_seq = checkpoint_seq + $4"]
     sets += [f"{_COLUMN_NAMES[key]} = ${i}" for i, key in enumerate(shape.keys, start=5)]
-    n = 5 + len(shape.keys)
+    n = 5 + len(shape.keys)  # the fence's first parameter
     if shape.leased:
         held = ", ".join(f"'{status}'" for status in HELD)  # as ``runs.lease_guard``
         where = f"id = $1 AND status IN ({held}) AND lease_owner = ${n} AND lease_token = ${n + 1}"
@@ -177,8 +182,7 @@ def _update_sql(shape: Shape) -> str:
 def _one_statement_sql(shape: Shape) -> str:
     """``_update_sql`` as the first of three data-modifying CTEs; the arrays of the
     checkpoints and the events follow the update's parameters."""
-    fence = 2 if shape.leased else 4 if shape.versioned else 1
-    a = 5 + len(shape.keys) + fence  # the first array's parameter
+    a = 5 + len(shape.keys) + _fence_params(shape)  # the first array's parameter
     ids, parents, last, nxt, status, steps, bases, data, created = (f"${a + i}" for i in range(9))
     types, nodes, stamps, payloads, saved = (f"${a + 9 + i}" for i in range(5))
     seq_of = "u.head_seq - $4 + "  # the k-th checkpoint's seq
