@@ -1,133 +1,262 @@
-"""Connection pools for outbound requests: kept apart per TLS server name, and cheap to
-ask which of their idle connections are still usable.
+"""Connection pools for outbound requests: kept apart per TLS server name, O(1) per
+request, and cheap to ask whether an idle connection is still usable.
 
-httpcore's pool asks every connection it holds, for each request it assigns and each
-response it closes, whether the server has closed it (``is_readable``). Through anyio's
-stream attributes that question rebuilds a dict of attribute getters each time: with 16
-connections it was a quarter of an outbound request's CPU. The network backend here
-answers it from the socket, found once per connection.
+httpcore's own pool re-examines every connection it holds, for each request it assigns
+and each response it closes: whether it is closed, expired, readable (the server closed
+it), idle — the last inside a loop over the connections, so O(n²) per request. With 16
+connections in use that bookkeeping was a sixth of the server's CPU under outbound load.
+:class:`OriginPool` keeps httpcore's connections (h11, TLS, timeouts, its errors) and
+replaces only the bookkeeping: idle connections per origin, most recent first, each
+checked once when it is taken (by :mod:`app.steps.network`, from the socket).
 """
-
-# httpcore's network interface takes each operation's timeout as a parameter
-# ruff: noqa: ASYNC109
 
 from __future__ import annotations
 
-import select
-import socket
+import asyncio
 import ssl
+import time
 import typing
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
+import anyio
 import httpcore
 import httpx
 
 from app import tracing
+from app.steps.network import Backend
+
+_Key = tuple[bytes, bytes, int]
 
 
-class _Stream(httpcore.AsyncNetworkStream):
-    """anyio's stream (httpcore's own), but ``is_readable`` asks the socket directly."""
+def _key(origin: httpcore.Origin) -> _Key:
+    return origin.scheme, origin.host, origin.port  # Origin itself is not hashable
 
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
-        self._inner = inner
-        self._socket: socket.socket | None = inner.get_extra_info("socket")
-        self._tls: ssl.SSLObject | None = inner.get_extra_info("ssl_object")
 
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._inner.read(max_bytes, timeout)
+class OriginPool:
+    """What httpx's transport needs of a pool (``handle_async_request``, ``aclose``), at
+    O(1) per request: idle HTTP/1.1 connections per origin, most recently used first.
 
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._inner.write(buffer, timeout)
+    At most ``max_connections`` are open (in use or idle); a request beyond that takes
+    the place of an idle connection to another origin, or waits (the request's ``pool``
+    timeout) for one to be returned. At most ``max_keepalive_connections`` are kept idle.
+    An idle connection is checked when it is taken (expired, or closed by the server:
+    then it is closed and the next one tried), and all idle ones at most once a second,
+    so that those to origins no longer asked for are closed too."""
+
+    _SWEEP_EVERY_S = 1.0
+
+    def __init__(
+        self,
+        *,
+        ssl_context: ssl.SSLContext,
+        max_connections: int | None,
+        max_keepalive_connections: int | None,
+        keepalive_expiry: float | None,
+        network_backend: httpcore.AsyncNetworkBackend,
+    ) -> None:
+        self._ssl_context = ssl_context
+        self._max_open = max_connections if max_connections is not None else 2**31
+        self._max_idle = min(
+            self._max_open,
+            max_keepalive_connections if max_keepalive_connections is not None else 2**31,
+        )
+        self._expiry = keepalive_expiry
+        self._backend = network_backend
+        self._idle: OrderedDict[_Key, list[httpcore.AsyncHTTPConnection]] = OrderedDict()
+        self._idle_count = 0
+        self._open = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._swept_at = time.monotonic()
+        self._closed = False
+
+    def counts(self) -> tuple[int, int]:
+        """(connections open, of which idle)."""
+        return self._open, self._idle_count
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        scheme = request.url.scheme
+        if scheme not in (b"http", b"https"):
+            raise httpcore.UnsupportedProtocol(f"unsupported scheme {scheme!r}")
+        origin = request.url.origin
+        connection = await self._acquire(request, origin)
+        try:
+            response = await connection.handle_async_request(request)
+        except BaseException:
+            await self._release(connection, origin)
+            raise
+        assert isinstance(response.stream, typing.AsyncIterable)
+        return httpcore.Response(
+            status=response.status,
+            headers=response.headers,
+            content=_ReturningStream(response.stream, partial(self._release, connection, origin)),
+            extensions=response.extensions,
+        )
+
+    async def _acquire(
+        self, request: httpcore.Request, origin: httpcore.Origin
+    ) -> httpcore.AsyncHTTPConnection:
+        timeout = request.extensions.get("timeout", {}).get("pool")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._closed:
+                raise httpcore.ConnectError("the connection pool is closed")
+            closing: list[httpcore.AsyncHTTPConnection] = []
+            connection = self._take_idle(origin, closing)
+            if connection is None and self._open >= self._max_open and self._idle_count:
+                closing.append(self._pop_oldest_idle())  # its place goes to this origin
+            if connection is None and self._open < self._max_open:
+                self._open += 1
+                connection = httpcore.AsyncHTTPConnection(
+                    origin=origin,
+                    ssl_context=self._ssl_context,
+                    keepalive_expiry=self._expiry,
+                    network_backend=self._backend,
+                )
+            await _close_all(closing)
+            if connection is not None:
+                return connection
+            await self._wait_for_release(deadline)
+
+    def _take_idle(
+        self, origin: httpcore.Origin, closing: list[httpcore.AsyncHTTPConnection]
+    ) -> httpcore.AsyncHTTPConnection | None:
+        now = time.monotonic()
+        if now - self._swept_at >= self._SWEEP_EVERY_S:
+            self._swept_at = now
+            self._sweep(closing)
+        idle = self._idle.get(_key(origin))
+        while idle:
+            connection = idle.pop()
+            self._idle_count -= 1
+            if connection.is_available() and not connection.has_expired():
+                return connection
+            self._open -= 1
+            closing.append(connection)
+        return None
+
+    def _sweep(self, closing: list[httpcore.AsyncHTTPConnection]) -> None:
+        for idle in self._idle.values():
+            usable = [c.is_available() and not c.has_expired() for c in idle]
+            closing.extend(c for c, ok in zip(idle, usable, strict=True) if not ok)
+            idle[:] = [c for c, ok in zip(idle, usable, strict=True) if ok]
+            gone = usable.count(False)
+            self._idle_count -= gone
+            self._open -= gone
+
+    def _pop_oldest_idle(self) -> httpcore.AsyncHTTPConnection:
+        for idle in self._idle.values():
+            if idle:
+                self._idle_count -= 1
+                self._open -= 1
+                return idle.pop(0)
+        raise AssertionError("no idle connection though the count says one")
+
+    async def _wait_for_release(self, deadline: float | None) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            await asyncio.wait_for(waiter, left)
+        except TimeoutError:
+            raise httpcore.PoolTimeout("no connection became free in time") from None
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._wake_one()  # woken, but leaving: the next request gets the turn
+            raise
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def _release(
+        self, connection: httpcore.AsyncHTTPConnection, origin: httpcore.Origin
+    ) -> None:
+        """A response is over (read, closed or failed): keep its connection if it can
+        take another request, close it otherwise, and let a waiting request on."""
+        if not self._closed and connection.is_available() and self._idle_count < self._max_idle:
+            key = _key(origin)
+            self._idle.setdefault(key, []).append(connection)
+            self._idle.move_to_end(key)
+            self._idle_count += 1
+        else:
+            self._open -= 1
+            await _close_all([connection])
+        self._wake_one()
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        self._closed = True
+        closing = [c for idle in self._idle.values() for c in idle]
+        self._idle.clear()
+        self._open -= len(closing)
+        self._idle_count = 0
+        await _close_all(closing)
+        while self._waiters:
+            self._wake_one()  # each finds the pool closed
 
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        return _Stream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+    async def __aenter__(self) -> OriginPool:
+        return self
 
-    def get_extra_info(self, info: str) -> typing.Any:
-        if info == "is_readable":
-            return _readable(self._socket, self._tls)
-        return self._inner.get_extra_info(info)
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
-def _readable(sock: socket.socket | None, tls: ssl.SSLObject | None = None) -> bool:
-    """Whether an idle connection has something to read: the server closed it (or sent
-    what it should not have), so it must not be used again.
+async def _close_all(connections: list[httpcore.AsyncHTTPConnection]) -> None:
+    if connections:
+        with anyio.CancelScope(shield=True):  # a cancelled caller still closes them
+            for connection in connections:
+                await connection.aclose()
 
-    Over TLS the server's close_notify may already have been read off the socket, with
-    the end of the last response, and wait in the TLS object's input: the socket then
-    looks idle though the connection is over. A non-blocking read of the TLS object
-    finds it (it can only consume records the next exchange could not use)."""
-    fd = -1 if sock is None else sock.fileno()
-    if fd < 0:
-        return True
-    if tls is not None:
+
+class _ReturningStream:
+    """A response's body; closing it gives its connection back (``release``)."""
+
+    def __init__(
+        self, inner: typing.AsyncIterable[bytes], release: Callable[[], Awaitable[None]]
+    ) -> None:
+        self._inner = inner
+        self._release: Callable[[], Awaitable[None]] | None = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
-            tls.read(1)
-        except ssl.SSLWantReadError:
-            pass  # nothing buffered: the socket decides
-        except ssl.SSLError:
-            return True  # close_notify (SSLZeroReturnError) or a broken stream
-        else:
-            return True  # data nobody asked for
-    poll = select.poll()
-    poll.register(fd, select.POLLIN)
-    return bool(poll.poll(0))
+            async for part in self._inner:
+                yield part
+        except BaseException:
+            await self.aclose()
+            raise
 
-
-class _Backend(httpcore.AsyncNetworkBackend):
-    """httpcore's anyio backend (connecting, TLS, timeouts, its errors), with
-    :class:`_Stream` over each connection."""
-
-    def __init__(self) -> None:
-        self._inner = httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        return _Stream(stream)
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        return _Stream(await self._inner.connect_unix_socket(path, timeout, socket_options))
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+    async def aclose(self) -> None:
+        release, self._release = self._release, None
+        if release is None:
+            return
+        try:
+            close = getattr(self._inner, "aclose", None)
+            if close is not None:
+                with anyio.CancelScope(shield=True):
+                    await close()
+        finally:
+            await release()
 
 
 def pooled_transport(ssl_context: ssl.SSLContext, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
-    """httpx's transport (its request and error mapping) over a pool on :class:`_Backend`.
-    httpx takes no network backend, so its pool is replaced by one built as it builds
-    its own; ``tests/steps/test_pools.py`` fails if httpx stops having one to replace."""
+    """httpx's transport (its request and error mapping) over an :class:`OriginPool` on
+    :class:`~app.steps.network.Backend`. httpx takes no pool, so its own is replaced by ours;
+    ``tests/steps/test_pools.py`` fails if httpx stops having one to replace."""
     transport = httpx.AsyncHTTPTransport(
         verify=ssl_context, trust_env=False, limits=limits, retries=0
     )
     assert isinstance(transport._pool, httpcore.AsyncConnectionPool)
-    transport._pool = httpcore.AsyncConnectionPool(
+    transport._pool = OriginPool(  # type: ignore[assignment]
         ssl_context=ssl_context,
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=limits.keepalive_expiry,
-        retries=0,
-        network_backend=_Backend(),
+        network_backend=Backend(),
     )
     return transport
 

@@ -8,13 +8,16 @@ import contextlib
 import socket
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 import httpcore
+import httpx
 import pytest
 from loopback_server import LoopbackServer, Reply, TlsFiles
 
+from app.steps.network import Backend, _readable
 from app.steps.outbound import OutboundPolicy, make_http_client, send_guarded
-from app.steps.pools import _readable, pooled_transport
+from app.steps.pools import OriginPool, pooled_transport
 
 POLICY = OutboundPolicy(allowed_hosts=frozenset({"localhost", "127.0.0.1"}))
 
@@ -73,10 +76,157 @@ def test_a_close_notify_already_read_off_the_socket_counts(localhost_tls: TlsFil
 
 
 def test_the_pool_replaced_is_httpx_own() -> None:
-    """``pooled_transport`` swaps httpx's pool for one on its own network backend: it
-    must find httpx's pool where it expects it (this fails if an httpx upgrade moves it)."""
-    import httpx
-
+    """``pooled_transport`` swaps httpx's pool for an :class:`OriginPool` on its own
+    network backend: it must find httpx's pool where it expects it (this fails if an
+    httpx upgrade moves it)."""
     transport = pooled_transport(ssl.create_default_context(), httpx.Limits())
-    assert isinstance(transport._pool, httpcore.AsyncConnectionPool)
-    assert type(transport._pool._network_backend).__name__ == "_Backend"
+    assert isinstance(transport._pool, OriginPool)
+    assert isinstance(transport._pool._backend, Backend)
+    assert isinstance(httpx.AsyncHTTPTransport()._pool, httpcore.AsyncConnectionPool)
+
+
+def _transport(**limits: Any) -> httpx.AsyncHTTPTransport:
+    return pooled_transport(ssl.create_default_context(), httpx.Limits(**limits))
+
+
+def _counts(transport: httpx.AsyncHTTPTransport) -> tuple[int, int]:
+    pool = transport._pool
+    assert isinstance(pool, OriginPool)
+    return pool.counts()
+
+
+async def test_one_connection_serves_requests_one_after_another(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    srv = make_server()
+    srv.route("/x", Reply(200, body=b"ok"))
+    async with httpx.AsyncClient(transport=_transport()) as client:
+        for _ in range(5):
+            assert (await client.get(srv.url("/x"))).content == b"ok"
+            assert _counts(client._transport) == (1, 1)  # type: ignore[arg-type]
+    assert srv.connections == 1
+
+
+async def test_requests_beyond_max_connections_wait_for_one_to_be_returned(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    srv = make_server()
+    srv.route("/slow", Reply(200, body=b"ok", delay_s=0.2))
+    transport = _transport(max_connections=2)
+    async with httpx.AsyncClient(transport=transport) as client:
+        answers = await asyncio.gather(*(client.get(srv.url("/slow")) for _ in range(5)))
+        assert [a.content for a in answers] == [b"ok"] * 5
+        assert _counts(transport) == (2, 2)
+    assert srv.connections == 2  # never more than two at once, and each reused
+
+
+async def test_a_request_that_waits_past_its_pool_timeout_fails_and_frees_nothing(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    srv = make_server()
+    srv.route("/slow", Reply(200, body=b"ok", delay_s=0.5))
+    transport = _transport(max_connections=1)
+    async with httpx.AsyncClient(transport=transport) as client:
+        busy = asyncio.create_task(client.get(srv.url("/slow")))
+        await asyncio.sleep(0.05)
+        with pytest.raises(httpx.PoolTimeout):
+            await client.get(srv.url("/slow"), timeout=httpx.Timeout(5, pool=0.1))
+        assert (await busy).content == b"ok"
+        assert (await client.get(srv.url("/slow"))).content == b"ok"  # the slot is free
+        assert _counts(transport) == (1, 1)
+
+
+async def test_a_cancelled_request_gives_its_connection_back(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    srv = make_server()
+    srv.route("/slow", Reply(200, body=b"late", delay_s=5))
+    srv.route("/x", Reply(200, body=b"ok"))
+    transport = _transport(max_connections=1)
+    async with httpx.AsyncClient(transport=transport) as client:
+        cancelled = asyncio.create_task(client.get(srv.url("/slow")))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(client.get(srv.url("/x")))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        # the cancelled request's connection was closed mid-response; the one waiting
+        # for a free connection goes on at once on a new one
+        assert (await asyncio.wait_for(waiting, 2)).content == b"ok"
+        assert _counts(transport) == (1, 1)
+
+
+async def test_idle_connections_beyond_max_keepalive_are_closed(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    srv = make_server()
+    srv.route("/slow", Reply(200, body=b"ok", delay_s=0.1))
+    transport = _transport(max_connections=4, max_keepalive_connections=1)
+    async with httpx.AsyncClient(transport=transport) as client:
+        await asyncio.gather(*(client.get(srv.url("/slow")) for _ in range(4)))
+        assert _counts(transport) == (1, 1)
+
+
+async def test_an_idle_connection_gives_way_to_another_origin_at_the_limit(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    one, two = make_server(), make_server()
+    for srv in (one, two):
+        srv.route("/x", Reply(200, body=b"ok"))
+    transport = _transport(max_connections=1)
+    async with httpx.AsyncClient(transport=transport) as client:
+        assert (await client.get(one.url("/x"))).content == b"ok"
+        assert (await asyncio.wait_for(client.get(two.url("/x")), 2)).content == b"ok"
+        assert _counts(transport) == (1, 1)
+        assert (await client.get(one.url("/x"))).content == b"ok"
+    assert (one.connections, two.connections) == (2, 1)
+
+
+async def test_idle_connections_past_their_keepalive_are_closed_and_not_reused(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    one, two = make_server(), make_server()
+    for srv in (one, two):
+        srv.route("/x", Reply(200, body=b"ok"))
+    transport = _transport(keepalive_expiry=0.05)
+    pool = transport._pool
+    assert isinstance(pool, OriginPool)
+    pool._SWEEP_EVERY_S = 0.0
+    async with httpx.AsyncClient(transport=transport) as client:
+        await client.get(one.url("/x"))
+        await client.get(two.url("/x"))
+        assert _counts(transport) == (2, 2)
+        await asyncio.sleep(0.1)
+        await client.get(one.url("/x"))  # the sweep closes both expired ones
+        assert _counts(transport) == (1, 1)
+    assert (one.connections, two.connections) == (2, 1)
+
+
+async def test_a_connection_that_failed_is_not_kept(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    srv = make_server()
+    srv.route("/x", Reply(200, body=b"ok"))
+    srv.route(
+        "/cut", Reply(200, headers=[("Content-Length", "100")], body=b"short", close_after=True)
+    )
+    transport = _transport()
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get(srv.url("/cut"))
+        assert _counts(transport) == (0, 0)
+        assert (await client.get(srv.url("/x"))).content == b"ok"
+        assert _counts(transport) == (1, 1)
+
+
+async def test_a_closed_pool_refuses_requests(make_server: Callable[..., LoopbackServer]) -> None:
+    srv = make_server()
+    srv.route("/x", Reply(200, body=b"ok"))
+    transport = _transport()
+    async with httpx.AsyncClient(transport=transport) as client:
+        await client.get(srv.url("/x"))
+    assert _counts(transport) == (0, 0)
+    with pytest.raises(httpx.ConnectError):
+        await httpx.AsyncClient(transport=transport).get(srv.url("/x"))
