@@ -4,8 +4,6 @@ while the server keeps it open, and never once the server has closed it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +13,7 @@ import httpx
 import pytest
 from loopback_server import LoopbackServer, Reply, TlsFiles
 
-from app.steps.network import Backend, _readable
+from app.steps.network import Backend
 from app.steps.outbound import OutboundPolicy, make_http_client, send_guarded
 from app.steps.pools import OriginPool, pooled_transport
 
@@ -44,35 +42,69 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused(
         assert srv.connections == 2  # a new one: the closed one was seen closed
 
 
-def _pump(src: ssl.MemoryBIO, dst: ssl.MemoryBIO) -> None:
-    dst.write(src.read())
+async def _idle_stream_after_one_exchange(
+    localhost_tls: TlsFiles, *, server_closes: bool
+) -> httpcore.AsyncNetworkStream:
+    """A TLS connection of the backend after one request and its whole answer; the
+    server sends its close_notify right behind the answer, or keeps the connection."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        if server_closes:
+            writer.close()  # close_notify, in the same flight as the answer
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=localhost_tls.server_context())
+    port = server.sockets[0].getsockname()[1]
+    stream = await Backend().connect_tcp("127.0.0.1", port, timeout=5)
+    stream = await stream.start_tls(localhost_tls.client_context(), "localhost", timeout=5)
+    await stream.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", timeout=5)
+    received = b""
+    while not received.endswith(b"ok"):
+        received += await stream.read(1024, timeout=5)
+    server.close()
+    return stream
 
 
-def test_a_close_notify_already_read_off_the_socket_counts(localhost_tls: TlsFiles) -> None:
-    """The server's close_notify can arrive with the end of the last response and wait
-    in the TLS object's input, leaving the socket itself idle: the connection is over
-    all the same (reusing it fails the next request with "Server disconnected")."""
-    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
-    client = localhost_tls.client_context().wrap_bio(c_in, c_out, server_hostname="localhost")
-    server = localhost_tls.server_context().wrap_bio(s_in, s_out, server_side=True)
-    for _ in range(4):  # the handshake, then the server's session tickets
-        for side in (client, server):
-            with contextlib.suppress(ssl.SSLWantReadError):
-                side.do_handshake()
-        _pump(c_out, s_in)
-        _pump(s_out, c_in)
-    server.write(b"last response")
-    _pump(s_out, c_in)
-    assert client.read(100) == b"last response"
+async def test_a_close_notify_behind_the_last_answer_marks_the_connection_over(
+    localhost_tls: TlsFiles,
+) -> None:
+    """The server's close_notify can arrive with the end of the last response, so that
+    the socket itself is idle again when the pool asks: the connection is over all the
+    same (reusing it fails the next request with "Server disconnected")."""
+    stream = await _idle_stream_after_one_exchange(localhost_tls, server_closes=True)
+    for _ in range(100):
+        if stream.get_extra_info("is_readable"):
+            break
+        await asyncio.sleep(0.01)
+    assert stream.get_extra_info("is_readable")
+    assert await stream.read(1024, timeout=1) == b""
+    await stream.aclose()
 
-    idle, peer = socket.socketpair()  # the connection's socket: nothing on it to read
-    with idle, peer:
-        assert not _readable(idle, client)
-        with contextlib.suppress(ssl.SSLWantReadError):
-            server.unwrap()
-        _pump(s_out, c_in)  # the close_notify, read off the socket by the TLS stream
-        assert _readable(idle, client)
-        assert not _readable(idle)  # the socket alone cannot tell
+
+async def test_a_connection_the_server_keeps_is_not_taken_for_closed(
+    localhost_tls: TlsFiles,
+) -> None:
+    stream = await _idle_stream_after_one_exchange(localhost_tls, server_closes=False)
+    await asyncio.sleep(0.1)  # the session tickets and anything else have arrived
+    assert not stream.get_extra_info("is_readable")
+    with pytest.raises(httpcore.ReadTimeout):
+        await stream.read(1024, timeout=0.05)
+    await stream.aclose()
+
+
+async def test_a_large_answer_is_read_whole_through_the_transport_pausing(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    body = bytes(range(256)) * 8192  # 2 MiB: the transport pauses and resumes reading
+    srv = make_server()
+    srv.route("/big", Reply(200, body=body))
+    async with httpx.AsyncClient(transport=_transport()) as client:
+        assert (await client.get(srv.url("/big"))).content == body
+        assert (await client.get(srv.url("/big"))).content == body  # and the connection
+    assert srv.connections == 1
 
 
 def test_the_pool_replaced_is_httpx_own() -> None:
