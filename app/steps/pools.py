@@ -76,6 +76,10 @@ class OriginPool:
         """(connections open, of which idle)."""
         return self._open, self._idle_count
 
+    def busy(self) -> bool:
+        """Whether a request is in flight or waiting for a connection."""
+        return self._open > self._idle_count or bool(self._waiters)
+
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         scheme = request.url.scheme
         if scheme not in (b"http", b"https"):
@@ -261,28 +265,10 @@ def pooled_transport(ssl_context: ssl.SSLContext, limits: httpx.Limits) -> httpx
     return transport
 
 
-class _ReleasingStream(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
-        self._inner = inner
-        self._release: Callable[[], None] | None = release
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._inner:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._inner.aclose()
-        finally:
-            release, self._release = self._release, None
-            if release is not None:
-                release()
-
-
 @dataclass(slots=True)
 class _Partition:
     transport: httpx.AsyncHTTPTransport
-    active: int = 0
+    pool: OriginPool
 
 
 class TlsNamePartitionedTransport(httpx.AsyncBaseTransport):
@@ -313,38 +299,20 @@ class TlsNamePartitionedTransport(httpx.AsyncBaseTransport):
             key = str(sni) if sni else request.url.host
         partition = self._pools.get(key)
         if partition is None:
-            partition = self._pools[key] = _Partition(self._factory())
-        self._pools.move_to_end(key)
-        partition.active += 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                partition.active -= 1
-
-        try:
+            transport = self._factory()
+            assert isinstance(transport._pool, OriginPool)
+            partition = self._pools[key] = _Partition(transport, transport._pool)
             if len(self._pools) > self._max_pools:
                 await self._close_idle_pools()
-            response = await partition.transport.handle_async_request(request)
-        except BaseException:
-            release()
-            raise
-        stream = response.stream
-        assert isinstance(stream, httpx.AsyncByteStream)
-        return httpx.Response(
-            status_code=response.status_code,
-            headers=response.headers,
-            stream=_ReleasingStream(stream, release),  # the pool is busy until closed
-            extensions=response.extensions,
-        )
+        self._pools.move_to_end(key)
+        return await partition.transport.handle_async_request(request)
 
     async def _close_idle_pools(self) -> None:
+        """Close the least recently used pools with nothing in flight (never the newest,
+        which is about to take a request)."""
         excess = len(self._pools) - self._max_pools
-        if excess <= 0:
-            return
-        idle = [key for key, part in self._pools.items() if part.active == 0][:excess]
+        *older, _newest = self._pools.items()
+        idle = [key for key, part in older if not part.pool.busy()][:excess]
         closing = [self._pools.pop(key) for key in idle]
         for part in closing:
             await part.transport.aclose()

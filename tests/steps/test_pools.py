@@ -15,7 +15,7 @@ from loopback_server import LoopbackServer, Reply, TlsFiles
 
 from app.steps.network import Backend
 from app.steps.outbound import OutboundPolicy, make_http_client, send_guarded
-from app.steps.pools import OriginPool, pooled_transport
+from app.steps.pools import OriginPool, TlsNamePartitionedTransport, pooled_transport
 
 POLICY = OutboundPolicy(allowed_hosts=frozenset({"localhost", "127.0.0.1"}))
 
@@ -262,3 +262,32 @@ async def test_a_closed_pool_refuses_requests(make_server: Callable[..., Loopbac
     assert _counts(transport) == (0, 0)
     with pytest.raises(httpx.ConnectError):
         await httpx.AsyncClient(transport=transport).get(srv.url("/x"))
+
+
+async def test_only_pools_with_nothing_in_flight_are_closed_past_max_pools(
+    make_server: Callable[..., LoopbackServer], localhost_tls: TlsFiles
+) -> None:
+    srv = make_server(ssl_context=localhost_tls.server_context())
+    srv.route("/slow", Reply(200, body=b"ok", delay_s=0.3))
+    partitions = TlsNamePartitionedTransport(
+        lambda: pooled_transport(localhost_tls.client_context(), httpx.Limits()), max_pools=1
+    )
+
+    async def get(sni: str) -> bytes:
+        request = httpx.Request("GET", srv.url("/slow"), extensions={"sni_hostname": sni})
+        response = await partitions.handle_async_request(request)
+        try:
+            return await response.aread()
+        finally:
+            await response.aclose()
+
+    slow = asyncio.create_task(get("localhost"))
+    await asyncio.sleep(0.1)
+    with pytest.raises(httpx.ConnectError):  # the certificate names localhost only
+        await get("a.test")
+    assert partitions.pool_count() == 2  # the busy one is kept past the limit
+    assert await slow == b"ok"
+    with pytest.raises(httpx.ConnectError):
+        await get("b.test")
+    assert partitions.pool_count() == 1  # both idle ones closed, the newest kept
+    await partitions.aclose()
