@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.engine import branchdoc, memory
 from app.engine.approvals import Answered, ApprovalCommands, answer_of, approval, check_value
@@ -31,9 +32,10 @@ from app.schemas.runs import InterruptResponse, RunCreate
 from app.store import checkpoints as checkpoint_store
 from app.store import runs as run_store
 from app.store.checkpoints import CheckpointRow
-from app.store.database import transaction
+from app.store.database import Executor, lone_statement, transaction
 from app.store.events import NewEvent, insert_events
 from app.store.models import Run, utcnow
+from app.store.statements import insert_new_run
 
 # a run whose branches may be answered: paused, or executing with some branches paused
 ANSWERABLE = (RunStatus.INTERRUPTED, RunStatus.RUNNING, RunStatus.QUEUED)
@@ -69,7 +71,7 @@ class RunCommands(HistoryCommands, ApprovalCommands):
     # -- start ------------------------------------------------------------------------------
 
     async def _definition(
-        self, session: AsyncSession, body: RunCreate
+        self, session: Executor, body: RunCreate
     ) -> tuple[WorkflowDefinition, str, int | None, str, dict[str, Any] | None]:
         if body.definition is not None:
             raw = {"name": "inline", **body.definition}
@@ -108,8 +110,8 @@ class RunCommands(HistoryCommands, ApprovalCommands):
         # a run due now that this process can execute at once is reserved for it
         lease = self._reservation(1) if body.start_at is None else {}
         try:
-            async with transaction(self.engine.sessions) as session:
-                handover = await self._insert(session, body, idempotency_key, request_hash, lease)
+            async with self._start_scope() as executor:
+                handover = await self._insert(executor, body, idempotency_key, request_hash, lease)
         except IntegrityError:
             if idempotency_key is None:
                 raise
@@ -121,6 +123,14 @@ class RunCommands(HistoryCommands, ApprovalCommands):
         self._after_commit(handover.run, work=True, handover=handover)
         return Started(handover.run, True, handover.doc["frames"][0]["state"])
 
+    def _start_scope(self) -> AbstractAsyncContextManager[Executor]:
+        """Where a run starts: on Postgres a connection with no transaction (the
+        definition's read and the run's one-statement write each commit by themselves:
+        two round trips), on SQLite a transaction."""
+        if self.engine.settings.is_sqlite:
+            return transaction(self.engine.sessions)
+        return lone_statement(self.engine.sessions)
+
     def _replay(self, existing: Run, request_hash: str) -> Started:
         if existing.request_hash != request_hash:
             raise Conflict(
@@ -131,7 +141,7 @@ class RunCommands(HistoryCommands, ApprovalCommands):
 
     async def _insert(
         self,
-        session: AsyncSession,
+        session: Executor,
         body: RunCreate,
         key: str | None,
         request_hash: str,
@@ -162,41 +172,39 @@ class RunCommands(HistoryCommands, ApprovalCommands):
             NewEvent("run.queued", None, {"workflow": {"name": name, "version": version}}),
             NewEvent("checkpoint.saved", frame["node"], {"checkpoint_id": checkpoint_id, "seq": 1}),
         ]
-        run = await run_store.insert_run(
-            session,
-            {
-                "id": run_id,
-                "workflow_name": name,
-                "workflow_version": version,
-                "definition_hash": digest,
-                "inline_definition": inline,
-                "status": "queued",
-                "inputs": body.inputs,
-                "meta": body.metadata,
-                "current_node": frame["node"],
-                "due_at": body.start_at,
-                "step_count": 0,
-                "attempt": 0,
-                "head_checkpoint_id": checkpoint_id,
-                "event_seq": len(events),
-                "checkpoint_seq": 1,
-                **(lease or {"lease_token": 0}),
-                "idempotency_key": key,
-                "request_hash": request_hash,
-                "webhook": body.webhook,
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
-        await checkpoint_store.insert_checkpoint(
-            session,
-            CheckpointRow(checkpoint_id, run_id, None, 1, None, frame["node"], "queued", 0, now),
-            None,
-            doc,
-        )
-        await insert_events(session, run_id, len(events), events, now)
-        if not lease:
-            await run_store.notify(session, "stepwise_work", run_id)
+        values = {
+            "id": run_id,
+            "workflow_name": name,
+            "workflow_version": version,
+            "definition_hash": digest,
+            "inline_definition": inline,
+            "status": "queued",
+            "inputs": body.inputs,
+            "meta": body.metadata,
+            "current_node": frame["node"],
+            "due_at": body.start_at,
+            "step_count": 0,
+            "attempt": 0,
+            "head_checkpoint_id": checkpoint_id,
+            "event_seq": len(events),
+            "checkpoint_seq": 1,
+            **(lease or {"lease_token": 0}),
+            "idempotency_key": key,
+            "request_hash": request_hash,
+            "webhook": body.webhook,
+            "created_at": now,
+            "updated_at": now,
+        }
+        row = CheckpointRow(checkpoint_id, run_id, None, 1, None, frame["node"], "queued", 0, now)
+        if isinstance(session, AsyncConnection):  # Postgres (``_start_scope``)
+            await insert_new_run(session, values, row, doc, events, notify_work=not lease)
+            run = Run(**values)
+        else:
+            run = await run_store.insert_run(session, values)
+            await checkpoint_store.insert_checkpoint(session, row, None, doc)
+            await insert_events(session, run_id, len(events), events, now)
+            if not lease:
+                await run_store.notify(session, "stepwise_work", run_id)
         chain = checkpoint_store.CheckpointChain.snapshot(checkpoint_id, doc)
         return memory.Handover(run, checkpoint_id, doc, [definition], chain)
 

@@ -23,7 +23,7 @@ from app.engine.validation import canonical_json
 from app.errors import NotFound, error_item
 from app.schemas.definition import NAME_PATTERN
 from app.store import prompts as prompt_store
-from app.store.database import transaction
+from app.store.database import Executor, transaction
 
 Loc = list[str | int]
 
@@ -123,7 +123,7 @@ def _references(raw: dict[str, Any]) -> Iterator[tuple[Loc, Any]]:
             yield ["nodes", node_id, "with", "prompt_ref"], ref
 
 
-async def prompt_ref_errors(session: AsyncSession, raw: Any) -> list[dict[str, Any]]:
+async def prompt_ref_errors(session: Executor, raw: Any) -> list[dict[str, Any]]:
     """An ``unknown_prompt`` error for each reference in a raw definition that is
     malformed or does not name a stored prompt (and version): what a run refuses."""
     malformed, missing = await check_prompt_refs(session, raw)
@@ -131,7 +131,7 @@ async def prompt_ref_errors(session: AsyncSession, raw: Any) -> list[dict[str, A
 
 
 async def check_prompt_refs(
-    session: AsyncSession, raw: Any
+    session: Executor, raw: Any
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The references of a raw definition that are malformed, and those that name no
     stored prompt (yet). A workflow may be stored before its prompts (the second list is

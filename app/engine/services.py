@@ -26,7 +26,7 @@ from app.steps.outbound import OutboundClient, OutboundPolicy
 from app.steps.registry import StepRegistry
 from app.store import agent_turns as agent_turn_store
 from app.store import workflows as workflow_store
-from app.store.database import write_transaction
+from app.store.database import Executor, write_transaction
 from app.store.models import Run
 
 if TYPE_CHECKING:
@@ -170,13 +170,13 @@ class DefinitionCache:
             return found
         if run.inline_definition is not None:
             return self.parse(run.definition_hash, run.inline_definition)
-        row = await workflow_store.get_by_hash(session, run.definition_hash)
-        if row is None:
+        raw = await workflow_store.definition_by_hash(session, run.definition_hash)
+        if raw is None:
             raise NotFound(f"the definition of run {run.id} is gone", code="workflow_not_found")
-        return self.parse(row.hash, row.definition)
+        return self.parse(run.definition_hash, raw)
 
     async def stored(
-        self, session: AsyncSession, name: str, version: int | None
+        self, session: Executor, name: str, version: int | None
     ) -> tuple[WorkflowDefinition, int, str]:
         """A stored workflow (latest version unless pinned): definition, version, hash.
         Its definition is read only the first time this process meets its hash."""
@@ -187,10 +187,10 @@ class DefinitionCache:
         found_version, digest = ref
         found = self._by_hash.get(digest)
         if found is None:
-            row = await workflow_store.get_by_hash(session, digest)
-            if row is None:  # deleted in between
+            raw = await workflow_store.definition_by_hash(session, digest)
+            if raw is None:  # deleted in between
                 raise NotFound(f"workflow {name!r} not found", code="workflow_not_found")
-            found = self.parse(digest, row.definition)
+            found = self.parse(digest, raw)
         return found, found_version, digest
 
 

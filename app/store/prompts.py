@@ -7,6 +7,7 @@ from collections.abc import Collection
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.store.database import Executor
 from app.store.models import Prompt
 
 
@@ -20,7 +21,7 @@ async def get_version(session: AsyncSession, name: str, version: int) -> Prompt 
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-async def latest_versions(session: AsyncSession, names: Collection[str]) -> dict[str, int]:
+async def latest_versions(session: Executor, names: Collection[str]) -> dict[str, int]:
     """The latest version of each of ``names`` that exists. Versions are never deleted,
     so every version from 1 to the latest exists."""
     if not names:

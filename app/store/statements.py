@@ -15,6 +15,9 @@ returns no row and nothing is inserted.
 
 ``run_and_head`` is the read an unlocked command fences such a write against: the run and
 its head checkpoint in one statement, outside any transaction.
+
+``insert_new_run`` is a run's start: its row, first checkpoint and first events in one
+statement (data-modifying CTEs fed by the run's ``RETURNING``), committing by itself.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 from sqlalchemy import JSON
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app import metrics
 from app.store.checkpoints import CheckpointChain, CheckpointRow, with_doc
 from app.store.database import driver_fetchrow, encode_json
 from app.store.events import NewEvent
@@ -235,3 +239,65 @@ async def run_and_head(
     head = row[cut : cut + len(_CHECKPOINT_KEYS)]
     checkpoint = Checkpoint(**dict(zip(_CHECKPOINT_KEYS, head, strict=True)))
     return run, with_doc(checkpoint, row[-1])
+
+
+_NEW_RUN_DEFAULTS = {"recoveries": 0, "error_attempts": 0}  # the model's own defaults
+
+
+async def insert_new_run(
+    connection: AsyncConnection,
+    values: dict[str, Any],
+    checkpoint: CheckpointRow,
+    data: Any,
+    events: Sequence[NewEvent],
+    *,
+    notify_work: bool,
+) -> None:
+    """A new run's row (``values`` by attribute name), its first checkpoint (a snapshot,
+    ``data``) and its first ``events`` (numbered from 1, stamped with the run's creation)
+    as one statement, committing by itself when ``connection`` has no transaction begun;
+    with ``notify_work``, the runners of every process hear of it (``stepwise_work``).
+    A taken idempotency key fails it whole (IntegrityError)."""
+    values = {**_NEW_RUN_DEFAULTS, **values}
+    args: list[Any] = [
+        encode_json(value).decode() if key in _JSON_KEYS else value for key, value in values.items()
+    ]
+    args += [
+        checkpoint.id,
+        checkpoint.parent_id,
+        checkpoint.seq,
+        checkpoint.last_node,
+        checkpoint.next_node,
+        checkpoint.status,
+        checkpoint.steps_completed,
+        encode_json(data).decode(),
+        checkpoint.created_at,
+        [event.type for event in events],
+        [event.node for event in events],
+        [encode_json(event.data or {}).decode() for event in events],
+    ]
+    await driver_fetchrow(connection, _new_run_sql(tuple(values), notify_work), args)
+    metrics.observe_events(event.type for event in events)
+
+
+@functools.lru_cache(maxsize=8)
+def _new_run_sql(keys: tuple[str, ...], notify_work: bool) -> str:
+    """``insert_new_run``'s statement: $1… the run's values in ``keys`` order, then the
+    checkpoint's columns, then the events' arrays."""
+    a = len(keys) + 1  # the checkpoint's first parameter
+    cid, parent, seq, last, nxt, status, steps, data, created = (f"${a + i}" for i in range(9))
+    types, nodes, payloads = (f"${a + 9 + i}" for i in range(3))
+    notify = ", pg_notify('stepwise_work', r.id)" if notify_work else ""
+    return (
+        f"WITH r AS (INSERT INTO runs ({', '.join(_COLUMN_NAMES[key] for key in keys)})"
+        f" VALUES ({', '.join(f'${i}' for i in range(1, a))}) RETURNING id, created_at), "
+        "c AS (INSERT INTO checkpoints (id, run_id, parent_id, seq, last_node, next_node,"
+        " status, steps_completed, base_id, data, created_at)"
+        f" SELECT {cid}::text, r.id, {parent}::text, {seq}::int, {last}::text, {nxt}::text,"
+        f" {status}::text, {steps}::int, NULL, {data}::json, {created}::timestamptz FROM r), "
+        "e AS (INSERT INTO events (run_id, seq, type, node, ts, data)"
+        " SELECT r.id, x.k, x.type, x.node, r.created_at, x.data::json FROM r, unnest("
+        f"{types}::text[], {nodes}::text[], {payloads}::text[])"
+        " WITH ORDINALITY AS x(type, node, data, k)) "
+        f"SELECT r.id{notify} FROM r"
+    )

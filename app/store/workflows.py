@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from app.store.database import Executor, dialect_name, driver_fetchrow
 from app.store.models import Workflow
 
 
@@ -31,9 +32,27 @@ _VERSION_REF = select(Workflow.version, Workflow.hash).where(
 )
 
 
-async def find_ref(session: AsyncSession, name: str, version: int | None) -> tuple[int, str] | None:
+_LATEST_REF_SQL = (
+    "SELECT version, hash FROM workflows WHERE name = $1 ORDER BY version DESC LIMIT 1"
+)
+_VERSION_REF_SQL = "SELECT version, hash FROM workflows WHERE name = $1 AND version = $2"
+
+
+async def find_ref(session: Executor, name: str, version: int | None) -> tuple[int, str] | None:
     """``(version, hash)`` of a stored workflow (the latest unless ``version``), without
-    reading its definition: a caller that has parsed that hash already needs no more."""
+    reading its definition: a caller that has parsed that hash already needs no more.
+    On a Postgres connection with no transaction begun, straight through the driver (no
+    ``BEGIN`` for one read)."""
+    if (
+        isinstance(session, AsyncConnection)
+        and not session.in_transaction()
+        and dialect_name(session) == "postgresql"
+    ):
+        if version is None:
+            found = await driver_fetchrow(session, _LATEST_REF_SQL, [name])
+        else:
+            found = await driver_fetchrow(session, _VERSION_REF_SQL, [name, version])
+        return None if found is None else (int(found[0]), str(found[1]))
     if version is None:
         row = (await session.execute(_LATEST_REF, {"name": name})).first()
     else:
@@ -41,9 +60,10 @@ async def find_ref(session: AsyncSession, name: str, version: int | None) -> tup
     return None if row is None else (int(row[0]), str(row[1]))
 
 
-async def get_by_hash(session: AsyncSession, digest: str) -> Workflow | None:
-    stmt = select(Workflow).where(Workflow.hash == digest).limit(1)
-    return (await session.execute(stmt)).scalar_one_or_none()
+async def definition_by_hash(session: Executor, digest: str) -> dict[str, Any] | None:
+    stmt = select(Workflow.definition).where(Workflow.hash == digest).limit(1)
+    found: dict[str, Any] | None = (await session.execute(stmt)).scalar_one_or_none()
+    return found
 
 
 async def add_version(
