@@ -19,7 +19,6 @@ suspended). A failing branch cancels its siblings and fails the run.
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,7 +43,7 @@ from app.engine.templates import TemplateError
 from app.schemas.definition import WorkflowDefinition
 from app.steps.base import StepError
 from app.store import runs as run_store
-from app.store.database import transaction
+from app.store.database import encode_json, transaction
 from app.store.events import NewEvent
 
 # -- fan-out ------------------------------------------------------------------------------------
@@ -379,7 +378,7 @@ async def _join(execution: RunExecution, i: int) -> bool:
     if isinstance(merged, StepError):
         return await execution._fail(i, join or source, merged)
     state, keys = merged
-    if len(json.dumps(state)) > execution.engine.settings.max_state_bytes:
+    if len(encode_json(state)) > execution.engine.settings.max_state_bytes:
         msg = f"state is larger than {execution.engine.settings.max_state_bytes} bytes"
         return await execution._fail(i, join or source, StepError("state_too_large", msg))
     nodes, visits = dict(frame["nodes"]), dict(frame["visits"])

@@ -12,7 +12,6 @@ Pauses, subgraph frames and handoffs are all state in the run's document
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -34,7 +33,7 @@ from app.store import checkpoints as checkpoint_store
 from app.store import events as event_store
 from app.store import runs as run_store
 from app.store.checkpoints import CheckpointChain
-from app.store.database import transaction
+from app.store.database import encode_json, transaction
 from app.store.events import NewEvent
 from app.store.models import Run, utcnow
 
@@ -310,7 +309,7 @@ class RunExecution(RunRecorder):
             except TemplateError as exc:
                 return await self._fail(i, node_id, self._template_error(i, node_id, exc))
             state = {**frame["state"], **updates}
-            if len(json.dumps(state)) > self.engine.settings.max_state_bytes:
+            if len(encode_json(state)) > self.engine.settings.max_state_bytes:
                 msg = f"state is larger than {self.engine.settings.max_state_bytes} bytes"
                 return await self._fail(i, node_id, _error("state_too_large", msg))
             self.doc = memory.replace_frame(self.doc, i, state=state)
@@ -527,7 +526,7 @@ class RunExecution(RunRecorder):
         return _error("expression_error", message, expression=exc.expression)
 
     def _output_event(self, output: Any) -> dict[str, Any]:
-        encoded = json.dumps(output, default=str)
+        encoded = encode_json(output, default=str)
         if len(encoded) > MAX_EVENT_OUTPUT_BYTES:
             return {"output_bytes": len(encoded), "output_truncated": True}
         return {"output": output}

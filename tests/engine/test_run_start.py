@@ -5,20 +5,13 @@ committing by itself; all of it or nothing."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import httpx
 import pytest
 
+from tests.conftest import events_of
 from tests.engine.test_answer_and_wait import statements_sent
 from tests.engine.test_runner import types_of, wf
-
-
-async def events_of(client: httpx.AsyncClient, run_id: str) -> list[dict[str, Any]]:
-    response = await client.get(f"/runs/{run_id}/events", headers={"Accept": "application/json"})
-    assert response.status_code == 200, response.text
-    return list(response.json()["items"])
-
 
 TWO = wf(
     "two-steps",
