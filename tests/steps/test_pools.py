@@ -11,6 +11,7 @@ from typing import Any
 import httpcore
 import httpx
 import pytest
+import uvloop
 from loopback_server import LoopbackServer, Reply, TlsFiles
 
 from app.steps.network import Backend
@@ -291,3 +292,29 @@ async def test_only_pools_with_nothing_in_flight_are_closed_past_max_pools(
         await get("b.test")
     assert partitions.pool_count() == 1  # both idle ones closed, the newest kept
     await partitions.aclose()
+
+
+def test_on_uvloop_as_under_stepwise_serve(
+    make_server: Callable[..., LoopbackServer], localhost_tls: TlsFiles
+) -> None:
+    """`stepwise serve` runs on uvloop, whose transports are not asyncio's classes: TLS,
+    a large answer, reuse, and a connection the server closed, on that loop."""
+    srv = make_server(ssl_context=localhost_tls.server_context())
+    body = b"ok" * 200_000
+    srv.route("/x", Reply(200, body=body))
+    srv.route("/bye", Reply(200, body=b"bye", close_after=True))
+
+    async def exchanges() -> list[bytes]:
+        answers: list[bytes] = []
+        async with make_http_client(verify=localhost_tls.client_context()) as client:
+            for path in ("/x", "/x", "/bye", "/x"):
+                if path == "/x" and answers and answers[-1] == b"bye":
+                    await asyncio.sleep(0.2)  # the close reaches the client's socket
+                response = await send_guarded(
+                    client, POLICY, "GET", srv.url(path, "localhost"), timeout_s=5
+                )
+                answers.append(response.body)
+        return answers
+
+    assert uvloop.run(exchanges()) == [body, body, b"bye", body]
+    assert srv.connections == 2
