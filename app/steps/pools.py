@@ -13,6 +13,7 @@ checked once when it is taken (by :mod:`app.steps.network`, from the socket).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 import typing
@@ -68,6 +69,7 @@ class OriginPool:
         self._idle: OrderedDict[_Key, list[httpcore.AsyncHTTPConnection]] = OrderedDict()
         self._idle_count = 0
         self._open = 0
+        self._in_use: set[httpcore.AsyncHTTPConnection] = set()
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._swept_at = time.monotonic()
         self._closed = False
@@ -121,6 +123,7 @@ class OriginPool:
                 )
             await _close_all(closing)
             if connection is not None:
+                self._in_use.add(connection)
                 return connection
             await self._wait_for_release(deadline)
 
@@ -163,13 +166,20 @@ class OriginPool:
         self._waiters.append(waiter)
         try:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            await asyncio.wait_for(waiter, left)
-        except TimeoutError:
-            raise httpcore.PoolTimeout("no connection became free in time") from None
-        except BaseException:
+            async with asyncio.timeout(left):  # not wait_for: it can swallow a cancel
+                await waiter
+        except BaseException as exc:
             if waiter.done() and not waiter.cancelled():
                 self._wake_one()  # woken, but leaving: the next request gets the turn
+            if isinstance(exc, TimeoutError):
+                raise httpcore.PoolTimeout("no connection became free in time") from None
             raise
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+            if waiter.cancelled():  # left before its turn: not waiting any more
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
 
     def _wake_one(self) -> None:
         while self._waiters:
@@ -183,21 +193,29 @@ class OriginPool:
     ) -> None:
         """A response is over (read, closed or failed): keep its connection if it can
         take another request, close it otherwise, and let a waiting request on."""
+        if connection not in self._in_use:
+            return  # the pool was closed meanwhile, and closed it
+        self._in_use.remove(connection)
         if not self._closed and connection.is_available() and self._idle_count < self._max_idle:
             key = _key(origin)
             self._idle.setdefault(key, []).append(connection)
             self._idle.move_to_end(key)
             self._idle_count += 1
-        else:
-            self._open -= 1
+            self._wake_one()
+            return
+        self._open -= 1
+        try:
             await _close_all([connection])
-        self._wake_one()
+        finally:
+            self._wake_one()
 
     async def aclose(self) -> None:
         self._closed = True
         closing = [c for idle in self._idle.values() for c in idle]
+        closing += self._in_use  # as httpcore's pool: requests in flight fail
         self._idle.clear()
-        self._open -= len(closing)
+        self._in_use.clear()
+        self._open = 0
         self._idle_count = 0
         await _close_all(closing)
         while self._waiters:
@@ -211,10 +229,13 @@ class OriginPool:
 
 
 async def _close_all(connections: list[httpcore.AsyncHTTPConnection]) -> None:
+    """Close ``connections``, all of them: a cancelled caller still closes them, and a
+    connection that fails to close (its socket already gone) is not the caller's error."""
     if connections:
-        with anyio.CancelScope(shield=True):  # a cancelled caller still closes them
+        with anyio.CancelScope(shield=True):
             for connection in connections:
-                await connection.aclose()
+                with contextlib.suppress(Exception):
+                    await connection.aclose()
 
 
 class _ReturningStream:

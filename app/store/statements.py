@@ -241,7 +241,12 @@ async def run_and_head(
     return run, with_doc(checkpoint, row[-1])
 
 
-_NEW_RUN_DEFAULTS = {"recoveries": 0, "error_attempts": 0}  # the model's own defaults
+# the model's own (constant) defaults, which SQLAlchemy would fill in for an ORM insert
+_NEW_RUN_DEFAULTS = {
+    attr.key: attr.columns[0].default.arg
+    for attr in Run.__mapper__.column_attrs
+    if attr.columns[0].default is not None and attr.columns[0].default.is_scalar
+}
 
 
 async def insert_new_run(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -318,3 +319,57 @@ def test_on_uvloop_as_under_stepwise_serve(
 
     assert uvloop.run(exchanges()) == [body, body, b"bye", body]
     assert srv.connections == 2
+
+
+def _pool(max_connections: int = 1) -> OriginPool:
+    return OriginPool(
+        ssl_context=ssl.create_default_context(),
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=5,
+        network_backend=Backend(),
+    )
+
+
+@pytest.mark.parametrize("pool_timeout", [None, 5.0])
+async def test_a_request_cancelled_as_its_turn_comes_stops_and_passes_the_turn_on(
+    pool_timeout: float | None,
+) -> None:
+    """Cancelled in the very tick a connection is freed for it, a waiting request must
+    stop (not take the connection), and the next waiting request gets the turn."""
+    pool = _pool()
+    deadline = None if pool_timeout is None else time.monotonic() + pool_timeout
+    first = asyncio.create_task(pool._wait_for_release(deadline))
+    second = asyncio.create_task(pool._wait_for_release(deadline))
+    await asyncio.sleep(0)  # both wait
+    pool._wake_one()  # a connection is free: the first's turn...
+    first.cancel()  # ...and the first is cancelled in the same tick
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await asyncio.wait_for(second, 1)  # the turn went on
+    assert not pool.busy()
+
+
+async def test_a_request_past_its_pool_timeout_leaves_no_waiter_behind() -> None:
+    pool = _pool()
+    with pytest.raises(httpcore.PoolTimeout):
+        await pool._wait_for_release(time.monotonic() + 0.01)
+    assert not pool.busy()  # a pool with nothing in flight may be closed
+
+
+async def test_closing_the_pool_ends_requests_waiting_and_in_flight(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    srv = make_server()
+    srv.route("/slow", Reply(200, body=b"ok", delay_s=5))
+    transport = _transport(max_connections=1)
+    client = httpx.AsyncClient(transport=transport)
+    in_flight = asyncio.create_task(client.get(srv.url("/slow")))
+    await asyncio.sleep(0.1)
+    waiting = asyncio.create_task(client.get(srv.url("/slow")))
+    await asyncio.sleep(0.05)
+    await transport.aclose()
+    for task in (in_flight, waiting):
+        with pytest.raises(httpx.TransportError):
+            await asyncio.wait_for(task, 2)
+    assert _counts(transport) == (0, 0)
