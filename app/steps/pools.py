@@ -145,13 +145,15 @@ class OriginPool:
         return None
 
     def _sweep(self, closing: list[httpcore.AsyncHTTPConnection]) -> None:
-        for idle in self._idle.values():
+        for key, idle in list(self._idle.items()):
             usable = [c.is_available() and not c.has_expired() for c in idle]
             closing.extend(c for c, ok in zip(idle, usable, strict=True) if not ok)
             idle[:] = [c for c, ok in zip(idle, usable, strict=True) if ok]
             gone = usable.count(False)
             self._idle_count -= gone
             self._open -= gone
+            if not idle:
+                del self._idle[key]  # an origin no longer asked for is forgotten
 
     def _pop_oldest_idle(self) -> httpcore.AsyncHTTPConnection:
         for idle in self._idle.values():

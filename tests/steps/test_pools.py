@@ -235,6 +235,7 @@ async def test_idle_connections_past_their_keepalive_are_closed_and_not_reused(
         await asyncio.sleep(0.1)
         await client.get(one.url("/x"))  # the sweep closes both expired ones
         assert _counts(transport) == (1, 1)
+        assert len(pool._idle) == 1  # the origin no longer asked for is forgotten
     assert (one.connections, two.connections) == (2, 1)
 
 
