@@ -19,6 +19,7 @@ import httpx
 import psutil
 
 from bench.common import Clock, emit, latency_summary, log, suite_args
+from bench.lean_http import LeanClient
 from bench.stepwise_suite import Server, http_client, start, store, wait
 from tests.agents.fake_models import Answer, FakeModel
 
@@ -44,7 +45,7 @@ def agent_workflow(base_url: str) -> dict[str, Any]:
 SET_ONE = {"name": "bench-set-one", "nodes": {"one": {"step": "set", "set": {"n": 1}}}}
 
 
-async def timed_runs(client: httpx.AsyncClient, workflow: str, samples: int) -> list[float]:
+async def timed_runs(client: LeanClient, workflow: str, samples: int) -> list[float]:
     took = []
     for _ in range(samples):
         t0 = Clock.now()

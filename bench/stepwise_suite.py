@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from bench.common import (
     scratch_db,
     suite_args,
 )
+from bench.lean_http import LeanClient, lean_client
 
 ROOT = Path(__file__).resolve().parents[1]
 NODES = 10
@@ -169,29 +170,24 @@ class Server:
                 self.proc.wait()
 
 
-@contextlib.asynccontextmanager
-async def http_client(base: str, in_flight: int) -> AsyncIterator[httpx.AsyncClient]:
-    limits = httpx.Limits(
-        max_connections=in_flight * 2 + 4, max_keepalive_connections=in_flight * 2 + 4
-    )
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=120) as client:
-        yield client
+def http_client(base: str, in_flight: int) -> contextlib.AbstractAsyncContextManager[LeanClient]:
+    """The load generator's client: raw keep-alive sockets (``bench.lean_http``), so the
+    cores it shares with the server go to the server."""
+    return lean_client(base, in_flight)
 
 
-async def store(client: httpx.AsyncClient, definition: dict[str, Any]) -> None:
+async def store(client: LeanClient, definition: dict[str, Any]) -> None:
     response = await client.post("/workflows", json=definition)
     response.raise_for_status()
 
 
-async def start(
-    client: httpx.AsyncClient, workflow: str, inputs: dict[str, Any] | None = None
-) -> str:
+async def start(client: LeanClient, workflow: str, inputs: dict[str, Any] | None = None) -> str:
     response = await client.post("/runs", json={"workflow": workflow, "inputs": inputs or {}})
     response.raise_for_status()
     return str(response.json()["id"])
 
 
-async def wait(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
+async def wait(client: LeanClient, run_id: str) -> dict[str, Any]:
     """Block until the run is no longer queued or running."""
     while True:
         response = await client.get(f"/runs/{run_id}/wait", params={"timeout_s": 60})
@@ -216,7 +212,7 @@ async def closed_loop(
                 done = await one()  # not `steps += await …`: that reads `steps` before awaiting
                 steps += done
                 runs += 1
-            except (httpx.HTTPError, RuntimeError) as exc:
+            except (httpx.HTTPError, RuntimeError, OSError) as exc:
                 errors += 1
                 log(f"error: {exc!r}")
 
@@ -228,7 +224,7 @@ async def closed_loop(
 
 
 async def w1_linear(
-    client: httpx.AsyncClient, in_flight: int, duration_s: float, workflow: str = "bench-linear"
+    client: LeanClient, in_flight: int, duration_s: float, workflow: str = "bench-linear"
 ) -> Throughput:
     async def one() -> int:
         run = await wait(client, await start(client, workflow))
@@ -239,9 +235,7 @@ async def w1_linear(
     return await closed_loop(in_flight, duration_s, one)
 
 
-async def w2_interrupt(
-    client: httpx.AsyncClient, in_flight: int, duration_s: float
-) -> dict[str, Any]:
+async def w2_interrupt(client: LeanClient, in_flight: int, duration_s: float) -> dict[str, Any]:
     latencies: list[float] = []
 
     async def one() -> int:
@@ -266,7 +260,7 @@ async def w2_interrupt(
     return {"in_flight": in_flight, "errors": result.errors, **latency_summary(latencies)}
 
 
-async def w3_start_latency(client: httpx.AsyncClient, samples: int) -> dict[str, Any]:
+async def w3_start_latency(client: LeanClient, samples: int) -> dict[str, Any]:
     """POST /runs (client clock) to the ``ts`` of the first node.started (server clock, same host)."""
     latencies: list[float] = []
     accepted: list[float] = []
@@ -293,7 +287,7 @@ async def w3_start_latency(client: httpx.AsyncClient, samples: int) -> dict[str,
     }
 
 
-async def w5_paused(server: Server, client: httpx.AsyncClient, count: int) -> dict[str, Any]:
+async def w5_paused(server: Server, client: LeanClient, count: int) -> dict[str, Any]:
     async def make(n: int) -> None:
         queue = iter(range(n))
 
@@ -325,7 +319,7 @@ async def w5_paused(server: Server, client: httpx.AsyncClient, count: int) -> di
 
 
 async def w5_state_cost(
-    server: Server, client: httpx.AsyncClient, blob_bytes: int, steps: list[int]
+    server: Server, client: LeanClient, blob_bytes: int, steps: list[int]
 ) -> dict[str, Any]:
     payload = blob(blob_bytes)
     growth = []
