@@ -105,43 +105,23 @@ async def one_statement(
     written by the statement) in the same statement."""
     rows = [row for row, _, _ in checkpoints]
     shape, args = _update(run_id, fence, values, now, len(events), rows, settles)
-    ids = [row.id for row in rows]
-    saved = [
-        {
-            "id": row.id,
-            "parent_id": row.parent_id,
-            "last_node": row.last_node,
-            "next_node": row.next_node,
-            "status": row.status,
-            "steps": row.steps_completed,
-            "base_id": base_id,
-            "data": data,
-            "created_at": row.created_at.isoformat(),
-            "k": k,
-        }
-        for k, (row, base_id, data) in enumerate(checkpoints, start=1)
+    args += [
+        [row.id for row in rows],
+        [row.parent_id for row in rows],
+        [row.last_node for row in rows],
+        [row.next_node for row in rows],
+        [row.status for row in rows],
+        [row.steps_completed for row in rows],
+        [base_id for _, base_id, _ in checkpoints],
+        [encode_json(data).decode() for _, _, data in checkpoints],
+        [row.created_at for row in rows],
+        [event.type for event, _, _ in events],
+        [event.node for event, _, _ in events],
+        [ts for _, ts, _ in events],
+        [encode_json(event.data or {}).decode() for event, _, _ in events],
+        [k for _, _, k in events],
     ]
-    added = [
-        {
-            "type": event.type,
-            "node": event.node,
-            "ts": ts.isoformat(),
-            "data": event.data or {},
-            "cid": ids[of - 1] if of else None,
-            "saved": of,
-            "k": k,
-        }
-        for k, (event, ts, of) in enumerate(events, start=1)
-    ]
-    args += [_records(saved), _records(added)]
     return await driver_fetchrow(connection, _one_statement_sql(shape), args)
-
-
-def _records(rows: list[dict[str, Any]]) -> str:
-    """``rows`` as the JSON text ``json_to_recordset`` reads: the rows of a write's inserts
-    travel as one text each, where asyncpg would encode an array element by element
-    (several times the cost)."""
-    return encode_json(rows).decode()
 
 
 def _update(
@@ -204,25 +184,30 @@ def _update_sql(shape: Shape) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _one_statement_sql(shape: Shape) -> str:
-    """``_update_sql`` as the first of three data-modifying CTEs; the records of the
+    """``_update_sql`` as the first of three data-modifying CTEs; the arrays of the
     checkpoints and the events follow the update's parameters."""
-    a = 5 + len(shape.keys) + _fence_params(shape)  # the checkpoints' records, then the events'
+    a = 5 + len(shape.keys) + _fence_params(shape)  # the first array's parameter
+    ids, parents, last, nxt, status, steps, bases, data, created = (f"${a + i}" for i in range(9))
+    types, nodes, stamps, payloads, saved = (f"${a + 9 + i}" for i in range(5))
     seq_of = "u.head_seq - $4 + "  # the k-th checkpoint's seq
     return (
         f"WITH u AS ({_update_sql(shape)}), "
         "c AS (INSERT INTO checkpoints (id, run_id, parent_id, seq, last_node, next_node,"
         " status, steps_completed, base_id, data, created_at)"
         f" SELECT x.id, $1, x.parent_id, {seq_of}x.k, x.last_node, x.next_node, x.status,"
-        f" x.steps, x.base_id, x.data, x.created_at FROM u, json_to_recordset(${a}::json)"
-        " AS x(id text, parent_id text, last_node text, next_node text, status text,"
-        " steps int, base_id text, data json, created_at timestamptz, k int)), "
+        " x.steps, x.base_id, x.data::json, x.created_at FROM u, unnest("
+        f"{ids}::text[], {parents}::text[], {last}::text[], {nxt}::text[], {status}::text[],"
+        f" {steps}::int[], {bases}::text[], {data}::text[], {created}::timestamptz[])"
+        " WITH ORDINALITY AS x(id, parent_id, last_node, next_node, status, steps, base_id,"
+        " data, created_at, k)), "
         "e AS (INSERT INTO events (run_id, seq, type, node, ts, data)"
         " SELECT $1, u.last_seq - $3 + x.k, x.type, x.node, x.ts,"
         " CASE WHEN x.saved > 0 THEN"
-        ' (\'{"checkpoint_id":"\' || x.cid || \'","seq":\''
+        f' (\'{{"checkpoint_id":"\' || ({ids}::text[])[x.saved] || \'","seq":\''
         f" || ({seq_of}x.saved)::text || '}}')::json"
-        f" ELSE x.data END FROM u, json_to_recordset(${a + 1}::json)"
-        " AS x(type text, node text, ts timestamptz, data json, cid text, saved int, k int)) "
+        " ELSE x.data::json END FROM u, unnest("
+        f"{types}::text[], {nodes}::text[], {stamps}::timestamptz[], {payloads}::text[],"
+        f" {saved}::int[]) WITH ORDINALITY AS x(type, node, ts, data, saved, k)) "
         "SELECT * FROM u"
     )
 
@@ -292,12 +277,9 @@ async def insert_new_run(
         checkpoint.steps_completed,
         encode_json(data).decode(),
         checkpoint.created_at,
-        _records(
-            [
-                {"type": e.type, "node": e.node, "data": e.data or {}, "k": k}
-                for k, e in enumerate(events, start=1)
-            ]
-        ),
+        [event.type for event in events],
+        [event.node for event in events],
+        [encode_json(event.data or {}).decode() for event in events],
     ]
     await driver_fetchrow(connection, _new_run_sql(tuple(values), notify_work), args)
     metrics.observe_events(event.type for event in events)
@@ -306,10 +288,10 @@ async def insert_new_run(
 @functools.lru_cache(maxsize=8)
 def _new_run_sql(keys: tuple[str, ...], notify_work: bool) -> str:
     """``insert_new_run``'s statement: $1… the run's values in ``keys`` order, then the
-    checkpoint's columns, then the events' records."""
+    checkpoint's columns, then the events' arrays."""
     a = len(keys) + 1  # the checkpoint's first parameter
     cid, parent, seq, last, nxt, status, steps, data, created = (f"${a + i}" for i in range(9))
-    events = f"${a + 9}"
+    types, nodes, payloads = (f"${a + 9 + i}" for i in range(3))
     notify = ", pg_notify('stepwise_work', r.id)" if notify_work else ""
     return (
         f"WITH r AS (INSERT INTO runs ({', '.join(_COLUMN_NAMES[key] for key in keys)})"
@@ -319,7 +301,8 @@ def _new_run_sql(keys: tuple[str, ...], notify_work: bool) -> str:
         f" SELECT {cid}::text, r.id, {parent}::text, {seq}::int, {last}::text, {nxt}::text,"
         f" {status}::text, {steps}::int, NULL, {data}::json, {created}::timestamptz FROM r), "
         "e AS (INSERT INTO events (run_id, seq, type, node, ts, data)"
-        " SELECT r.id, x.k, x.type, x.node, r.created_at, x.data FROM r,"
-        f" json_to_recordset({events}::json) AS x(type text, node text, data json, k int)) "
+        " SELECT r.id, x.k, x.type, x.node, r.created_at, x.data::json FROM r, unnest("
+        f"{types}::text[], {nodes}::text[], {payloads}::text[])"
+        " WITH ORDINALITY AS x(type, node, data, k)) "
         f"SELECT r.id{notify} FROM r"
     )
