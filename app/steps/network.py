@@ -26,6 +26,9 @@ import httpcore
 
 _READ_HIGH = 256 * 1024  # bytes received and not yet read before the transport pauses
 _READ_LOW = 64 * 1024
+# how long closing a TLS connection waits for the server's close_notify before dropping
+# the socket (asyncio's default, 30 s, would hold each closed connection's socket that long)
+_TLS_SHUTDOWN_S = 2.0
 
 
 class _Protocol(asyncio.Protocol):
@@ -136,7 +139,11 @@ class _Stream(httpcore.AsyncNetworkStream):
         try:
             async with asyncio.timeout(timeout):
                 transport = await loop.start_tls(
-                    self._transport, self._protocol, ssl_context, server_hostname=server_hostname
+                    self._transport,
+                    self._protocol,
+                    ssl_context,
+                    server_hostname=server_hostname,
+                    ssl_shutdown_timeout=_TLS_SHUTDOWN_S,
                 )
         except TimeoutError:
             self._transport.close()

@@ -97,6 +97,39 @@ async def test_a_connection_the_server_keeps_is_not_taken_for_closed(
     await stream.aclose()
 
 
+async def test_closing_a_tls_connection_whose_server_never_answers_close_notify_frees_its_socket(
+    localhost_tls: TlsFiles,
+) -> None:
+    """Closing waits a bounded time for the server's close_notify, then drops the socket
+    (asyncio's own default waits 30 s, holding every evicted connection's socket)."""
+    stalled: list[asyncio.StreamWriter] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.transport.pause_reading()  # the client's close_notify is never read
+        stalled.append(writer)
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=localhost_tls.server_context())
+    port = server.sockets[0].getsockname()[1]
+    stream = await Backend().connect_tcp("127.0.0.1", port, timeout=5)
+    stream = await stream.start_tls(localhost_tls.client_context(), "localhost", timeout=5)
+    await stream.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", timeout=5)
+    received = b""
+    while not received.endswith(b"ok"):
+        received += await stream.read(1024, timeout=5)
+    sock = stream._transport.get_extra_info("socket")  # type: ignore[attr-defined]
+    await stream.aclose()
+    begun = time.monotonic()
+    while sock.fileno() != -1 and time.monotonic() - begun < 10:
+        await asyncio.sleep(0.05)
+    assert sock.fileno() == -1, "the socket is still open 10 s after the close"
+    for writer in stalled:
+        writer.transport.abort()
+    server.close()
+
+
 async def test_a_large_answer_is_read_whole_through_the_transport_pausing(
     make_server: Callable[..., LoopbackServer],
 ) -> None:
