@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import json
 import logging
@@ -90,6 +91,10 @@ def serve(
             self._stepwise_loop = asyncio.get_running_loop()
             await super().serve(sockets)
 
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)  # the lifespan (the runtime) is up
+            settle_heap()
+
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             super().handle_exit(sig, frame)
             runtime = getattr(app.state, "runtime", None)
@@ -106,6 +111,15 @@ def serve(
     )
     sockets = [listen_shared(bind, config.port)] if shared_port else None
     Server(config).run(sockets)
+
+
+def settle_heap() -> None:
+    """Once a server process has started: move every object alive now (the modules, the
+    app, its routes, models and caches: most of the heap) out of the garbage collector's
+    reach. They live as long as the process, yet each full collection walked them all
+    again, about a fifth of the server's CPU per durable step under load."""
+    gc.collect()
+    gc.freeze()
 
 
 def _claim_sqlite(settings: Settings) -> None:
@@ -140,6 +154,7 @@ def worker() -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await runtime.start()
+        settle_heap()
         log.info("worker ready")
         await stop.wait()
         log.info("stopping: finishing runs in flight (grace %ss)", settings.shutdown_grace_s)

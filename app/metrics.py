@@ -15,6 +15,7 @@ below, which cost a dictionary look-up and an addition.
 from __future__ import annotations
 
 import functools
+import gc
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -73,6 +74,11 @@ STEP_DURATION = Histogram(
     ["step"],
     buckets=_DURATION_BUCKETS,
 )
+HEAP_FROZEN = Gauge(
+    "stepwise_heap_frozen_objects",
+    "Objects this process moved out of the garbage collector's reach once it had started.",
+)
+HEAP_FROZEN.set_function(gc.get_freeze_count)
 RUNS_IN_FLIGHT = Gauge(
     "stepwise_runs_in_flight", "Runs executing in this process's runner pool right now."
 )

@@ -279,6 +279,19 @@ async def test_frozen_holder_is_fenced_off_after_its_lease_lapsed(
     assert holder.popen.poll() is None  # it carries on serving other runs
 
 
+async def test_a_started_serve_process_keeps_its_startup_heap_out_of_the_collector(
+    procs: Procs,
+) -> None:
+    """Once up, ``serve`` freezes the objects it started with (``cli.settle_heap``), so
+    the collector's full passes stop walking them under load."""
+    serve = await procs.start("serve")
+    async with httpx.AsyncClient(base_url=serve.url) as client:
+        text = (await client.get("/metrics")).text
+    frozen = [line for line in text.splitlines() if line.startswith("stepwise_heap_frozen_")]
+    assert frozen, "no stepwise_heap_frozen_objects in /metrics"
+    assert float(frozen[0].split()[1]) > 10_000  # the modules, the app, its models
+
+
 # -- graceful shutdown -------------------------------------------------------------------------
 
 
