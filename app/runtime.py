@@ -20,7 +20,7 @@ from app.engine.webhooks import WebhookSender
 from app.events.bus import EventBus, PostgresListener
 from app.events.feed import FeedHub
 from app.settings import Settings
-from app.steps.outbound import make_http_client
+from app.steps.clients import make_http_client
 from app.steps.registry import StepRegistry
 from app.store.database import backend_pids, create_engine, create_sessionmaker, migrate
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from app.agents.providers import Provider, make_provider
 from app.agents.transport import model_http_client
-from app.steps.outbound import OutboundPolicy
+from app.steps.destinations import OutboundPolicy
 
 MAX_CLIENTS = 32  # beyond it, the least recently used idle clients are closed
 

@@ -1,7 +1,7 @@
 """The HTTP client the model SDKs send through: every request passes the outbound guard.
 
 The ``openai`` and ``anthropic`` libraries take an ``httpx2.AsyncClient``. Its transport
-here hands each request to :class:`app.steps.outbound.GuardedTransport` (the same
+here hands each request to :class:`app.steps.clients.GuardedTransport` (the same
 address, scheme and redirect-hop checks as ``http`` steps) and streams the answer back.
 """
 
@@ -14,7 +14,8 @@ from typing import cast
 import httpx
 import httpx2
 
-from app.steps.outbound import NoCookies, OutboundPolicy, make_guarded_client
+from app.steps.clients import NoCookies, make_guarded_client
+from app.steps.destinations import OutboundPolicy
 
 
 class _Body(httpx2.AsyncByteStream):

@@ -22,7 +22,8 @@ from app.engine.validation import DefinitionLimits, DefinitionValidator
 from app.errors import NotFound
 from app.schemas.definition import WorkflowDefinition
 from app.settings import Settings
-from app.steps.outbound import OutboundClient, OutboundPolicy
+from app.steps.clients import OutboundClient
+from app.steps.destinations import OutboundPolicy
 from app.steps.registry import StepRegistry
 from app.store import agent_turns as agent_turn_store
 from app.store import workflows as workflow_store

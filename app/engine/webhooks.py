@@ -12,7 +12,8 @@ import logging
 
 from app.engine.resources import run_out
 from app.engine.services import Engine
-from app.steps.outbound import OutboundError, send_guarded
+from app.steps.destinations import OutboundError
+from app.steps.outbound import send_guarded
 from app.store import runs as run_store
 from app.store.database import transaction
 

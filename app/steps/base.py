@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-from app.steps.outbound import OutboundClient
+from app.steps.clients import OutboundClient
 
 
 class StepStatus(StrEnum):

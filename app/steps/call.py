@@ -28,6 +28,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from app.steps.base import StepContext, StepResult
+from app.steps.destinations import display_url
 from app.steps.http import (
     OutboundConfig,
     config_error,
@@ -39,7 +40,7 @@ from app.steps.http import (
     outbound_policy,
     parse_json,
 )
-from app.steps.outbound import display_url, send_guarded
+from app.steps.outbound import send_guarded
 
 ANSWER_EXCERPT_BYTES: Final = 2048  # of a malformed answer, kept in the error's details
 

@@ -28,17 +28,9 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.steps.base import StepContext, StepResult
-from app.steps.outbound import (
-    AddressNotAllowed,
-    GuardedResponse,
-    OutboundClient,
-    OutboundPolicy,
-    ResponseTooLarge,
-    TooManyRedirects,
-    display_url,
-    make_http_client,
-    send_guarded,
-)
+from app.steps.clients import OutboundClient, make_http_client
+from app.steps.destinations import AddressNotAllowed, OutboundPolicy, display_url
+from app.steps.outbound import GuardedResponse, ResponseTooLarge, TooManyRedirects, send_guarded
 
 METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 DETAILS_BODY_LIMIT: Final = 64 * 1024  # bytes of a failed response's body kept in details

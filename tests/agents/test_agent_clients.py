@@ -11,7 +11,7 @@ import pytest
 
 from app.agents.clients import ClientKey, ModelClients
 from app.agents.providers import ModelRequest
-from app.steps.outbound import OutboundPolicy
+from app.steps.destinations import OutboundPolicy
 from tests.agents.fake_models import Answer, FakeModel
 from tests.agents.helpers import agent_workflow
 from tests.conftest import AppFactory, run_and_wait

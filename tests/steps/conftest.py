@@ -11,7 +11,7 @@ import httpx
 import pytest
 from loopback_server import LoopbackServer, TlsFiles
 
-from app.steps.outbound import make_http_client
+from app.steps.clients import make_http_client
 
 
 @pytest.fixture

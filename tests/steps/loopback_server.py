@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from app.steps.base import StepContext
-from app.steps.outbound import OutboundPolicy
+from app.steps.destinations import OutboundPolicy
 
 
 @dataclass

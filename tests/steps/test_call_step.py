@@ -12,7 +12,7 @@ from loopback_server import LoopbackServer, Reply, make_ctx
 
 from app.steps.base import StepResult, StepStatus
 from app.steps.call import CallStep
-from app.steps.outbound import OutboundPolicy
+from app.steps.destinations import OutboundPolicy
 
 STEP = CallStep()
 

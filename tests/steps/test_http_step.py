@@ -15,8 +15,8 @@ import pytest
 from loopback_server import LoopbackServer, Reply, make_ctx
 
 from app.steps.base import StepResult, StepStatus
+from app.steps.destinations import OutboundPolicy
 from app.steps.http import HttpStep, parse_retry_after
-from app.steps.outbound import OutboundPolicy
 
 STEP = HttpStep()
 

@@ -15,17 +15,15 @@ import httpx
 import pytest
 from loopback_server import LOOPBACK, LoopbackServer, Reply, TlsFiles
 
-from app.steps.outbound import (
+from app.steps.clients import make_http_client
+from app.steps.destinations import (
     AddressNotAllowed,
     HostResolutionError,
     OutboundPolicy,
-    ResponseTooLarge,
-    TooManyRedirects,
     is_public_address,
-    make_http_client,
     resolve_checked,
-    send_guarded,
 )
+from app.steps.outbound import ResponseTooLarge, TooManyRedirects, send_guarded
 
 DEFAULT = OutboundPolicy()
 OPEN = OutboundPolicy(allow_private_networks=True)

@@ -15,8 +15,10 @@ import pytest
 import uvloop
 from loopback_server import LoopbackServer, Reply, TlsFiles
 
+from app.steps.clients import make_http_client
+from app.steps.destinations import OutboundPolicy
 from app.steps.network import Backend
-from app.steps.outbound import OutboundPolicy, make_http_client, send_guarded
+from app.steps.outbound import send_guarded
 from app.steps.pools import OriginPool, TlsNamePartitionedTransport, pooled_transport
 
 POLICY = OutboundPolicy(allowed_hosts=frozenset({"localhost", "127.0.0.1"}))

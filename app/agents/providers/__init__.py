@@ -20,8 +20,8 @@ from typing import Any, Protocol
 import httpx
 import httpx2
 
+from app.steps.destinations import AddressNotAllowed
 from app.steps.http import parse_retry_after
-from app.steps.outbound import AddressNotAllowed
 
 Message = dict[str, Any]
 OnText = Callable[[str], Awaitable[None]]
