@@ -8,6 +8,11 @@ pure steps before it (``app.engine.recording``); a runner that lost its lease ge
 
 Pauses, subgraph frames and handoffs are all state in the run's document
 (``app.engine.memory``), so any worker can pick the run up where it stopped.
+
+The cycle is one class in one module, longer than most here, on purpose: the handling
+of each StepResult status reads and advances the same run memory, and reads best beside
+the others; the write side is ``app.engine.recording``, parallel branches
+``app.engine.branches``.
 """
 
 from __future__ import annotations
