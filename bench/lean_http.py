@@ -15,12 +15,19 @@ so a workload runs on either.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import orjson
+
+TIMEOUT_S = 120.0  # a request and its answer, as the suites' httpx clients allowed
+
+
+class _Unanswered(Exception):
+    """The connection ended before the first byte of an answer."""
 
 
 class LeanHTTPError(RuntimeError):
@@ -50,41 +57,80 @@ class LeanClient:
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
         self.size = size
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._idle: collections.deque[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+            collections.deque()
+        )
         self._slots = asyncio.Semaphore(size)
         self._head = f"Host: {self.host}:{self.port}\r\n".encode()
 
-    async def get(self, path: str, params: dict[str, Any] | None = None) -> LeanResponse:
-        return await self.request("GET", path, params=params)
+    async def get(
+        self,
+        path: str,
+        params: dict[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> LeanResponse:
+        return await self.request("GET", path, params=params, headers=headers)
 
     async def post(
-        self, path: str, json: Any = None, params: dict[str, Any] | None = None
+        self,
+        path: str,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> LeanResponse:
-        return await self.request("POST", path, json=json, params=params)
+        return await self.request("POST", path, json=json, params=params, headers=headers)
 
     async def request(
-        self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> LeanResponse:
         if params:
             path = f"{path}?{urlencode(params)}"
         head = f"{method} {path} HTTP/1.1\r\n".encode() + self._head
+        for name, value in (headers or {}).items():
+            head += f"{name}: {value}\r\n".encode()
+        body = b""
         if json is not None:
             body = orjson.dumps(json)
             head += b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
-        else:
-            body = b""
-        async with self._slots:
-            reader, writer = self._idle.pop() if self._idle else await self._connect()
+        message = head + b"\r\n" + body
+        async with self._slots, asyncio.timeout(TIMEOUT_S):
+            while self._idle:
+                reader, writer = self._idle.popleft()
+                if reader.at_eof() or writer.is_closing():
+                    writer.close()  # the server closed it while idle (keep-alive timeout)
+                    continue
+                try:
+                    return await self._exchange(reader, writer, message)
+                except _Unanswered:
+                    # closed by the server as it was taken, before it read the request:
+                    # nothing was done, so the request goes again, on a new connection
+                    break
+            reader, writer = await self._connect()
             try:
-                writer.write(head + b"\r\n" + body)
-                status, content, keep = await _read_answer(reader)
-            except BaseException:
-                writer.close()
-                raise
-            if keep:
-                self._idle.append((reader, writer))
-            else:
-                writer.close()
+                return await self._exchange(reader, writer, message)
+            except _Unanswered as exc:
+                raise LeanHTTPError("the connection closed before an answer") from exc
+
+    async def _exchange(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, message: bytes
+    ) -> LeanResponse:
+        """``message`` sent on the connection and its answer read; the connection is kept
+        for the next request unless the server said it closes it."""
+        try:
+            writer.write(message)
+            status, content, keep = await _read_answer(reader)
+        except BaseException:
+            writer.close()
+            raise
+        if keep:
+            self._idle.append((reader, writer))
+        else:
+            writer.close()
         return LeanResponse(status, content)
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -100,7 +146,11 @@ async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError as exc:
-        raise LeanHTTPError("the connection closed before an answer") from exc
+        if exc.partial:
+            raise LeanHTTPError("the connection closed mid-answer") from exc
+        raise _Unanswered from exc
+    except (ConnectionError, asyncio.LimitOverrunError) as exc:
+        raise LeanHTTPError(f"the answer could not be read: {exc!r}") from exc
     lines = head.split(b"\r\n")
     status = int(lines[0].split(b" ", 2)[1])
     length, keep = None, True
@@ -113,6 +163,8 @@ async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
             keep = False
         elif name == b"transfer-encoding":
             raise LeanHTTPError("a chunked answer (this client reads Content-Length only)")
+    if length is None and (status in (204, 304) or 100 <= status < 200):
+        return status, b"", keep
     if length is None:
         raise LeanHTTPError(f"HTTP {status} without Content-Length")
     try:

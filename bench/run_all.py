@@ -296,7 +296,8 @@ def write_results(data: dict[str, Any], path: Path) -> None:
     add("")
     add(
         f"**The machine has {m['cores']} cores, shared by everything measured here:** the "
-        "Stepwise server process, the load generator (httpx in one Python process), the "
+        "Stepwise server process, the load generator (one Python process speaking HTTP/1.1 on "
+        "raw keep-alive sockets, `bench/lean_http.py`), the "
         "Postgres backends, and — for the peers — the library and its Postgres backends. "
         "Stepwise pays for HTTP (both ends) on the same cores; LangGraph and DBOS run "
         "in-process with no HTTP. Every figure was measured twice (`rep 1 / rep 2`); "

@@ -212,7 +212,7 @@ async def closed_loop(
                 done = await one()  # not `steps += await …`: that reads `steps` before awaiting
                 steps += done
                 runs += 1
-            except (httpx.HTTPError, RuntimeError, OSError) as exc:
+            except (RuntimeError, OSError) as exc:  # LeanHTTPError, timeouts, resets
                 errors += 1
                 log(f"error: {exc!r}")
 

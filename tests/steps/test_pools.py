@@ -114,22 +114,25 @@ async def test_closing_a_tls_connection_whose_server_never_answers_close_notify_
         stalled.append(writer)
 
     server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=localhost_tls.server_context())
-    port = server.sockets[0].getsockname()[1]
-    stream = await Backend().connect_tcp("127.0.0.1", port, timeout=5)
-    stream = await stream.start_tls(localhost_tls.client_context(), "localhost", timeout=5)
-    await stream.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", timeout=5)
-    received = b""
-    while not received.endswith(b"ok"):
-        received += await stream.read(1024, timeout=5)
-    sock = stream._transport.get_extra_info("socket")  # type: ignore[attr-defined]
-    await stream.aclose()
-    begun = time.monotonic()
-    while sock.fileno() != -1 and time.monotonic() - begun < 10:
-        await asyncio.sleep(0.05)
-    assert sock.fileno() == -1, "the socket is still open 10 s after the close"
-    for writer in stalled:
-        writer.transport.abort()
-    server.close()
+    try:
+        port = server.sockets[0].getsockname()[1]
+        stream = await Backend().connect_tcp("127.0.0.1", port, timeout=5)
+        stream = await stream.start_tls(localhost_tls.client_context(), "localhost", timeout=5)
+        await stream.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", timeout=5)
+        received = b""
+        while not received.endswith(b"ok"):
+            received += await stream.read(1024, timeout=5)
+        sock = stream._transport.get_extra_info("socket")  # type: ignore[attr-defined]
+        await stream.aclose()
+        begun = time.monotonic()
+        while sock.fileno() != -1 and time.monotonic() - begun < 10:
+            await asyncio.sleep(0.05)
+        assert sock.fileno() == -1, "the socket is still open 10 s after the close"
+    finally:
+        for writer in stalled:
+            writer.transport.abort()
+        server.close()
+        await server.wait_closed()
 
 
 async def test_a_large_answer_is_read_whole_through_the_transport_pausing(
