@@ -14,7 +14,7 @@ from app.engine import branchdoc
 from app.engine.approvals import Answered
 from app.engine.commands import RunCommands
 from app.engine.lifecycle import RunStatus
-from app.engine.resources import run_out, run_resource
+from app.engine.resources import read_resource, run_out, run_resource
 from app.engine.services import Engine
 from app.errors import Invalid, NotFound, error_item
 from app.events.bus import EventBus, RunSignal
@@ -61,12 +61,11 @@ def json_response(
     )
 
 
-async def load_run(engine: Engine, run_id: str) -> RunOut:
-    async with transaction(engine.sessions) as session:
-        run = await run_store.get(session, run_id)
-        if run is None:
-            raise NotFound(f"run {run_id!r} not found", code="run_not_found")
-        return await run_out(session, run)
+async def load_run(engine: Engine, run_id: str) -> tuple[Run, RunOut]:
+    read = await read_resource(engine.sessions, run_id, postgres=not engine.settings.is_sqlite)
+    if read is None:
+        raise NotFound(f"run {run_id!r} not found", code="run_not_found")
+    return read
 
 
 async def _resource(engine: Engine, run: Run) -> RunOut:
@@ -93,12 +92,9 @@ async def wait_for_run(engine: Engine, bus: EventBus, run_id: str, timeout_s: fl
                 # a runner of this process settled it meanwhile: its row as committed
                 return Response(signal.resource, media_type="application/json")
         while True:
-            async with transaction(engine.sessions) as session:
-                run = await run_store.get(session, run_id)
-                if run is None:
-                    raise NotFound(f"run {run_id!r} not found", code="run_not_found")
-                if run.status not in BLOCKING or deadline - time.monotonic() <= 0:
-                    return json_response(await run_out(session, run))
+            run, resource = await load_run(engine, run_id)
+            if run.status not in BLOCKING or deadline - time.monotonic() <= 0:
+                return json_response(resource)
             settled = await _while_blocking(signal, run.event_seq, deadline)
             if settled and signal.resource is not None:
                 return Response(signal.resource, media_type="application/json")
@@ -189,7 +185,7 @@ async def list_runs(
 
 @router.get("/runs/{run_id}", response_model=RunOut)
 async def get_run(run_id: str, engine: EngineDep) -> Response:
-    return json_response(await load_run(engine, run_id))
+    return json_response((await load_run(engine, run_id))[1])
 
 
 @router.get("/runs/{run_id}/wait", response_model=RunOut)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.engine import branchdoc
 from app.schemas.runs import RunError, RunOut, Usage, WorkflowRef
 from app.store import checkpoints as checkpoint_store
+from app.store import runs as run_store
+from app.store.database import lone_statement, transaction
 from app.store.models import Run
+from app.store.statements import run_and_head
 
 
 async def run_out(session: AsyncSession, run: Run) -> RunOut:
@@ -21,6 +24,27 @@ async def run_out(session: AsyncSession, run: Run) -> RunOut:
             state = loaded[1]["frames"][0]["state"]
             usage = loaded[1].get("usage")
     return run_resource(run, state, usage)
+
+
+async def read_resource(
+    sessions: async_sessionmaker[AsyncSession], run_id: str, *, postgres: bool
+) -> tuple[Run, RunOut] | None:
+    """The run and its resource as committed now, or None if there is no such run. On
+    Postgres one statement outside any transaction (the run joined with its head
+    checkpoint and that one's snapshot), where the ORM took a transaction and three reads."""
+    if not postgres:
+        async with transaction(sessions) as session:
+            run = await run_store.get(session, run_id)
+            return None if run is None else (run, await run_out(session, run))
+    async with lone_statement(sessions) as connection:
+        read = await run_and_head(connection, run_id)
+    if read is None:
+        return None
+    run, head = read
+    if head is None:
+        return run, run_resource(run, None)
+    doc = head[1]
+    return run, run_resource(run, doc["frames"][0]["state"], doc.get("usage"))
 
 
 def run_resource(run: Run, state: Any, usage: dict[str, int] | None = None) -> RunOut:
