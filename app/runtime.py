@@ -18,7 +18,7 @@ from app.engine.retention import RetentionSweeper
 from app.engine.services import Engine
 from app.engine.webhooks import WebhookSender
 from app.events.bus import EventBus, PostgresListener
-from app.events.feed import FeedHub
+from app.events.hub import FeedHub
 from app.settings import Settings
 from app.steps.clients import make_http_client
 from app.steps.registry import StepRegistry

@@ -17,8 +17,8 @@ from app.api.runs import CommandsDep, IdempotencyKey
 from app.api.sse import EventStreamResponse
 from app.engine.services import Engine
 from app.errors import Invalid, NotFound, ServiceUnavailable, error_item
-from app.events.feed import FeedHub, StreamLimitReached, StreamSlot
 from app.events.frames import FeedEvent
+from app.events.hub import FeedHub, StreamLimitReached, StreamSlot
 from app.events.waiting import Push
 from app.schemas.runs import EventList, EventOut, RunCreate
 from app.store import events as event_store

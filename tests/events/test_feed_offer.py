@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.events.bus import EventBus
-from app.events.feed import FeedHub, RunFeed, RunPosition
+from app.events.feed import RunFeed, RunPosition
 from app.events.frames import sse_frame
+from app.events.hub import FeedHub
 from app.store.models import Event
 
 
