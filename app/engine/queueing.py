@@ -103,7 +103,7 @@ class CommandBase:
     ) -> Run:
         """Leave an answer to a paused branch of a running (or queued) run in its row, for
         the execution that holds the run (told at once, on this process or another); a
-        later execution takes it after a crash (``app.engine.branches``)."""
+        later execution takes it after a crash (``app.engine.branchanswers``)."""
         answers = [*(run.answers or []), {"id": str(uuid.uuid4()), **answer}]
         recorded = await record_step(
             session,

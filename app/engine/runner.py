@@ -137,9 +137,9 @@ class RunExecution(RunRecorder):
             NewEvent("run.resumed", None, {"from": status, **resume.get("info", {})})
         )
         if branchdoc.section_index(self.doc) is not None:  # for a branch: it takes it
-            from app.engine import branches
+            from app.engine import branchanswers
 
-            self.doc = branches.route_resume(self.doc, status, resume)
+            self.doc = branchanswers.route_resume(self.doc, status, resume)
             return
         if "response" in resume:
             interrupt = self.doc.get("interrupt") or resume.get("interrupt") or {}
