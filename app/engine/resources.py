@@ -31,7 +31,7 @@ async def read_resource(
 ) -> tuple[Run, RunOut] | None:
     """The run and its resource as committed now, or None if there is no such run. On
     Postgres one statement outside any transaction (the run joined with its head
-    checkpoint and that one's snapshot), where the ORM took a transaction and three reads."""
+    checkpoint and that one's snapshot), where the ORM took a transaction and two reads."""
     if not postgres:
         async with transaction(sessions) as session:
             run = await run_store.get(session, run_id)

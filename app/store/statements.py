@@ -14,7 +14,8 @@ itself, with no ``BEGIN`` or ``COMMIT`` round trip; when the fence fails, the up
 returns no row and nothing is inserted.
 
 ``run_and_head`` is the read an unlocked command fences such a write against: the run and
-its head checkpoint in one statement, outside any transaction.
+its head checkpoint in one statement, outside any transaction; it is also how the API reads
+a run's resource (``app.engine.resources.read_resource``).
 
 ``insert_new_run`` is a run's start: its row, first checkpoint and first events in one
 statement (data-modifying CTEs fed by the run's ``RETURNING``), committing by itself.

@@ -12,6 +12,7 @@ import pytest
 from app.engine.resources import run_out
 from app.store import runs as run_store
 from app.store.database import transaction
+from app.store.models import Checkpoint
 from tests.engine.test_answer_and_wait import statements_sent
 from tests.engine.test_runner import wf
 
@@ -39,6 +40,15 @@ async def _orm_resource(client: httpx.AsyncClient, run_id: str) -> dict[str, Any
         return (await run_out(session, run)).model_dump(mode="json")
 
 
+async def _head_is_a_delta(client: httpx.AsyncClient, run_id: str) -> bool:
+    sessions = client.app.state.runtime.engine.sessions  # type: ignore[attr-defined]
+    async with transaction(sessions) as session:
+        run = await run_store.get(session, run_id)
+        assert run is not None and run.head_checkpoint_id is not None
+        head = await session.get(Checkpoint, run.head_checkpoint_id)
+        return head is not None and head.base_id is not None
+
+
 async def test_a_paused_and_then_completed_run_reads_as_the_orm_reads_it(
     client: httpx.AsyncClient,
 ) -> None:
@@ -51,6 +61,7 @@ async def test_a_paused_and_then_completed_run_reads_as_the_orm_reads_it(
     read = await client.get(f"/runs/{run_id}")
     assert read.status_code == 200
     assert read.json() == await _orm_resource(client, run_id)
+    assert await _head_is_a_delta(client, run_id)  # the state read is base + delta
 
     interrupt_id = paused.json()["interrupt"]["id"]
     answered = await client.post(
@@ -84,5 +95,5 @@ async def test_on_postgres_a_run_is_read_in_one_statement_and_no_transaction(
         read = await client.get(f"/runs/{run_id}")
     assert read.status_code == 200
     ours = [s for s in statements if "SKIP LOCKED" not in s.upper()]  # not the claim loops'
-    assert not [s for s in ours if s.strip().upper() in ("BEGIN", "COMMIT")], ours
+    assert not [s for s in ours if s.strip().rstrip(";").upper() in ("BEGIN", "COMMIT")], ours
     assert len([s for s in ours if "FROM runs r LEFT JOIN checkpoints" in s]) == 1, ours

@@ -25,13 +25,17 @@ async def test_a_run_starts_in_two_statements_and_no_transaction(
     client: httpx.AsyncClient,
 ) -> None:
     assert (await client.post("/workflows", json=TWO)).status_code == 201
+    # the process's first start of a version reads its definition into the cache (an ORM
+    # read in a transaction of its own); every later start is the two statements
+    first = await client.post("/runs", json={"workflow": "two-steps", "inputs": {}})
+    assert first.status_code == 202, first.text
     engine = client.app.state.runtime.db.sync_engine  # type: ignore[attr-defined]
     with statements_sent(engine) as statements:
         started = await client.post("/runs", json={"workflow": "two-steps", "inputs": {}})
     assert started.status_code == 202, started.text
     run_id = started.json()["id"]
     ours = [s for s in statements if "SKIP LOCKED" not in s.upper()]  # not the claim loops'
-    assert not [s for s in ours if s.strip().upper() in ("BEGIN", "COMMIT")], ours
+    assert not [s for s in ours if s.strip().rstrip(";").upper() in ("BEGIN", "COMMIT")], ours
     assert any(s.startswith("SELECT version, hash FROM workflows") for s in ours), ours
     assert any(s.startswith("WITH r AS (INSERT INTO runs") for s in ours), ours
 
