@@ -14,7 +14,7 @@ from app.engine import branchdoc
 from app.engine.approvals import Answered
 from app.engine.commands import RunCommands
 from app.engine.lifecycle import RunStatus
-from app.engine.resources import read_resource, run_out, run_resource
+from app.engine.resources import doc_resource, read_resource, run_out, run_resource
 from app.engine.services import Engine
 from app.errors import Invalid, NotFound, error_item
 from app.events.bus import EventBus, RunSignal
@@ -77,7 +77,7 @@ async def _answered(engine: Engine, answered: Answered) -> RunOut:
     """The resource of an answered run, from the document the answer read if it did."""
     if answered.doc is None:
         return await _resource(engine, answered.run)
-    return run_resource(answered.run, answered.doc["frames"][0]["state"], answered.doc.get("usage"))
+    return doc_resource(answered.run, answered.doc)
 
 
 async def wait_for_run(engine: Engine, bus: EventBus, run_id: str, timeout_s: float) -> Response:

@@ -26,7 +26,7 @@ from typing import Any
 
 from app.engine import branchdoc, memory
 from app.engine.lifecycle import RunStatus, check_transition
-from app.engine.resources import run_resource
+from app.engine.resources import doc_resource
 from app.engine.services import Engine
 from app.steps.base import StepError
 from app.store import runs as run_store
@@ -168,8 +168,7 @@ class RunRecorder:
         self.engine.on_committed(self.run_id, recorded.events, recorded.status)
         resource = None
         if recorded.run is not None:  # the run paused or ended: its resource, if waited for
-            state, usage = self.doc["frames"][0]["state"], self.doc.get("usage")
-            resource = partial(_resource_json, recorded.run, state, usage)
+            resource = partial(_resource_json, recorded.run, self.doc)
         self.engine.on_events(self.run_id, recorded.last_event_seq, recorded.status, resource)
 
     def _with_answers(
@@ -286,5 +285,5 @@ class RunRecorder:
         return running
 
 
-def _resource_json(run: Run, state: Any, usage: dict[str, int] | None) -> bytes:
-    return run_resource(run, state, usage).model_dump_json().encode()
+def _resource_json(run: Run, doc: memory.Doc) -> bytes:
+    return doc_resource(run, doc).model_dump_json().encode()

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.engine import branchdoc
+from app.engine import branchdoc, memory
 from app.schemas.runs import RunError, RunOut, Usage, WorkflowRef
 from app.store import checkpoints as checkpoint_store
 from app.store import runs as run_store
@@ -17,13 +17,10 @@ from app.store.statements import run_and_head
 
 async def run_out(session: AsyncSession, run: Run) -> RunOut:
     """The run resource; its state is read from the run's head checkpoint."""
-    state = usage = None
+    loaded = None
     if run.head_checkpoint_id is not None:
         loaded = await checkpoint_store.load(session, run.head_checkpoint_id)
-        if loaded is not None:
-            state = loaded[1]["frames"][0]["state"]
-            usage = loaded[1].get("usage")
-    return run_resource(run, state, usage)
+    return doc_resource(run, loaded[1] if loaded is not None else None)
 
 
 async def read_resource(
@@ -41,10 +38,15 @@ async def read_resource(
     if read is None:
         return None
     run, head = read
-    if head is None:
-        return run, run_resource(run, None)
-    doc = head[1]
-    return run, run_resource(run, doc["frames"][0]["state"], doc.get("usage"))
+    return run, doc_resource(run, head[1] if head is not None else None)
+
+
+def doc_resource(run: Run, doc: memory.Doc | None) -> RunOut:
+    """The run resource with the state and usage of ``doc``, the full document of its
+    head checkpoint (None: the run has none)."""
+    if doc is None:
+        return run_resource(run, None)
+    return run_resource(run, memory.top_state(doc), doc.get("usage"))
 
 
 def run_resource(run: Run, state: Any, usage: dict[str, int] | None = None) -> RunOut:
