@@ -56,7 +56,6 @@ class LeanClient:
         parts = urlsplit(base)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
-        self.size = size
         self._idle: collections.deque[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
             collections.deque()
         )
