@@ -24,7 +24,6 @@ from app.schemas.runs import EventList, EventOut, RunCreate
 from app.store import events as event_store
 from app.store import runs as run_store
 from app.store.database import transaction
-from app.store.models import Event
 
 router = APIRouter(tags=["events"])
 
@@ -52,7 +51,7 @@ async def feed_hub(request: Request) -> FeedHub:
 HubDep = Annotated[FeedHub, Depends(feed_hub)]
 
 
-def event_out(event: Event) -> EventOut:
+def event_out(event: event_store.StoredEvent) -> EventOut:
     return EventOut(
         run_id=event.run_id,
         seq=event.seq,

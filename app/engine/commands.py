@@ -202,7 +202,7 @@ class RunCommands(HistoryCommands, ApprovalCommands):
         else:
             run = await run_store.insert_run(session, values)
             await checkpoint_store.insert_checkpoint(session, row, None, doc)
-            await insert_events(session, run_id, len(events), events, now)
+            await insert_events(session, run_id, len(events), events, now, groups=[len(events)])
             if not lease:
                 await run_store.notify(session, "stepwise_work", run_id)
         chain = checkpoint_store.CheckpointChain.snapshot(checkpoint_id, doc)

@@ -204,7 +204,7 @@ class HistoryCommands(CommandBase):
                 None,
                 doc,
             )
-            await insert_events(session, fork_id, len(events), events, now)
+            await insert_events(session, fork_id, len(events), events, now, groups=[len(events)])
             recorded = await record_step(
                 session,
                 source.id,

@@ -128,9 +128,9 @@ async def _delete_events(
         async with transaction(sessions) as session:
             await _exclusive(session)
             due = await retention_store.lock_due(session, rule, ids)
-            deleted = await retention_store.delete_events(session, due, batch_rows)
+            deleted, events = await retention_store.delete_events(session, due, batch_rows)
         report.transactions.append(deleted)
-        report.events += deleted
+        report.events += events
         if deleted < batch_rows:
             return
         await asyncio.sleep(0)

@@ -39,14 +39,12 @@ from app.events.frames import (
     TERMINAL_EVENTS,
     FeedEvent,
     encode_frame,
-    matches,
     sse_frame,
 )
 from app.events.waiting import Changed, Parked
 from app.store import events as event_store
 from app.store import runs as run_store
 from app.store.database import transaction
-from app.store.models import Event
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +147,7 @@ class RunFeed:
         frames: list[bytes] = []
         for event in batch:
             cursor = event.seq
-            if matches(event.type, types):
+            if event_store.matches(event.type, types):
                 frames.append(event.frame)
             if event.type in TERMINAL_EVENTS or (until_paused and event.type in PAUSE_EVENTS):
                 return b"".join(frames), cursor, True
@@ -193,7 +191,7 @@ class RunFeed:
                 self.gone = True
                 return False
             position = RunPosition(*found)
-            rows: list[Event] = []
+            rows: list[event_store.StoredEvent] = []
             if position.event_seq > self.head:
                 start = self.head
                 if self.position is None:  # first read: only the recent past

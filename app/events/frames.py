@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from app.schemas.runs import EventOut
-from app.store.models import Event
+from app.store.events import StoredEvent
 
 # the event each status change writes, last in its transaction
 TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled"})
@@ -24,7 +23,7 @@ class FeedEvent:
     frame: bytes  # the complete SSE frame, encoded once and shared by every subscriber
 
 
-def sse_frame(event: Event) -> FeedEvent:
+def sse_frame(event: StoredEvent) -> FeedEvent:
     return encode_frame(event.run_id, event.seq, event.type, event.node, event.ts, event.data)
 
 
@@ -35,12 +34,3 @@ def encode_frame(
     # the JSON has no raw newlines, so it is one data: line
     frame = f"id: {seq}{SEP}event: {type}{SEP}data: {payload.model_dump_json()}{SEP}{SEP}"
     return FeedEvent(seq, type, frame.encode())
-
-
-def matches(event_type: str, patterns: Sequence[str]) -> bool:
-    """``?types=``: exact types or prefix globs (``node.*``); no patterns match all."""
-    if not patterns:
-        return True
-    return any(
-        event_type.startswith(p[:-1]) if p.endswith("*") else event_type == p for p in patterns
-    )

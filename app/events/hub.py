@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.events.bus import EventBus
 from app.events.feed import READ_BATCH, RunFeed
-from app.events.frames import PAUSE_EVENTS, TERMINAL_EVENTS, FeedEvent, matches, sse_frame
+from app.events.frames import PAUSE_EVENTS, TERMINAL_EVENTS, FeedEvent, sse_frame
 from app.events.waiting import INF, Parked, Push
 from app.store import events as event_store
 from app.store.database import transaction
@@ -180,7 +180,7 @@ class FeedHub:
                 ends = False
                 for event in batch:
                     cursor = event.seq
-                    if matches(event.type, types):
+                    if event_store.matches(event.type, types):
                         out.append(event)
                     if event.seq > live_from and (
                         event.type in TERMINAL_EVENTS

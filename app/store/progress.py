@@ -27,10 +27,10 @@ from sqlalchemy.orm.attributes import set_committed_value
 from app import metrics
 from app.store.checkpoints import CheckpointRow, insert_checkpoints
 from app.store.database import Executor, dialect_name
-from app.store.events import NewEvent, event_rows, insert_events
+from app.store.events import BATCH, NewEvent, event_rows, insert_events, stored_json
 from app.store.models import Run, table, utcnow
 from app.store.runs import Lease, lease_guard
-from app.store.statements import RUN_KEYS, Fence, fenced_update, one_statement
+from app.store.statements import RUN_KEYS, Fence, StoredRow, fenced_update, one_statement
 
 STATUS_EVENT_TYPES = frozenset(
     {
@@ -131,6 +131,7 @@ async def record_step(
         int(row[1]),
         [e for evs, _ in prepared for e in evs],
         _stamps(writes, prepared, now),
+        groups=[len(evs) for evs, _ in prepared],
         direct=postgres,
     )
     return _recorded(row, bool(checkpoints), inserted, settles=settles)
@@ -148,15 +149,23 @@ async def _alone(
 ) -> Recorded | None:
     """The write as one statement, committed by itself (``statements.one_statement``)."""
     checkpoints: list[tuple[CheckpointRow, str | None, Any]] = []
-    events: list[tuple[NewEvent, datetime, int]] = []
+    rows: list[StoredRow] = []
+    upto = 0
     for write, (evs, at) in zip(writes, prepared, strict=True):
         if write.checkpoint is not None:
             checkpoints.append((write.checkpoint, write.base_id, write.data))
-        # the checkpoint.saved placeholder (at ``at``) gets its data from the statement
-        ts, k = write.ts or now, len(checkpoints)
-        events.extend((event, ts, k if i == at else 0) for i, event in enumerate(evs))
+        if not evs:
+            continue
+        # the checkpoint.saved placeholder (at ``at``) gets its seq from the statement
+        upto += len(evs)
+        saved = write.checkpoint.id if write.checkpoint is not None else None
+        head, tail = stored_json(evs, at, saved)
+        first = evs[0]
+        type_, node = (first.type, first.node) if len(evs) == 1 else (BATCH, None)
+        k = len(checkpoints) if saved is not None else 0
+        rows.append(StoredRow(type_, node, write.ts or now, head, tail, k, upto))
     row = await one_statement(
-        connection, run_id, fence, values, now, checkpoints, events, settles=settles
+        connection, run_id, fence, values, now, checkpoints, rows, upto, settles=settles
     )
     if row is None:
         return None

@@ -29,9 +29,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.store import events as event_store
 from app.store.database import dialect_name
 from app.store.models import Checkpoint, Event, Run, UtcDateTime, Workflow, table
-from app.store.runs import rowcount
 
 ENDED = ("completed", "failed", "cancelled")
 # pg_try_advisory_xact_lock key ("StepPrun"): one process prunes at a time
@@ -173,13 +173,21 @@ async def lock_due(session: AsyncSession, rule: RetentionRule, ids: Sequence[str
     return [str(found) for found in (await session.execute(stmt)).scalars()]
 
 
-async def delete_events(session: AsyncSession, run_ids: Sequence[str], limit: int) -> int:
-    """Delete at most ``limit`` events of these runs; how many were deleted."""
+async def delete_events(
+    session: AsyncSession, run_ids: Sequence[str], limit: int
+) -> tuple[int, int]:
+    """Delete at most ``limit`` event rows of these runs; how many rows were deleted, and
+    how many events they held (a batch row holds several)."""
     if not run_ids:
-        return 0
+        return 0, 0
     some = select(_events.c.run_id, _events.c.seq).where(_events.c.run_id.in_(run_ids)).limit(limit)
-    stmt = delete(_events).where(tuple_(_events.c.run_id, _events.c.seq).in_(some))
-    return rowcount(await session.execute(stmt))
+    stmt = (
+        delete(_events)
+        .where(tuple_(_events.c.run_id, _events.c.seq).in_(some))
+        .returning(event_store.events_held(_events.c.type, _events.c.data))
+    )
+    held = list((await session.execute(stmt)).scalars())
+    return len(held), sum(held)
 
 
 async def checkpoint_counts(session: AsyncSession, run_ids: Sequence[str]) -> dict[str, int]:
@@ -209,7 +217,9 @@ async def due_totals(session: AsyncSession, rule: RetentionRule) -> DueTotals:
     ).scalar()
     events = (
         await session.execute(
-            select(func.count()).select_from(_events).where(_events.c.run_id.in_(due_ids))
+            select(
+                func.coalesce(func.sum(event_store.events_held(_events.c.type, _events.c.data)), 0)
+            ).where(_events.c.run_id.in_(due_ids))
         )
     ).scalar()
     return DueTotals(int(runs or 0), int(checkpoints or 0), int(events or 0))

@@ -314,18 +314,23 @@ async def delete_runs(session: AsyncSession, run_ids: Sequence[str]) -> tuple[in
 
     The foreign keys cascade (SQLite enforces it with foreign_keys=ON); explicit deletes
     keep it true whatever the backend's settings."""
+    from app.store.events import events_held
     from app.store.models import AgentTurn, Checkpoint, Event
 
     if not run_ids:
         return 0, 0
     await session.execute(delete(AgentTurn).where(AgentTurn.run_id.in_(run_ids)))
-    events = await session.execute(delete(Event).where(Event.run_id.in_(run_ids)))
+    # counted as events, not rows (a batch row holds several)
+    held = delete(Event).where(Event.run_id.in_(run_ids))
+    events = sum(
+        (await session.execute(held.returning(events_held(Event.type, Event.data)))).scalars()
+    )
     checkpoints = await session.execute(delete(Checkpoint).where(Checkpoint.run_id.in_(run_ids)))
     await session.execute(
         update(Run).where(Run.parent_run_id.in_(run_ids)).values(parent_run_id=None)
     )
     await session.execute(delete(Run).where(Run.id.in_(run_ids)))
-    return rowcount(events), rowcount(checkpoints)
+    return events, rowcount(checkpoints)
 
 
 async def delete_run(session: AsyncSession, run_id: str) -> None:

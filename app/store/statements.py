@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app import metrics
 from app.store.checkpoints import CheckpointChain, CheckpointRow, with_doc
 from app.store.database import driver_fetchrow, encode_json
-from app.store.events import NewEvent
+from app.store.events import BATCH, NewEvent, stored_json
 from app.store.models import Checkpoint, Run
 from app.store.runs import HELD, Lease
 
@@ -89,6 +89,22 @@ async def fenced_update(
     return await driver_fetchrow(connection, _update_sql(shape), args)
 
 
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """One row of ``events`` for ``one_statement``: one event, or a write's batch
+    (``app.store.events``); its data is ``head``, then (when ``saved`` > 0: the write's
+    ``checkpoint.saved`` names the ``saved``-th checkpoint) that checkpoint's seq and
+    ``tail``. ``upto``: the events of the statement up to and including this row's."""
+
+    type: str
+    node: str | None
+    ts: datetime
+    head: str
+    tail: str
+    saved: int
+    upto: int
+
+
 async def one_statement(
     connection: AsyncConnection,
     run_id: str,
@@ -96,16 +112,16 @@ async def one_statement(
     values: dict[str, Any],
     now: datetime,
     checkpoints: Sequence[tuple[CheckpointRow, str | None, Any]],
-    events: Sequence[tuple[NewEvent, datetime, int]],
+    events: Sequence[StoredRow],
+    count: int,
     *,
     settles: bool,
 ) -> Sequence[Any] | None:
     """``fenced_update`` with the inserts of ``checkpoints`` (``(row, base_id, data)``,
-    numbered here from the updated ``checkpoint_seq``) and ``events`` (``(event, ts,
-    k)``: ``k`` > 0 makes it the ``checkpoint.saved`` of the k-th checkpoint, its data
-    written by the statement) in the same statement."""
+    numbered here from the updated ``checkpoint_seq``) and of the rows of ``count``
+    events (numbered from the updated ``event_seq``) in the same statement."""
     rows = [row for row, _, _ in checkpoints]
-    shape, args = _update(run_id, fence, values, now, len(events), rows, settles)
+    shape, args = _update(run_id, fence, values, now, count, rows, settles)
     args += [
         [row.id for row in rows],
         [row.parent_id for row in rows],
@@ -116,11 +132,13 @@ async def one_statement(
         [base_id for _, base_id, _ in checkpoints],
         [encode_json(data).decode() for _, _, data in checkpoints],
         [row.created_at for row in rows],
-        [event.type for event, _, _ in events],
-        [event.node for event, _, _ in events],
-        [ts for _, ts, _ in events],
-        [encode_json(event.data or {}).decode() for event, _, _ in events],
-        [k for _, _, k in events],
+        [e.type for e in events],
+        [e.node for e in events],
+        [e.ts for e in events],
+        [e.head for e in events],
+        [e.tail for e in events],
+        [e.saved for e in events],
+        [e.upto for e in events],
     ]
     return await driver_fetchrow(connection, _one_statement_sql(shape), args)
 
@@ -189,7 +207,7 @@ def _one_statement_sql(shape: Shape) -> str:
     checkpoints and the events follow the update's parameters."""
     a = 5 + len(shape.keys) + _fence_params(shape)  # the first array's parameter
     ids, parents, last, nxt, status, steps, bases, data, created = (f"${a + i}" for i in range(9))
-    types, nodes, stamps, payloads, saved = (f"${a + 9 + i}" for i in range(5))
+    types, nodes, stamps, heads, tails, saved, upto = (f"${a + 9 + i}" for i in range(7))
     seq_of = "u.head_seq - $4 + "  # the k-th checkpoint's seq
     return (
         f"WITH u AS ({_update_sql(shape)}), "
@@ -202,13 +220,12 @@ def _one_statement_sql(shape: Shape) -> str:
         " WITH ORDINALITY AS x(id, parent_id, last_node, next_node, status, steps, base_id,"
         " data, created_at, k)), "
         "e AS (INSERT INTO events (run_id, seq, type, node, ts, data)"
-        " SELECT $1, u.last_seq - $3 + x.k, x.type, x.node, x.ts,"
-        " CASE WHEN x.saved > 0 THEN"
-        f' (\'{{"checkpoint_id":"\' || ({ids}::text[])[x.saved] || \'","seq":\''
-        f" || ({seq_of}x.saved)::text || '}}')::json"
-        " ELSE x.data::json END FROM u, unnest("
-        f"{types}::text[], {nodes}::text[], {stamps}::timestamptz[], {payloads}::text[],"
-        f" {saved}::int[]) WITH ORDINALITY AS x(type, node, ts, data, saved, k)) "
+        " SELECT $1, u.last_seq - $3 + x.upto, x.type, x.node, x.ts,"
+        f" (x.head || CASE WHEN x.saved > 0 THEN ({seq_of}x.saved)::text ELSE '' END"
+        " || x.tail)::json FROM u, unnest("
+        f"{types}::text[], {nodes}::text[], {stamps}::timestamptz[], {heads}::text[],"
+        f" {tails}::text[], {saved}::int[], {upto}::int[])"
+        " AS x(type, node, ts, head, tail, saved, upto)) "
         "SELECT * FROM u"
     )
 
@@ -260,7 +277,8 @@ async def insert_new_run(
     notify_work: bool,
 ) -> None:
     """A new run's row (``values`` by attribute name), its first checkpoint (a snapshot,
-    ``data``) and its first ``events`` (numbered from 1, stamped with the run's creation)
+    ``data``) and its first ``events`` (at least one; numbered from 1, stamped with the
+    run's creation, stored as one row)
     as one statement, committing by itself when ``connection`` has no transaction begun;
     with ``notify_work``, the runners of every process hear of it (``stepwise_work``).
     A taken idempotency key fails it whole (IntegrityError)."""
@@ -278,9 +296,10 @@ async def insert_new_run(
         checkpoint.steps_completed,
         encode_json(data).decode(),
         checkpoint.created_at,
-        [event.type for event in events],
-        [event.node for event in events],
-        [encode_json(event.data or {}).decode() for event in events],
+        len(events),
+        events[0].type if len(events) == 1 else BATCH,
+        events[0].node if len(events) == 1 else None,
+        stored_json(events, -1, None)[0],
     ]
     await driver_fetchrow(connection, _new_run_sql(tuple(values), notify_work), args)
     metrics.observe_events(event.type for event in events)
@@ -289,10 +308,10 @@ async def insert_new_run(
 @functools.lru_cache(maxsize=8)
 def _new_run_sql(keys: tuple[str, ...], notify_work: bool) -> str:
     """``insert_new_run``'s statement: $1… the run's values in ``keys`` order, then the
-    checkpoint's columns, then the events' arrays."""
+    checkpoint's columns, then the events' count and their row's type, node and data."""
     a = len(keys) + 1  # the checkpoint's first parameter
     cid, parent, seq, last, nxt, status, steps, data, created = (f"${a + i}" for i in range(9))
-    types, nodes, payloads = (f"${a + 9 + i}" for i in range(3))
+    count, type_, node, payload = (f"${a + 9 + i}" for i in range(4))
     notify = ", pg_notify('stepwise_work', r.id)" if notify_work else ""
     return (
         f"WITH r AS (INSERT INTO runs ({', '.join(_COLUMN_NAMES[key] for key in keys)})"
@@ -302,8 +321,7 @@ def _new_run_sql(keys: tuple[str, ...], notify_work: bool) -> str:
         f" SELECT {cid}::text, r.id, {parent}::text, {seq}::int, {last}::text, {nxt}::text,"
         f" {status}::text, {steps}::int, NULL, {data}::json, {created}::timestamptz FROM r), "
         "e AS (INSERT INTO events (run_id, seq, type, node, ts, data)"
-        " SELECT r.id, x.k, x.type, x.node, r.created_at, x.data::json FROM r, unnest("
-        f"{types}::text[], {nodes}::text[], {payloads}::text[])"
-        " WITH ORDINALITY AS x(type, node, data, k)) "
+        f" SELECT r.id, {count}::int, {type_}::text, {node}::text, r.created_at,"
+        f" {payload}::json FROM r) "
         f"SELECT r.id{notify} FROM r"
     )

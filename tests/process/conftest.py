@@ -331,7 +331,7 @@ async def step_visits(db: AsyncEngine, run_id: str) -> dict[str, int]:
     """node.completed events per node of one run."""
     found = await rows(
         db,
-        "SELECT node, count(*) FROM events WHERE run_id = :id AND type = 'node.completed' "
+        "SELECT node, count(*) FROM event_log WHERE run_id = :id AND type = 'node.completed' "
         "GROUP BY node",
         id=run_id,
     )
@@ -341,6 +341,6 @@ async def step_visits(db: AsyncEngine, run_id: str) -> dict[str, int]:
 async def event_count(db: AsyncEngine, run_id: str, type_: str) -> int:
     return int(
         await scalar(
-            db, "SELECT count(*) FROM events WHERE run_id = :id AND type = :t", id=run_id, t=type_
+            db, "SELECT count(*) FROM event_log WHERE run_id = :id AND type = :t", id=run_id, t=type_
         )
     )

@@ -82,7 +82,7 @@ async def test_a_run_raising_inside_the_service_fails_after_three_attempts(
     await wait_status(db, run_id, "completed")
     visits = await rows(
         db,
-        "SELECT node, count(*) FROM events WHERE run_id = :id AND type = 'node.completed' "
+        "SELECT node, count(*) FROM event_log WHERE run_id = :id AND type = 'node.completed' "
         "GROUP BY node",
         id=run_id,
     )
@@ -117,7 +117,7 @@ async def test_a_run_that_kills_its_worker_every_time_fails_after_max_recoveries
     assert (
         await scalar(
             db,
-            "SELECT count(*) FROM events WHERE run_id = :id AND type = 'node.completed' "
+            "SELECT count(*) FROM event_log WHERE run_id = :id AND type = 'node.completed' "
             "AND node = 'before'",
             id=run_id,
         )

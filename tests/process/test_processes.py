@@ -94,7 +94,7 @@ async def assert_exactly_once(
     # node.completed per (run, node): exactly one for every node of every run
     visits = await rows(
         db,
-        "SELECT run_id, node, count(*) FROM events WHERE type = 'node.completed' "
+        "SELECT run_id, node, count(*) FROM event_log WHERE type = 'node.completed' "
         "AND run_id = ANY(:ids) GROUP BY run_id, node",
         ids=run_ids,
     )
@@ -112,7 +112,7 @@ async def assert_exactly_once(
     assert {seq for _, _, seq in completed} == {expected}
     terminal = await rows(
         db,
-        "SELECT run_id, count(*) FROM events WHERE run_id = ANY(:ids) "
+        "SELECT run_id, count(*) FROM event_log WHERE run_id = ANY(:ids) "
         "AND type IN ('run.completed', 'run.failed', 'run.cancelled') GROUP BY run_id",
         ids=run_ids,
     )
@@ -233,7 +233,7 @@ async def test_sigkill_during_group_committed_pure_steps_loses_and_repeats_nothi
         id=run_id,
     )
     assert tuple(seqs[0]) == (loops + 2,) * 4  # the start, then one per step
-    events = await rows(db, "SELECT count(*), max(seq) FROM events WHERE run_id = :id", id=run_id)
+    events = await rows(db, "SELECT count(*), max(seq) FROM event_log WHERE run_id = :id", id=run_id)
     assert events[0][0] == events[0][1]  # gapless
     assert await event_count(db, run_id, "run.completed") == 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 from pathlib import Path
@@ -12,11 +13,12 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from app.store.database import migrate
+from app.store.events import NewEvent, insert_events
 from app.store.models import Base
-from tests.conftest import REQUIRE_PG, _pg_admin, _pg_available, _pg_url
+from tests.conftest import REQUIRE_PG, _pg_admin, _pg_available, _pg_url, scratch_pg_database
 
 TABLES = {"workflows", "prompts", "runs", "checkpoints", "events", "agent_turns"}
 
@@ -81,3 +83,59 @@ async def test_postgres_up_down_up() -> None:
         await _round_trip(_pg_url(name))
     finally:
         await asyncio.shield(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _batches_round_trip(url: str) -> None:
+    """Down from 0008, each batch row becomes its events again; up, the view reads them."""
+    await migrate(url)
+    engine = create_async_engine(url)
+    run_id = str(uuid.uuid4())
+    events = [
+        NewEvent("node.started", "a", {"step": "set", "visit": 1}),
+        NewEvent("state.updated", "a", {"keys": ["n"]}),
+        NewEvent("node.completed", "a", {"output": {"n": 1}}),
+    ]
+    query = text("SELECT seq, type, node, data FROM {} WHERE run_id = :id ORDER BY seq")
+
+    async def read(table: str) -> list[tuple[Any, ...]]:
+        async with engine.connect() as conn:
+            found = await conn.execute(text(str(query).format(table)), {"id": run_id})
+            return [(s, t, n, json.loads(d) if isinstance(d, str) else d) for s, t, n, d in found]
+
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO runs (id, workflow_name, definition_hash, status, inputs,"
+                    " step_count, attempt, event_seq, checkpoint_seq, lease_token, recoveries,"
+                    " error_attempts, created_at, updated_at) VALUES (:id, 'w', 'h', 'completed',"
+                    " '{}', 1, 0, 4, 0, 0, 0, 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                ),
+                {"id": run_id},
+            )
+            session = AsyncSession(bind=conn)
+            await insert_events(session, run_id, 1, events[:1], groups=[1])
+            await insert_events(session, run_id, 4, events, groups=[3])
+            await session.flush()
+        expected = [(1, "node.started", "a", {"step": "set", "visit": 1})] + [
+            (seq, e.type, e.node, e.data) for seq, e in enumerate(events, start=2)
+        ]
+        assert await read("event_log") == expected
+        assert len(await read("events")) == 2
+
+        await migrate(url, "0007", down=True)
+        assert await read("events") == expected
+
+        await migrate(url)
+        assert await read("event_log") == expected
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlite_event_batches_down_and_up(tmp_path: Path) -> None:
+    await _batches_round_trip(f"sqlite+aiosqlite:///{tmp_path / 'batches.db'}")
+
+
+async def test_postgres_event_batches_down_and_up() -> None:
+    async with scratch_pg_database("stepwise_batches", "the migration tests of batches") as url:
+        await _batches_round_trip(url)

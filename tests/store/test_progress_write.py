@@ -131,7 +131,7 @@ async def _row(engine: AsyncEngine, run_id: str) -> dict[str, Any]:
         row = (await conn.execute(query, {"id": run_id})).one()
         events = (
             await conn.execute(
-                text("SELECT seq, type, node, data FROM events WHERE run_id = :id ORDER BY seq"),
+                text("SELECT seq, type, node, data FROM event_log WHERE run_id = :id ORDER BY seq"),
                 {"id": run_id},
             )
         ).all()
