@@ -113,13 +113,15 @@ def serve(
     Server(config).run(sockets)
 
 
-def settle_heap() -> None:
+def settle_heap() -> int:
     """Once a server process has started: move every object alive now (the modules, the
     app, its routes, models and caches: most of the heap) out of the garbage collector's
     reach. They live as long as the process, yet each full collection walked them all
-    again, about a fifth of the server's CPU per durable step under load."""
+    again, about a fifth of the server's CPU per durable step under load. Returns how
+    many objects are frozen."""
     gc.collect()
     gc.freeze()
+    return gc.get_freeze_count()
 
 
 def _claim_sqlite(settings: Settings) -> None:
@@ -154,8 +156,8 @@ def worker() -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await runtime.start()
-        settle_heap()
-        log.info("worker ready")
+        frozen = settle_heap()
+        log.info("worker ready (%d startup objects kept out of the collector)", frozen)
         await stop.wait()
         log.info("stopping: finishing runs in flight (grace %ss)", settings.shutdown_grace_s)
         await runtime.stop()

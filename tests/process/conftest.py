@@ -341,6 +341,9 @@ async def step_visits(db: AsyncEngine, run_id: str) -> dict[str, int]:
 async def event_count(db: AsyncEngine, run_id: str, type_: str) -> int:
     return int(
         await scalar(
-            db, "SELECT count(*) FROM event_log WHERE run_id = :id AND type = :t", id=run_id, t=type_
+            db,
+            "SELECT count(*) FROM event_log WHERE run_id = :id AND type = :t",
+            id=run_id,
+            t=type_,
         )
     )

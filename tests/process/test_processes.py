@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import shutil
 import signal
 import subprocess
@@ -233,7 +234,9 @@ async def test_sigkill_during_group_committed_pure_steps_loses_and_repeats_nothi
         id=run_id,
     )
     assert tuple(seqs[0]) == (loops + 2,) * 4  # the start, then one per step
-    events = await rows(db, "SELECT count(*), max(seq) FROM event_log WHERE run_id = :id", id=run_id)
+    events = await rows(
+        db, "SELECT count(*), max(seq) FROM event_log WHERE run_id = :id", id=run_id
+    )
     assert events[0][0] == events[0][1]  # gapless
     assert await event_count(db, run_id, "run.completed") == 1
 
@@ -290,6 +293,16 @@ async def test_a_started_serve_process_keeps_its_startup_heap_out_of_the_collect
     frozen = [line for line in text.splitlines() if line.startswith("stepwise_heap_frozen_")]
     assert frozen, "no stepwise_heap_frozen_objects in /metrics"
     assert float(frozen[0].split()[1]) > 10_000  # the modules, the app, its models
+
+
+async def test_a_started_worker_process_keeps_its_startup_heap_out_of_the_collector(
+    procs: Procs,
+) -> None:
+    worker = await procs.start("worker")
+    await worker.wait_log("worker ready")
+    found = re.search(r"worker ready \((\d+) startup objects", worker.log())
+    assert found, worker.log()
+    assert int(found.group(1)) > 10_000
 
 
 # -- graceful shutdown -------------------------------------------------------------------------
