@@ -95,9 +95,24 @@ async def wait_for_run(engine: Engine, bus: EventBus, run_id: str, timeout_s: fl
             run, resource = await load_run(engine, run_id)
             if run.status not in BLOCKING or deadline - time.monotonic() <= 0:
                 return json_response(resource)
-            settled = await _while_blocking(signal, run.event_seq, deadline)
-            if settled and signal.resource is not None:
-                return Response(signal.resource, media_type="application/json")
+            seen = run.event_seq
+            while True:
+                settled = await _while_blocking(signal, seen, deadline)
+                if settled and signal.resource is not None:
+                    return Response(signal.resource, media_type="application/json")
+                if settled or deadline - time.monotonic() <= 0:
+                    break  # read the run as it is now
+                # a quiet second (a long step, or a wake-up lost): the status alone says
+                # whether the run needs reading, not its whole state
+                position = await _position(engine, run_id)
+                if position is None or position[0] not in BLOCKING:
+                    break
+                seen = position[1]
+
+
+async def _position(engine: Engine, run_id: str) -> tuple[str, int] | None:
+    async with transaction(engine.sessions) as session:
+        return await run_store.event_position(session, run_id)
 
 
 async def _while_blocking(signal: RunSignal, seen: int, deadline: float) -> bool:

@@ -3,6 +3,7 @@ this process's runner just committed: the resource is the one a read would retur
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +12,8 @@ import httpx
 import pytest
 from sqlalchemy import event
 
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, events_of, store
+from tests.engine.steps_for_tests import make_registry
 from tests.engine.test_pauses import ASK
 from tests.engine.test_runner import start, wf
 
@@ -189,3 +191,32 @@ async def test_a_wait_never_answers_with_an_earlier_pause(make_client: AppFactor
     assert second.status_code == 200
     assert second.json()["status"] == "queued"  # no runner here: the message waits
     assert second.json() == await fetch(client, run["id"])
+
+
+async def test_a_wait_through_a_long_step_rereads_the_status_not_the_run(
+    make_client: AppFactory,
+) -> None:
+    """While a step runs for seconds (no event, so no wake-up), ``/wait`` checks the run's
+    status about once a second; the whole run (its checkpoint and state) is read at most
+    once, and the answer is the completed run."""
+    registry, _ = make_registry()
+    client = await make_client(registry=registry)
+    nodes = {"nap": {"step": "sleep", "with": {"seconds": 2.5}}, "after": {"step": "set"}}
+    nodes["after"]["set"] = {"done": True}
+    await store(client, wf("long", nodes, [{"from": "nap", "to": "after"}]))
+    run = (await client.post("/runs", json={"workflow": "long", "inputs": {}})).json()
+    for _ in range(200):
+        if await events_of(client, run["id"], types="node.started"):
+            break
+        await asyncio.sleep(0.02)
+    engine = client.app.state.runtime.db.sync_engine  # type: ignore[attr-defined]
+    with statements_sent(engine) as statements:
+        response = await client.get(f"/runs/{run['id']}/wait", params={"timeout_s": 10})
+    assert response.json()["status"] == "completed"
+    assert response.json()["state"] == {"done": True}
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    whole = [s for s in selects if "checkpoints" in s]
+    status = [s for s in selects if "FROM runs" in s and "checkpoints" not in s]
+    shown = "\n".join(" ".join(s.split())[:90] for s in selects)
+    assert len(whole) <= 1, shown
+    assert status, shown  # it did look, in the quiet seconds
