@@ -34,7 +34,7 @@ from app.store import runs as run_store
 from app.store.checkpoints import CheckpointRow
 from app.store.database import Executor, lone_statement, transaction
 from app.store.events import NewEvent, insert_events
-from app.store.models import Run, utcnow
+from app.store.models import Run, detached, utcnow
 from app.store.statements import insert_new_run
 
 # a run whose branches may be answered: paused, or executing with some branches paused
@@ -198,7 +198,7 @@ class RunCommands(HistoryCommands, ApprovalCommands):
         row = CheckpointRow(checkpoint_id, run_id, None, 1, None, frame["node"], "queued", 0, now)
         if isinstance(session, AsyncConnection):  # Postgres (``_start_scope``)
             await insert_new_run(session, values, row, doc, events, notify_work=not lease)
-            run = Run(**values)
+            run = detached(Run, values)
         else:
             run = await run_store.insert_run(session, values)
             await checkpoint_store.insert_checkpoint(session, row, None, doc)

@@ -5,8 +5,9 @@ These classes are the storage shape only; API schemas live in ``app.schemas``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -23,7 +24,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, class_mapper, mapped_column
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -64,6 +65,19 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+M = TypeVar("M", bound=Base)
+
+
+def detached(model: type[M], values: Mapping[str, Any]) -> M:
+    """An instance of ``model`` holding ``values`` (by attribute name), as a loaded row
+    would: no session, no change history. The constructor's per-attribute instrumentation
+    cost ~45 µs for a run, a few per cent of the server's CPU per run; this costs ~3 µs.
+    For copies that are read, never added to a session."""
+    instance: M = class_mapper(model).class_manager.new_instance()
+    instance.__dict__.update(values)
+    return instance
 
 
 def table(model: type[Base]) -> Table:

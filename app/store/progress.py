@@ -28,7 +28,7 @@ from app import metrics
 from app.store.checkpoints import CheckpointRow, insert_checkpoints
 from app.store.database import Executor, dialect_name
 from app.store.events import BATCH, NewEvent, event_rows, insert_events, stored_json
-from app.store.models import Run, table, utcnow
+from app.store.models import Run, detached, table, utcnow
 from app.store.runs import Lease, lease_guard
 from app.store.statements import RUN_KEYS, Fence, StoredRow, fenced_update, one_statement
 
@@ -209,7 +209,7 @@ def _recorded(
     last_checkpoint_seq, last_seq, status = int(row[0]), int(row[1]), str(row[2])
     written = None
     if settles:
-        written = Run(**dict(zip(RUN_KEYS, row[3 : 3 + len(RUN_KEYS)], strict=True)))
+        written = detached(Run, dict(zip(RUN_KEYS, row[3 : 3 + len(RUN_KEYS)], strict=True)))
     return Recorded(
         last_checkpoint_seq if checkpointed else None, last_seq, status, inserted, written
     )

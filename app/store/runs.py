@@ -28,7 +28,7 @@ from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.store.database import Executor, dialect_name
-from app.store.models import Run, table, utcnow
+from app.store.models import Run, detached, table, utcnow
 
 PAUSED = ("interrupted", "awaiting_input", "suspended")
 WAITING_FOR_PEOPLE = ("interrupted", "awaiting_input")
@@ -54,7 +54,7 @@ async def insert_run(session: AsyncSession, values: dict[str, Any]) -> Run:
     """Insert a run (``values`` by attribute name); the returned object is not attached
     to the session (a plain Core insert: no unit-of-work upkeep)."""
     await session.execute(RUN_INSERT, [{_COLUMN_OF[key]: v for key, v in values.items()}])
-    return Run(**values)
+    return detached(Run, values)
 
 
 async def locked_answers(executor: Executor, run_id: str) -> list[dict[str, Any]]:
@@ -78,7 +78,7 @@ async def get(session: AsyncSession, run_id: str, *, lock: bool = False) -> Run 
     if row is None:
         return None
     found = row._mapping
-    return Run(**{key: found[column] for key, column in _COLUMN_OF.items()})
+    return detached(Run, {key: found[column] for key, column in _COLUMN_OF.items()})
 
 
 async def event_position(session: AsyncSession, run_id: str) -> tuple[str, int] | None:

@@ -36,7 +36,7 @@ from app import metrics
 from app.store.checkpoints import CheckpointChain, CheckpointRow, with_doc
 from app.store.database import driver_fetchrow, encode_json
 from app.store.events import BATCH, NewEvent, stored_json
-from app.store.models import Checkpoint, Run
+from app.store.models import Checkpoint, Run, detached
 from app.store.runs import HELD, Lease
 
 RUN_KEYS = tuple(attr.key for attr in Run.__mapper__.column_attrs)
@@ -251,11 +251,11 @@ async def run_and_head(
     if row is None:
         return None
     cut = len(RUN_KEYS)
-    run = Run(**dict(zip(RUN_KEYS, row[:cut], strict=True)))
+    run = detached(Run, dict(zip(RUN_KEYS, row[:cut], strict=True)))
     if row[cut] is None:  # no checkpoint yet
         return run, None
     head = row[cut : cut + len(_CHECKPOINT_KEYS)]
-    checkpoint = Checkpoint(**dict(zip(_CHECKPOINT_KEYS, head, strict=True)))
+    checkpoint = detached(Checkpoint, dict(zip(_CHECKPOINT_KEYS, head, strict=True)))
     return run, with_doc(checkpoint, row[-1])
 
 
