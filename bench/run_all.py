@@ -372,7 +372,7 @@ def write_results(data: dict[str, Any], path: Path) -> None:
         pick(sw, "W5_state", "checkpoint_data_bytes_per_step"), [], [])  # fmt: skip
     row("W5 Stepwise: whole checkpoint row bytes per step",
         pick(sw, "W5_state", "checkpoint_row_bytes_per_step"), [], [])  # fmt: skip
-    row("W5 Stepwise: event rows per step", pick(sw, "W5_state", "events_per_step"), [], [], d=1)
+    row("W5 Stepwise: event rows per step", pick(sw, "W5_state", "event_rows_per_step"), [], [], d=1)
     row("W5 Stepwise: event bytes per step", pick(sw, "W5_state", "event_bytes_per_step"), [], [])
     add("")
 

@@ -355,7 +355,7 @@ async def w5_state_cost(
         "checkpoint_row_bytes_per_step": float(row_avg or 0),
         "snapshots_written": int(snapshots),
         "snapshot_data_bytes": int(snapshot_max or 0),
-        "events_per_step": int(events[0][0]) / big_steps,
+        "event_rows_per_step": int(events[0][0]) / big_steps,
         "event_bytes_per_step": int(events[0][1]) / big_steps,
     }
 

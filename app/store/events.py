@@ -207,27 +207,46 @@ async def list_events(
 ) -> list[StoredEvent]:
     """Up to ``limit`` of the run's events after seq ``after`` (of ``types``: exact types or
     prefix globs such as ``node.*``; none: all), oldest first."""
+    if not types:
+        return await _events_between(session, run_id, after, after + limit)
     found: list[StoredEvent] = []
-    while True:
-        # a row's seq is its last event's: a batch straddling ``after`` is read whole;
-        # every row gives an event at least, unless ``types`` filters its events out
-        want = limit - len(found)
-        stmt = (
-            select(*_COLUMNS)
-            .where(Event.run_id == run_id, Event.seq > after)
-            .order_by(Event.seq)
-            .limit(want)
-        )
-        rows = (await session.execute(_type_filter(stmt, types))).all()
+    while len(found) < limit:
+        # every batch may hold an event of ``types``: read rows in chunks, so that a
+        # rare type costs a few reads, not one a row
+        chunk = max(limit - len(found), FILTERED_CHUNK)
+        stmt = _type_filter(_rows_after(run_id, after).limit(chunk), types)
+        rows = (await session.execute(stmt)).all()
         found.extend(
             event
             for row in rows
             for event in expand(run_id, *row)
             if event.seq > after and matches(event.type, types)
         )
-        if len(rows) < want or len(found) >= limit:
-            return found[:limit]
+        if len(rows) < chunk:
+            break
         after = rows[-1][0]
+    return found[:limit]
+
+
+# rows read at a time for a filtered page
+FILTERED_CHUNK = 100
+
+
+def _rows_after(run_id: str, after: int) -> Select[Any]:
+    # a row's seq is its last event's: a batch straddling ``after`` comes whole
+    return select(*_COLUMNS).where(Event.run_id == run_id, Event.seq > after).order_by(Event.seq)
+
+
+async def _events_between(
+    session: AsyncSession, run_id: str, after: int, last: int
+) -> list[StoredEvent]:
+    """The events with seq in ``(after, last]``: seqs are gapless, so they are in the rows
+    whose seq is in that range and, when those end short of ``last``, the next row."""
+    stmt = _rows_after(run_id, after).where(Event.seq <= last)
+    rows = list((await session.execute(stmt)).all())
+    if not rows or rows[-1][0] < last:
+        rows += (await session.execute(_rows_after(run_id, last).limit(1))).all()
+    return [event for row in rows for event in expand(run_id, *row) if after < event.seq <= last]
 
 
 def events_held(

@@ -4,6 +4,9 @@ A row of ``events`` whose type is ``[batch]`` holds all the events of one write:
 ``seq`` is its last event's, its ``data`` the ``[type, node, data]`` of each event, oldest
 first. ``event_log`` shows every event as a row of its own, for SQL readers.
 
+The view depends on ``events``: a later migration that changes a column's type or
+rebuilds the table (SQLite's batch mode) drops the view first and creates it again after.
+
 Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-06 05:40:00

@@ -15,8 +15,10 @@ import pytest
 from sqlalchemy import text, true
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.engine.retention import prune
 from app.settings import Settings
 from app.store import events as event_store
+from app.store import runs as run_store
 from app.store.database import create_engine, create_sessionmaker, transaction
 from app.store.events import BATCH, NewEvent, stored_json
 from app.store.models import utcnow
@@ -114,7 +116,7 @@ async def test_sse_replay_from_inside_a_batch(client: httpx.AsyncClient) -> None
     assert ids == [e["seq"] for e in every if e["seq"] > after]
 
 
-async def test_has_event_and_retention_count_events_not_rows(
+async def test_has_event_and_pruning_count_events_not_rows(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
     run_id = await _finished_run(client)
@@ -127,8 +129,26 @@ async def test_has_event_and_retention_count_events_not_rows(
         rule = RetentionRule(utcnow() + timedelta(days=1), true(), "all")
         totals = await due_totals(session, rule)
     assert (totals.runs, totals.events) == (1, len(every))
-    response = await client.delete(f"/runs/{run_id}")
-    assert response.status_code in (200, 204), response.text
+    # dry run, then for real in transactions of at most 2 rows: both count events
+    report = await prune(sessions, [rule], dry_run=True)
+    assert (report.runs, report.events) == (1, len(every))
+    report = await prune(sessions, [rule], batch_rows=2)
+    assert (report.runs, report.events) == (1, len(every))
+    *of_events, of_the_run = report.transactions
+    assert len(of_events) >= 2 and max(of_events) <= 2  # event rows, two at a time
+    assert of_the_run == 1 + len(NODES) + 1  # the run and its checkpoints
+    assert await _stored(engine, "events", run_id) == []
+
+
+async def test_deleting_a_run_counts_its_events(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    run_id = await _finished_run(client)
+    every = await events_of(client, run_id)
+    sessions = create_sessionmaker(engine)
+    async with transaction(sessions) as session:
+        events, _ = await run_store.delete_runs(session, [run_id])
+    assert events == len(every)
     assert await _stored(engine, "events", run_id) == []
 
 
