@@ -41,11 +41,24 @@ def create_app(
         finally:
             await runtime.stop()
 
-    app = FastAPI(title="Stepwise", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="Stepwise",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        # The service traces runs and steps itself (app/tracing.py, docs/operations.md);
+        # FastAPI's own HTTP telemetry would otherwise look up the global OpenTelemetry
+        # providers on every request to find out that nobody configured them.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     app.state.settings = settings
     problems.install(app)
     for module in (workflows, prompts, runs, events, health, ui):
-        app.include_router(module.router)
+        # The routes themselves, not ``include_router``: FastAPI wraps an included router
+        # in a layer that matches the request against it again on every call (~20 µs a
+        # request against these routers). Ours add no prefix, tags or dependencies, so
+        # their routes are the app's as they stand.
+        app.router.routes.extend(module.router.routes)
     # added last, runs first: HttpMetrics sees every answer, guards' refusals included
     app.add_middleware(
         RequestGuards,
