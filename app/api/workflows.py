@@ -144,6 +144,7 @@ async def store_workflow(request: Request, response: Response, engine: EngineDep
                 row = await workflow_store.add_version(session, name, version, raw, digest)
         except IntegrityError:
             continue
+        engine.definitions.forget_latest(name)  # starts here read the new latest at once
         metrics.workflow_stored()
         response.headers["Location"] = f"/workflows/{name}/versions/{version}"
         return _out(row, warnings)

@@ -64,6 +64,11 @@ def _prompt_refs(definition: WorkflowDefinition) -> dict[str, Any]:
     return {"agents": agents, "nodes": nodes} if agents or nodes else {}
 
 
+class _OutdatedLatest(Exception):
+    """A start took a workflow's latest version from memory, and a newer one is stored:
+    its insert wrote nothing."""
+
+
 class RunCommands(HistoryCommands, ApprovalCommands):
     """Every command a client can give (``HistoryCommands`` brings resume, fork and
     state edits)."""
@@ -71,8 +76,12 @@ class RunCommands(HistoryCommands, ApprovalCommands):
     # -- start ------------------------------------------------------------------------------
 
     async def _definition(
-        self, session: Executor, body: RunCreate
+        self, session: Executor, body: RunCreate, *, remembered: bool
     ) -> tuple[WorkflowDefinition, str, int | None, str, dict[str, Any] | None]:
+        """The run's definition, name, version, hash and inline definition. With
+        ``remembered``, a stored workflow this process has met is taken from memory: the
+        caller's insert must then check that its version is still the latest
+        (``insert_new_run``'s ``unless_newer``) unless the body pins the version."""
         if body.definition is not None:
             raw = {"name": "inline", **body.definition}
             definition, errors = self.engine.validator.validate(raw)
@@ -84,7 +93,8 @@ class RunCommands(HistoryCommands, ApprovalCommands):
                 )
             return definition, definition.name, None, definition_hash(raw), raw
         assert body.workflow is not None
-        definition, version, digest = await self.engine.definitions.stored(
+        known = self.engine.definitions.known(body.workflow, body.version) if remembered else None
+        definition, version, digest = known or await self.engine.definitions.stored(
             session, body.workflow, body.version
         )
         refs = _prompt_refs(definition)
@@ -111,7 +121,16 @@ class RunCommands(HistoryCommands, ApprovalCommands):
         lease = self._reservation(1) if body.start_at is None else {}
         try:
             async with self._start_scope() as executor:
-                handover = await self._insert(executor, body, idempotency_key, request_hash, lease)
+                try:
+                    handover = await self._insert(
+                        executor, body, idempotency_key, request_hash, lease, remembered=True
+                    )
+                except _OutdatedLatest:  # nothing was written: again, reading the latest
+                    assert body.workflow is not None
+                    self.engine.definitions.forget_latest(body.workflow)
+                    handover = await self._insert(
+                        executor, body, idempotency_key, request_hash, lease, remembered=False
+                    )
         except IntegrityError:
             if idempotency_key is None:
                 raise
@@ -146,8 +165,14 @@ class RunCommands(HistoryCommands, ApprovalCommands):
         key: str | None,
         request_hash: str,
         lease: dict[str, Any],
+        *,
+        remembered: bool,
     ) -> memory.Handover:
-        definition, name, version, digest, inline = await self._definition(session, body)
+        # from memory only where the insert can check the version (Postgres: one statement)
+        remembered = remembered and isinstance(session, AsyncConnection)
+        definition, name, version, digest, inline = await self._definition(
+            session, body, remembered=remembered
+        )
         if definition.inputs is not None:
             errors = instance_errors(definition.inputs, body.inputs, ["body", "inputs"])
             if errors:
@@ -197,7 +222,12 @@ class RunCommands(HistoryCommands, ApprovalCommands):
         }
         row = CheckpointRow(checkpoint_id, run_id, None, 1, None, frame["node"], "queued", 0, now)
         if isinstance(session, AsyncConnection):  # Postgres (``_start_scope``)
-            await insert_new_run(session, values, row, doc, events, notify_work=not lease)
+            latest = remembered and inline is None and body.version is None
+            unless_newer = (name, version) if latest and version is not None else None
+            if not await insert_new_run(
+                session, values, row, doc, events, notify_work=not lease, unless_newer=unless_newer
+            ):
+                raise _OutdatedLatest
             run = detached(Run, values)
         else:
             run = await run_store.insert_run(session, values)

@@ -150,11 +150,17 @@ def _redacting_factory(make: Callable[..., logging.LogRecord]) -> Callable[..., 
 
 
 class DefinitionCache:
-    """Parsed definitions by content hash: a definition is validated once per process."""
+    """Parsed definitions by content hash: a definition is validated once per process.
+
+    It also remembers which hash a stored workflow's name (and version) led to last. A
+    pinned version never changes (stored versions are never rewritten or deleted); the
+    latest one does, so ``known`` gives it only to a caller that makes its write check
+    that no newer version was stored since (``insert_new_run``'s ``unless_newer``)."""
 
     def __init__(self, validator: DefinitionValidator) -> None:
         self._validator = validator
         self._by_hash: dict[str, WorkflowDefinition] = {}
+        self._refs: dict[tuple[str, int | None], tuple[int, str]] = {}
 
     def parse(self, digest: str, raw: dict[str, Any]) -> WorkflowDefinition:
         found = self._by_hash.get(digest)
@@ -192,7 +198,23 @@ class DefinitionCache:
             if raw is None:  # deleted in between
                 raise NotFound(f"workflow {name!r} not found", code="workflow_not_found")
             found = self.parse(digest, raw)
+        if len(self._refs) > 10_000:
+            self._refs.clear()
+        self._refs[(name, version)] = ref
         return found, found_version, digest
+
+    def known(self, name: str, version: int | None) -> tuple[WorkflowDefinition, int, str] | None:
+        """``stored``'s answer as this process last read it, without a read: exact for a
+        pinned version, possibly outdated for the latest (see the class)."""
+        ref = self._refs.get((name, version))
+        found = None if ref is None else self._by_hash.get(ref[1])
+        if ref is None or found is None:
+            return None
+        return found, ref[0], ref[1]
+
+    def forget_latest(self, name: str) -> None:
+        """A newer version of ``name`` was stored (or is known to be)."""
+        self._refs.pop((name, None), None)
 
 
 class EventsHook(Protocol):

@@ -275,13 +275,16 @@ async def insert_new_run(
     events: Sequence[NewEvent],
     *,
     notify_work: bool,
-) -> None:
+    unless_newer: tuple[str, int] | None = None,
+) -> bool:
     """A new run's row (``values`` by attribute name), its first checkpoint (a snapshot,
     ``data``) and its first ``events`` (at least one; numbered from 1, stamped with the
     run's creation, stored as one row)
     as one statement, committing by itself when ``connection`` has no transaction begun;
     with ``notify_work``, the runners of every process hear of it (``stepwise_work``).
-    A taken idempotency key fails it whole (IntegrityError)."""
+    A taken idempotency key fails it whole (IntegrityError). With ``unless_newer`` (a
+    workflow's name and the version believed its latest) nothing is written, and False
+    returned, when a newer version of that workflow is stored."""
     values = {**_NEW_RUN_DEFAULTS, **values}
     args: list[Any] = [
         encode_json(value).decode() if key in _JSON_KEYS else value for key, value in values.items()
@@ -301,21 +304,33 @@ async def insert_new_run(
         events[0].node if len(events) == 1 else None,
         stored_json(events, -1, None)[0],
     ]
-    await driver_fetchrow(connection, _new_run_sql(tuple(values), notify_work), args)
+    if unless_newer is not None:
+        args += unless_newer
+    sql = _new_run_sql(tuple(values), notify_work, unless_newer is not None)
+    if await driver_fetchrow(connection, sql, args) is None:
+        return False
     metrics.observe_events(event.type for event in events)
+    return True
 
 
-@functools.lru_cache(maxsize=8)
-def _new_run_sql(keys: tuple[str, ...], notify_work: bool) -> str:
+@functools.lru_cache(maxsize=16)
+def _new_run_sql(keys: tuple[str, ...], notify_work: bool, unless_newer: bool) -> str:
     """``insert_new_run``'s statement: $1… the run's values in ``keys`` order, then the
-    checkpoint's columns, then the events' count and their row's type, node and data."""
+    checkpoint's columns, then the events' count and their row's type, node and data,
+    then (``unless_newer``) the workflow's name and the version that must be its latest."""
     a = len(keys) + 1  # the checkpoint's first parameter
     cid, parent, seq, last, nxt, status, steps, data, created = (f"${a + i}" for i in range(9))
-    count, type_, node, payload = (f"${a + 9 + i}" for i in range(4))
+    count, type_, node, payload, name, version = (f"${a + 9 + i}" for i in range(6))
     notify = ", pg_notify('stepwise_work', r.id)" if notify_work else ""
+    # INSERT … SELECT: Postgres infers the parameters' types from the columns, as for VALUES
+    guard = (
+        f" WHERE NOT EXISTS (SELECT 1 FROM workflows WHERE name = {name} AND version > {version})"
+        if unless_newer
+        else ""
+    )
     return (
         f"WITH r AS (INSERT INTO runs ({', '.join(_COLUMN_NAMES[key] for key in keys)})"
-        f" VALUES ({', '.join(f'${i}' for i in range(1, a))}) RETURNING id, created_at), "
+        f" SELECT {', '.join(f'${i}' for i in range(1, a))}{guard} RETURNING id, created_at), "
         "c AS (INSERT INTO checkpoints (id, run_id, parent_id, seq, last_node, next_node,"
         " status, steps_completed, base_id, data, created_at)"
         f" SELECT {cid}::text, r.id, {parent}::text, {seq}::int, {last}::text, {nxt}::text,"
