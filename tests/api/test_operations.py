@@ -87,6 +87,28 @@ async def test_metrics(client: httpx.AsyncClient) -> None:
     assert run["status"] == "completed"
 
 
+async def test_metrics_count_every_event_of_a_write(client: httpx.AsyncClient) -> None:
+    """Three pure steps commit together, their events counted once per type and write."""
+    three = {
+        "name": "m3",
+        "nodes": {name: {"step": "set", "set": {name: 1}} for name in "abc"},
+        "edges": [{"from": "a", "to": "b"}, {"from": "b", "to": "c"}],
+    }
+    assert (await client.post("/workflows", json=three)).status_code == 201
+    before = (await client.get("/metrics")).text
+    run = await run_and_wait(client, {"workflow": "m3", "inputs": {}})
+    assert run["status"] == "completed"
+    after = (await client.get("/metrics")).text
+    for name, labels, n in [
+        ("stepwise_events_total", {"type": "node.completed"}, 3),
+        ("stepwise_events_total", {"type": "state.updated"}, 3),
+        ("stepwise_events_total", {"type": "run.completed"}, 1),
+        ("stepwise_steps_total", {"status": "succeeded"}, 3),
+        ("stepwise_runs_finished_total", {"status": "completed"}, 1),
+    ]:
+        assert sample(after, name, **labels) == sample(before, name, **labels) + n, (name, labels)
+
+
 async def test_docs_and_openapi_are_served(client: httpx.AsyncClient) -> None:
     docs = await client.get("/docs")
     assert docs.status_code == 200 and "text/html" in docs.headers["content-type"]
