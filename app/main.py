@@ -57,7 +57,9 @@ def create_app(
         # The routes themselves, not ``include_router``: FastAPI wraps an included router
         # in a layer that matches the request against it again on every call (~20 µs a
         # request against these routers). Ours add no prefix, tags or dependencies, so
-        # their routes are the app's as they stand.
+        # their routes are the app's as they stand. What include_router would hand down
+        # from the app does not reach them: ``app.dependency_overrides`` and app-wide
+        # route options (none is used).
         app.router.routes.extend(module.router.routes)
     # added last, runs first: HttpMetrics sees every answer, guards' refusals included
     app.add_middleware(

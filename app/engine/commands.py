@@ -143,9 +143,9 @@ class RunCommands(HistoryCommands, ApprovalCommands):
         return Started(handover.run, True, handover.doc["frames"][0]["state"])
 
     def _start_scope(self) -> AbstractAsyncContextManager[Executor]:
-        """Where a run starts: on Postgres a connection with no transaction (the
-        definition's read and the run's one-statement write each commit by themselves:
-        two round trips), on SQLite a transaction."""
+        """Where a run starts: on Postgres a connection with no transaction (the run's
+        one-statement write commits by itself: one round trip once the workflow is known
+        here, see ``_definition``), on SQLite a transaction."""
         if self.engine.settings.is_sqlite:
             return transaction(self.engine.sessions)
         return lone_statement(self.engine.sessions)
