@@ -124,6 +124,10 @@ class FakeModel:
                 pass
         except (ConnectionError, asyncio.IncompleteReadError, OSError):
             pass
+        except asyncio.CancelledError:
+            # ``_stop`` cancels the connections still open; ending normally keeps Python
+            # 3.11's stream callback from logging the cancellation as an error
+            pass
         finally:
             self.open_connections -= 1
             with contextlib.suppress(Exception):
