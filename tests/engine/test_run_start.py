@@ -28,14 +28,16 @@ TWO = wf(
 
 READ_REF = "SELECT version, hash FROM workflows"
 INSERT = "WITH r AS (INSERT INTO runs"
+RUNNER_WRITE = "WITH u AS (UPDATE runs"
 
 
 def _kinds(statements: list[str]) -> collections.Counter[str]:
-    """What a start sent (not the claim loops): reads of the latest version's hash and of
-    a definition, inserts of a run, and any other statement as itself."""
+    """What a start sent: reads of the latest version's hash and of a definition, inserts
+    of a run, and any other statement as itself; not the claim loops' statements, nor the
+    write of a runner executing a run meanwhile (this one's, or an earlier one's)."""
     kinds: collections.Counter[str] = collections.Counter()
     for s in statements:
-        if "SKIP LOCKED" in s.upper() or "min(runs." in s:
+        if "SKIP LOCKED" in s.upper() or "min(runs." in s or s.startswith(RUNNER_WRITE):
             continue
         if "current_setting(" in s or "set_config(" in s or "pg_catalog" in s:
             continue  # asyncpg's type introspection, on a connection new to a statement
