@@ -207,10 +207,10 @@ class DefinitionCache:
         """``stored``'s answer as this process last read it, without a read: exact for a
         pinned version, possibly outdated for the latest (see the class)."""
         ref = self._refs.get((name, version))
-        found = None if ref is None else self._by_hash.get(ref[1])
-        if ref is None or found is None:
+        if ref is None:
             return None
-        return found, ref[0], ref[1]
+        found = self._by_hash.get(ref[1])
+        return None if found is None else (found, *ref)
 
     def forget_latest(self, name: str) -> None:
         """A newer version of ``name`` was stored (or is known to be)."""

@@ -24,6 +24,8 @@ TWO = wf(
     {"a": {"step": "set", "set": {"n": 1}}, "b": {"step": "set", "set": {"n": 2}}},
     [{"from": "a", "to": "b"}],
 )
+# its version 2: `b` sets n to 3
+NEWER = {**TWO, "nodes": {**TWO["nodes"], "b": {"step": "set", "set": {"n": 3}}}}
 
 
 READ_REF = "SELECT version, hash FROM workflows"
@@ -117,10 +119,9 @@ async def test_a_start_runs_the_latest_version_though_another_process_stored_it(
     assert (await client.post("/workflows", json=TWO)).status_code == 201
     first = await client.post("/runs", json={"workflow": "two-steps", "inputs": {}})
     assert first.json()["workflow"] == {"name": "two-steps", "version": 1}
-    newer = {**TWO, "nodes": {**TWO["nodes"], "b": {"step": "set", "set": {"n": 3}}}}
     sessions = client.app.state.engine.sessions  # type: ignore[attr-defined]
     async with transaction(sessions) as session:
-        await workflow_store.add_version(session, "two-steps", 2, newer, definition_hash(newer))
+        await workflow_store.add_version(session, "two-steps", 2, NEWER, definition_hash(NEWER))
 
     engine = client.app.state.runtime.db.sync_engine  # type: ignore[attr-defined]
     with statements_sent(engine) as statements:
@@ -156,8 +157,7 @@ async def test_a_version_stored_through_this_process_is_read_by_the_next_start(
     reads the new one at once, with no refused insert first."""
     assert (await client.post("/workflows", json=TWO)).status_code == 201
     await client.post("/runs", json={"workflow": "two-steps", "inputs": {}})
-    newer = {**TWO, "nodes": {**TWO["nodes"], "b": {"step": "set", "set": {"n": 3}}}}
-    assert (await client.post("/workflows", json=newer)).status_code == 201
+    assert (await client.post("/workflows", json=NEWER)).status_code == 201
     engine = client.app.state.runtime.db.sync_engine  # type: ignore[attr-defined]
     with statements_sent(engine) as statements:
         started = await client.post("/runs", json={"workflow": "two-steps", "inputs": {}})
