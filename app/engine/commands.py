@@ -10,7 +10,6 @@ fenced on the versions read, with no lock held in between (``app.engine.approval
 from __future__ import annotations
 
 import hashlib
-import uuid
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,7 @@ from app.store import runs as run_store
 from app.store.checkpoints import CheckpointRow
 from app.store.database import Executor, lone_statement, transaction
 from app.store.events import NewEvent, insert_events
+from app.store.ids import new_id
 from app.store.models import Run, detached, utcnow
 from app.store.statements import insert_new_run
 
@@ -190,8 +190,8 @@ class RunCommands(HistoryCommands, ApprovalCommands):
                 errors=[error_item(["body", "inputs"], exc.message)],
             ) from None
         now = utcnow()
-        run_id = str(uuid.uuid4())
-        checkpoint_id = str(uuid.uuid4())
+        run_id = new_id()
+        checkpoint_id = new_id()
         doc = memory.new_document(frame)
         events = [
             NewEvent("run.queued", None, {"workflow": {"name": name, "version": version}}),

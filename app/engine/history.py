@@ -3,7 +3,6 @@ fork a new run from a checkpoint, and edit a paused run's state in place."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,6 +18,7 @@ from app.store import runs as run_store
 from app.store.checkpoints import CheckpointRow
 from app.store.database import transaction
 from app.store.events import NewEvent, insert_events
+from app.store.ids import new_id
 from app.store.models import Run, utcnow
 from app.store.progress import record_step
 from app.store.statements import Unchanged
@@ -38,7 +38,7 @@ async def _write_snapshot(
 ) -> str:
     """A full checkpoint written by a command (not a runner), with its events."""
     row = CheckpointRow(
-        str(uuid.uuid4()),
+        new_id(),
         run.id,
         parent_id if parent_id is not None else run.head_checkpoint_id,
         0,
@@ -144,7 +144,7 @@ class HistoryCommands(CommandBase):
                             errors=errors,
                         )
             now = utcnow()
-            fork_id, fork_checkpoint = str(uuid.uuid4()), str(uuid.uuid4())
+            fork_id, fork_checkpoint = new_id(), new_id()
             next_node = checkpoint.next_node
             forked = {"from_run_id": source.id, "run_id": fork_id, "checkpoint_id": checkpoint.id}
             events = [

@@ -19,7 +19,6 @@ as it would had the crash come a moment earlier.
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -33,6 +32,7 @@ from app.store import runs as run_store
 from app.store.checkpoints import CheckpointChain, CheckpointRow
 from app.store.database import lone_statement, write_transaction
 from app.store.events import NewEvent
+from app.store.ids import new_id
 from app.store.models import Run, utcnow
 from app.store.progress import StepWrite, record_step
 
@@ -224,7 +224,7 @@ class RunRecorder:
     ) -> bool:
         """``_commit`` with the last node's path given (parallel branches name theirs)."""
         check_transition(RunStatus.RUNNING, status)
-        checkpoint_id = str(uuid.uuid4())
+        checkpoint_id = new_id()
         next_node = branchdoc.current_node(self.doc)
         if status is RunStatus.COMPLETED:
             next_node = None
