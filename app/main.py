@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from app import __version__, metrics
-from app.api import events, health, problems, prompts, runs, ui, workflows
+from app.api import events, health, lean, problems, prompts, runs, ui, workflows
 from app.api.guards import RequestGuards
 from app.openapi import build_openapi
 from app.runtime import Runtime
@@ -61,6 +61,9 @@ def create_app(
         # from the app does not reach them: ``app.dependency_overrides`` and app-wide
         # route options (none is used).
         app.router.routes.extend(module.router.routes)
+    lean.install(
+        app.router.routes
+    )  # POST /runs and GET /runs/{id}/wait skip FastAPI's per-request work
     # added last, runs first: HttpMetrics sees every answer, guards' refusals included
     app.add_middleware(
         RequestGuards,

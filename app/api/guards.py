@@ -129,7 +129,7 @@ class RequestGuards:
                 message = f"the JSON body holds a value that cannot be stored: {errors[0]['msg']}"
                 await _send_problem(send_with_id, 422, "invalid_body", message, errors=errors)
                 return
-        await self.app(scope, _replay(body, receive), send_with_id)
+        await self.app(scope, replay(body, receive), send_with_id)
 
     def _authorized(self, headers: dict[bytes, bytes]) -> bool:
         scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
@@ -164,14 +164,15 @@ class RequestGuards:
                 return b"".join(chunks)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives ``body`` (already read) first, then the client's own messages."""
     sent = False
 
-    async def replay() -> Message:
+    async def next_message() -> Message:
         nonlocal sent
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
         return await receive()
 
-    return replay
+    return next_message
