@@ -1,11 +1,10 @@
-"""The lean handlers of ``POST /runs`` and ``GET /runs/{id}/wait`` (app/api/lean.py):
-they serve the plain requests themselves, hand every other one to FastAPI's own handler
-for the route, and answer as that handler does."""
+"""The lean handlers of the run endpoints (app/api/lean.py): they serve the plain
+requests themselves, hand every other one to FastAPI's own handler for the route, and
+answer as that handler does."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -19,63 +18,57 @@ from tests.api.test_errors import assert_problem
 from tests.conftest import store
 
 FLOW = {"name": "lean", "state": {"n": 0}, "nodes": {"a": {"step": "set", "set": {"n": 1}}}}
-VOLATILE = {"id", "created_at", "updated_at"}
-
-
-def _handler(app: FastAPI, method: str, path: str) -> lean.LeanHandler:
-    for route in app.router.routes:
-        if isinstance(route, APIRoute) and route.path == path and method in (route.methods or ()):
-            assert isinstance(route.app, lean.LeanHandler)
-            return route.app
-    raise AssertionError(f"no route {method} {path}")
-
-
+ASK = {
+    "name": "lean-ask",
+    "nodes": {
+        "ask": {"step": "interrupt", "with": {"question": "go?"}},
+        "talk": {"step": "input"},
+    },
+    "edges": [{"from": "ask", "to": "talk"}],
+}
+VOLATILE = {"id", "created_at", "updated_at", "resume_at"}
 W = "/runs/{run_id}/wait"
 
+Counter = Callable[[], int]
 
-class Delegations:
-    """Counts the requests the lean handlers hand to FastAPI's own handlers."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self.count = 0
-        app: FastAPI = client.app  # type: ignore[attr-defined]
-        self.handlers = [_handler(app, "POST", "/runs"), _handler(app, "GET", W)]
-        for handler in self.handlers:
-            handler.standard = self._counting(handler.standard)
+def _lean_routes(app: FastAPI) -> list[APIRoute]:
+    routes = [r for r in app.router.routes if isinstance(r, APIRoute)]
+    return [r for r in routes if isinstance(r.app, lean.LeanHandler)]
 
-    def _counting(self, standard: Any) -> Any:
+
+@pytest.fixture
+def delegated(client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> Counter:
+    """How many requests the lean handlers handed to FastAPI's own handlers."""
+    count = 0
+
+    def counting(standard: Any) -> Any:
         async def app(scope: Any, receive: Any, send: Any) -> None:
-            self.count += 1
+            nonlocal count
+            count += 1
             await standard(scope, receive, send)
 
         return app
 
-
-@contextlib.contextmanager
-def fastapi_only(client: httpx.AsyncClient) -> Iterator[None]:
-    """The two routes served by FastAPI's own handlers, as if there were no lean ones."""
-    app: FastAPI = client.app  # type: ignore[attr-defined]
-    routes = [r for r in app.router.routes if isinstance(r, APIRoute)]
-    swapped = [(r, r.app) for r in routes if isinstance(r.app, lean.LeanHandler)]
-    assert len(swapped) == 2
-    for route, handler in swapped:
-        route.app = handler.standard
-    try:
-        yield
-    finally:
-        for route, handler in swapped:
-            route.app = handler
+    routes = _lean_routes(client.app)  # type: ignore[attr-defined]
+    assert len(routes) == len(lean.LEAN)
+    for route in routes:
+        handler = route.app
+        assert isinstance(handler, lean.LeanHandler)
+        monkeypatch.setattr(handler, "standard", counting(handler.standard))
+    return lambda: count
 
 
-def _stable(response: httpx.Response) -> tuple[int, str, Any]:
-    body = response.json()
-    if isinstance(body, dict):
-        body = {k: v for k, v in body.items() if k not in VOLATILE}
-    return response.status_code, response.headers["content-type"], body
+def fastapi_only(client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on the routes are served by FastAPI's own handlers, as with no lean ones."""
+    for route in _lean_routes(client.app):  # type: ignore[attr-defined]
+        assert isinstance(route.app, lean.LeanHandler)
+        monkeypatch.setattr(route, "app", route.app.standard)
 
 
-async def test_plain_requests_are_served_by_the_lean_handlers(client: httpx.AsyncClient) -> None:
-    count = Delegations(client)
+async def test_plain_requests_are_served_by_the_lean_handlers(
+    client: httpx.AsyncClient, delegated: Counter
+) -> None:
     await store(client, FLOW)
     started = await client.post("/runs", json={"workflow": "lean", "inputs": {"x": 1}})
     assert started.status_code == 202, started.text
@@ -87,63 +80,102 @@ async def test_plain_requests_are_served_by_the_lean_handlers(client: httpx.Asyn
     assert waited.status_code == 200 and waited.json()["status"] == "completed"
     again = await client.get(f"/runs/{run['id']}/wait")  # the default timeout
     assert again.json()["state"] == {"n": 1}
+    read = await client.get(f"/runs/{run['id']}")
+    assert read.status_code == 200 and read.json() == again.json()
     # an Idempotency-Key replays the first run
     headers = {"Idempotency-Key": "lean-1"}
     first = await client.post("/runs", json={"workflow": "lean"}, headers=headers)
     replayed = await client.post("/runs", json={"workflow": "lean"}, headers=headers)
     assert replayed.json()["id"] == first.json()["id"]
     assert replayed.headers["idempotent-replayed"] == "true"
+    done = await client.post("/runs/wait?timeout_s=10", json={"workflow": "lean"})
+    assert done.status_code == 200 and done.json()["status"] == "completed"
     # errors the endpoint raises reach the app's handlers as problems
     assert_problem(await client.post("/runs", json={"workflow": "nowhere"}), 404)
     assert_problem(await client.get("/runs/nope/wait?timeout_s=1"), 404, "run_not_found")
-    assert count.count == 0
+    assert_problem(await client.get("/runs/nope"), 404, "run_not_found")
+    assert delegated() == 0
+
+
+async def test_answers_are_served_by_the_lean_handlers(
+    client: httpx.AsyncClient, delegated: Counter
+) -> None:
+    await store(client, ASK)
+    run = (await client.post("/runs/wait", json={"workflow": "lean-ask"})).json()
+    assert run["status"] == "interrupted", run
+    answer = {"interrupt_id": run["interrupt"]["id"], "value": "yes"}
+    answered = await client.post(f"/runs/{run['id']}/response?wait_s=10", json=answer)
+    assert answered.status_code == 200 and answered.json()["status"] == "awaiting_input"
+    sent = await client.post(f"/runs/{run['id']}/messages", json={"message": "hi"})
+    assert sent.status_code == 202, sent.text
+    late = await client.post(f"/runs/{run['id']}/response", json=answer)
+    assert_problem(late, 409)
+    assert delegated() == 0
 
 
 # requests the lean handlers leave to FastAPI, each with the status FastAPI gives it
-ODD_STARTS: list[tuple[dict[str, Any], int]] = [
-    ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 422),
-    ({"content": b"", "headers": {"content-type": "application/json"}}, 422),
-    ({"content": b"[1, 2]", "headers": {"content-type": "application/json"}}, 422),
-    ({"json": {"workflow": "lean", "bogus": 1}}, 422),
-    ({"json": {"workflow": "lean", "version": 0}}, 422),
-    ({"json": {"inputs": {}}}, 422),
-    ({"json": {"workflow": "lean"}, "headers": {"Idempotency-Key": "k" * 256}}, 422),
-    ({"content": b'{"workflow": "lean"}', "headers": {"content-type": "text/plain"}}, 422),
-    ({"content": b'{"workflow": "lean"}', "headers": {"content-type": ""}}, 422),
-    # served, by FastAPI: a +json type, and JSON with a charset
-    ({"content": b'{"workflow": "lean"}', "headers": {"content-type": "application/x+json"}}, 202),
+JSON = {"content-type": "application/json"}
+XJSON = "application/x+json"
+ODD_STARTS: list[tuple[str, dict[str, Any], int]] = [
+    ("/runs", {"content": b"{not json", "headers": JSON}, 422),
+    ("/runs", {"content": b"", "headers": JSON}, 422),
+    ("/runs", {"content": b"[1, 2]", "headers": JSON}, 422),
+    ("/runs", {"json": {"workflow": "lean", "bogus": 1}}, 422),
+    ("/runs", {"json": {"workflow": "lean", "version": 0}}, 422),
+    ("/runs", {"json": {"inputs": {}}}, 422),
+    ("/runs", {"json": {"workflow": "lean"}, "headers": {"Idempotency-Key": "k" * 256}}, 422),
+    ("/runs", {"content": b'{"workflow": "lean"}', "headers": {"content-type": "text/plain"}}, 422),
+    ("/runs", {"content": b'{"workflow": "lean"}', "headers": {"content-type": ""}}, 422),
+    # served, by FastAPI: a +json type; a query parameter the route does not take
+    ("/runs", {"content": b'{"workflow": "lean"}', "headers": {"content-type": XJSON}}, 202),
+    ("/runs?x=1", {"json": {"workflow": "lean"}}, 202),
+    ("/runs/wait?timeout_s=-1", {"json": {"workflow": "lean"}}, 422),
+    ("/runs/wait?timeout_s=1e1", {"json": {"workflow": "lean"}}, 200),
+    ("/runs/{id}/response?wait_s=x", {"json": {"interrupt_id": "i"}}, 422),
+    ("/runs/{id}/response", {"json": {"interrupt_id": ""}}, 422),
+    ("/runs/{id}/messages", {"json": {}}, 422),
+    ("/runs/{id}/messages?wait_s=", {"json": {"message": "hi"}}, 422),
 ]
-ODD_WAITS: list[tuple[str, int]] = [
-    ("timeout_s=-1", 422),
-    ("timeout_s=abc", 422),
-    ("timeout_s=", 422),
-    ("timeout_s=1&timeout_s=2", 200),
-    ("timeout_s=1e1", 200),
-    ("other=1", 200),
+ODD_READS: list[tuple[str, int]] = [
+    ("/runs/{id}/wait?timeout_s=-1", 422),
+    ("/runs/{id}/wait?timeout_s=abc", 422),
+    ("/runs/{id}/wait?timeout_s=", 422),
+    ("/runs/{id}/wait?timeout_s=1&timeout_s=2", 200),
+    ("/runs/{id}/wait?timeout_s=1e1", 200),
+    ("/runs/{id}/wait?other=1", 200),
+    ("/runs/{id}?other=1", 200),
 ]
 
 
-async def test_other_requests_get_fastapis_own_answers(client: httpx.AsyncClient) -> None:
-    count = Delegations(client)
+def _stable(response: httpx.Response) -> tuple[int, str, Any]:
+    body = response.json()
+    if isinstance(body, dict):
+        body = {k: v for k, v in body.items() if k not in VOLATILE}
+    return response.status_code, response.headers["content-type"], body
+
+
+async def test_other_requests_get_fastapis_own_answers(
+    client: httpx.AsyncClient, delegated: Counter, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await store(client, FLOW)
-    run = (await client.post("/runs", json={"workflow": "lean"})).json()
+    run = (await client.post("/runs/wait", json={"workflow": "lean"})).json()
 
     async def answers() -> list[tuple[int, str, Any]]:
         out = []
-        for kwargs, status in ODD_STARTS:
-            response = await client.post("/runs", **kwargs)
-            assert response.status_code == status, (kwargs, response.text)
+        for path, kwargs, status in ODD_STARTS:
+            response = await client.post(path.replace("{id}", run["id"]), **kwargs)
+            assert response.status_code == status, (path, kwargs, response.text)
             out.append(_stable(response))
-        for query, status in ODD_WAITS:
-            response = await client.get(f"/runs/{run['id']}/wait?{query}")
-            assert response.status_code == status, (query, response.text)
+        for path, status in ODD_READS:
+            response = await client.get(path.replace("{id}", run["id"]))
+            assert response.status_code == status, (path, response.text)
             out.append(_stable(response))
         return out
 
     through_lean = await answers()
-    assert count.count == len(ODD_STARTS) + len(ODD_WAITS)  # every one handed over
-    with fastapi_only(client):
-        assert await answers() == through_lean
+    assert delegated() == len(ODD_STARTS) + len(ODD_READS)  # every one handed over
+    fastapi_only(client, monkeypatch)
+    assert await answers() == through_lean
 
 
 def test_install_refuses_a_route_served_by_another_endpoint(
@@ -155,6 +187,12 @@ def test_install_refuses_a_route_served_by_another_endpoint(
         lean.install(runs.router.routes)
 
 
+def test_a_handler_refuses_an_endpoint_it_would_call_wrongly() -> None:
+    route = next(r for r in runs.router.routes if isinstance(r, APIRoute) and r.path == W)
+    with pytest.raises(RuntimeError, match="its lean handler would pass"):
+        lean.LeanHandler(route, lean.Spec(runs.wait_run))  # timeout_s not given
+
+
 def test_install_refuses_when_a_route_is_missing() -> None:
     routes = [r for r in runs.router.routes if getattr(r, "path", None) != W]
     with pytest.raises(RuntimeError, match="missing"):
@@ -163,7 +201,6 @@ def test_install_refuses_when_a_route_is_missing() -> None:
 
 def test_every_app_shares_one_lean_handler_a_route() -> None:
     """Building apps again (tests build hundreds) never wraps a handler in another."""
-    handlers = {id(_handler(create_app(), "POST", "/runs")) for _ in range(3)}
-    handler = _handler(create_app(), "GET", W)
-    assert len(handlers) == 1
-    assert not isinstance(handler.standard, lean.LeanHandler)
+    first, second = create_app(), create_app()
+    assert [r.app for r in _lean_routes(first)] == [r.app for r in _lean_routes(second)]
+    assert not any(isinstance(r.app.standard, lean.LeanHandler) for r in _lean_routes(first))  # type: ignore[attr-defined]
