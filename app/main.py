@@ -61,9 +61,8 @@ def create_app(
         # from the app does not reach them: ``app.dependency_overrides`` and app-wide
         # route options (none is used).
         app.router.routes.extend(module.router.routes)
-    lean.install(
-        app.router.routes
-    )  # POST /runs and GET /runs/{id}/wait skip FastAPI's per-request work
+    # the run endpoints clients call most (lean.LEAN) skip FastAPI's per-request work
+    lean.install(app.router.routes)
     # added last, runs first: HttpMetrics sees every answer, guards' refusals included
     app.add_middleware(
         RequestGuards,

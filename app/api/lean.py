@@ -3,90 +3,86 @@
 answer (``POST /runs/{run_id}/response``, ``POST /runs/{run_id}/messages``).
 
 FastAPI's handling of a request around the endpoint (the request object, dependency
-solving, parameter and body validation, two exit stacks, its exception wrapper) costs
-about 100 µs of CPU a request, as much as Postgres needs to insert a run. For these
-routes a lean handler takes the route's place as its ASGI app: it reads the plain case
-itself (a JSON body that validates, at most one simple numeric query parameter, at most
-one ``Idempotency-Key``) and calls the same endpoint function with the arguments FastAPI
-would pass. Any other request goes to FastAPI's own handler for the route, untouched, so
-every refusal (422, 400) is FastAPI's, word for word. The routes keep their
-declarations: OpenAPI, the docs and that fallback come from them; errors the endpoint
-raises reach the app's exception handlers as before; ``HttpMetrics`` still sees the
-matched route.
+solving, two exit stacks, its exception wrapper) costs about 100 µs of CPU a request, as
+much as Postgres needs to insert a run. For these routes a lean handler takes the
+route's place as its ASGI app and does the same work directly, from the route's own
+declarations: each path, query and header parameter and the JSON body is validated by
+the route's own FastAPI field (so every constraint declared there applies), and the
+dependencies, which only hand over what the lifespan put on ``app.state``, are looked up
+there. A request that is not the plain case (a body that is not ``application/json``,
+a query string with escapes or repeats, a repeated header, anything that fails
+validation) goes to FastAPI's own handler for the route, untouched, so every refusal
+(422, 400) is FastAPI's, word for word. A route declared in a way the lean handler does
+not reproduce (another dependency, a cookie, a ``Request`` parameter, an endpoint that
+does not return a ``Response``) fails at start-up. OpenAPI and the docs come from the
+routes as before; errors the endpoints raise reach the app's exception handlers;
+``HttpMetrics`` still sees the matched route.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
-import re
+import typing
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from fastapi import Response
+from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ValidationError
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api import runs
+from app.api import deps, runs
 from app.api.guards import replay
-from app.schemas.runs import InterruptResponse, RunCreate, SessionMessage
 
-_SIMPLE_NUMBER = re.compile(rb"[0-9]{1,9}(?:\.[0-9]{1,9})?\Z")
-_MAX_KEY_CHARS = 255  # runs.IdempotencyKey's max_length
-_STATE = ("engine", "commands", "bus")  # dependencies: what the lifespan put on app.state
-
-
-@dataclass(frozen=True, slots=True)
-class Spec:
-    """What a route's endpoint takes besides its dependencies (``_STATE`` names)."""
-
-    endpoint: Callable[..., Any]
-    body: type[BaseModel] | None = None  # the JSON body's model (argument ``body``)
-    query: str | None = None  # one numeric, non-negative query parameter
-    idempotency_key: bool = False  # the ``Idempotency-Key`` header
-
-
-LEAN: dict[tuple[str, str], Spec] = {
-    ("POST", "/runs"): Spec(runs.start_run, RunCreate, idempotency_key=True),
-    ("POST", "/runs/wait"): Spec(runs.start_and_wait, RunCreate, "timeout_s", True),
-    ("GET", "/runs/{run_id}"): Spec(runs.get_run),
-    ("GET", "/runs/{run_id}/wait"): Spec(runs.wait_run, query="timeout_s"),
-    ("POST", "/runs/{run_id}/response"): Spec(runs.respond, InterruptResponse, "wait_s"),
-    ("POST", "/runs/{run_id}/messages"): Spec(runs.send_message, SessionMessage, "wait_s"),
+# (method, path) -> the endpoint expected to serve it
+LEAN: dict[tuple[str, str], Callable[..., Any]] = {
+    ("POST", "/runs"): runs.start_run,
+    ("POST", "/runs/wait"): runs.start_and_wait,
+    ("GET", "/runs/{run_id}"): runs.get_run,
+    ("GET", "/runs/{run_id}/wait"): runs.wait_run,
+    ("POST", "/runs/{run_id}/response"): runs.respond,
+    ("POST", "/runs/{run_id}/messages"): runs.send_message,
 }
+# the dependencies a lean handler reproduces: what each hands over from app.state
+STATE: dict[Callable[..., Any], str] = {
+    deps.engine: "engine",
+    deps.commands: "commands",
+    deps.bus: "bus",
+}
+_SPECIAL = (
+    "request_param_name",
+    "websocket_param_name",
+    "http_connection_param_name",
+    "response_param_name",
+    "background_tasks_param_name",
+    "security_scopes_param_name",
+)
 
 
 class LeanHandler:
     """A route's ASGI app: the plain request straight to the endpoint, any other to the
     route's own FastAPI handler (``standard``)."""
 
-    def __init__(self, route: APIRoute, spec: Spec) -> None:
+    def __init__(self, route: APIRoute) -> None:
+        dependant = route.dependant
+        _check(route, dependant)
         self.standard: ASGIApp = route.app
-        self.spec = spec
-        parameters = inspect.signature(spec.endpoint).parameters
-        self.state = [name for name in _STATE if name in parameters]
-        self.default = parameters[spec.query].default if spec.query else None
-        self.path = [name for name in route.param_convertors if name in parameters]
-        given = {*self.state, *self.path}
-        given |= {name for name, on in self._named().items() if on}
-        if given != set(parameters):
-            raise RuntimeError(
-                f"{route.path}: {spec.endpoint.__name__} takes {sorted(parameters)}, "
-                f"its lean handler would pass {sorted(given)}"
-            )
-
-    def _named(self) -> dict[str, bool]:
-        spec = self.spec
-        named = {"body": spec.body is not None, "idempotency_key": spec.idempotency_key}
-        if spec.query is not None:
-            named[spec.query] = True
-        return named
+        self.endpoint = route.endpoint
+        self.state = {
+            sub.name: STATE[sub.call]
+            for sub in dependant.dependencies
+            if sub.name is not None and sub.call is not None
+        }
+        self.path = dependant.path_params
+        self.query = dependant.query_params[0] if dependant.query_params else None
+        self.header = dependant.header_params[0] if dependant.header_params else None
+        self.header_name = self.header.alias.lower().encode("latin-1") if self.header else b""
+        self.body = dependant.body_params[0] if dependant.body_params else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = b""
-        if self.spec.body is not None:
+        if self.body is not None:
             read = await _read_body(receive)
             if read is None:  # the client went away
                 return
@@ -95,39 +91,80 @@ class LeanHandler:
         if kwargs is None:
             await self.standard(scope, receive, send)
             return
-        response = await self.spec.endpoint(**kwargs)
+        response = await self.endpoint(**kwargs)
         await response(scope, receive, send)
 
     def _arguments(self, scope: Scope, body: bytes) -> dict[str, Any] | None:
         """The endpoint's keyword arguments, or None: the request is not the plain case."""
-        spec = self.spec
         state = scope["app"].state
-        kwargs: dict[str, Any] = {name: getattr(state, name) for name in self.state}
-        for name in self.path:
-            kwargs[name] = scope["path_params"][name]
-        query: bytes = scope["query_string"]
-        if spec.query is not None:
-            kwargs[spec.query] = self.default
-            if query:
-                key, _, value = query.partition(b"=")
-                if key.decode("latin-1") != spec.query or not _SIMPLE_NUMBER.match(value):
-                    return None
-                kwargs[spec.query] = float(value)
-        elif query:
-            return None
-        if spec.idempotency_key:
-            keys = [value for name, value in scope["headers"] if name == b"idempotency-key"]
-            if len(keys) > 1 or (keys and len(keys[0]) > _MAX_KEY_CHARS):
+        kwargs: dict[str, Any] = {name: getattr(state, attr) for name, attr in self.state.items()}
+        for field in self.path:
+            value, errors = field.validate(scope["path_params"][field.alias])
+            if errors:
                 return None
-            kwargs["idempotency_key"] = keys[0].decode("latin-1") if keys else None
-        if spec.body is not None:
+            kwargs[field.name] = value
+        raw_query: bytes = scope["query_string"]
+        if self.query is None:
+            if raw_query:
+                return None
+        else:
+            raw = None
+            if raw_query:
+                key, _, raw = raw_query.partition(b"=")
+                if key != self.query.alias.encode() or b"%" in raw or b"+" in raw or b"&" in raw:
+                    return None
+            if not _take(kwargs, self.query, None if raw is None else raw.decode()):
+                return None
+        if self.header is not None:
+            sent = [value for name, value in scope["headers"] if name == self.header_name]
+            if len(sent) > 1:
+                return None
+            if not _take(kwargs, self.header, sent[0].decode("latin-1") if sent else None):
+                return None
+        if self.body is not None:
             if not _json_body(scope):
                 return None
             try:
-                kwargs["body"] = spec.body.model_validate(json.loads(body))
-            except (ValueError, ValidationError, RecursionError):
+                document = json.loads(body)
+            except (ValueError, RecursionError):
                 return None
+            value, errors = self.body.validate(document)
+            if errors:
+                return None
+            kwargs[self.body.name] = value
         return kwargs
+
+
+def _take(kwargs: dict[str, Any], field: Any, raw: str | None) -> bool:
+    """Validate ``raw`` (None: not sent) with the route's field into ``kwargs``; False
+    when FastAPI would refuse it (a missing required one included)."""
+    if raw is None:
+        if field.field_info.is_required():
+            return False
+        kwargs[field.name] = field.field_info.get_default(call_default_factory=True)
+        return True
+    value, errors = field.validate(raw)
+    if errors:
+        return False
+    kwargs[field.name] = value
+    return True
+
+
+def _check(route: APIRoute, dependant: Dependant) -> None:
+    """Refuse a route whose declaration the lean handler would not reproduce."""
+    where = f"{route.path}: {route.endpoint.__name__}"
+    if any(getattr(dependant, name) for name in _SPECIAL) or dependant.cookie_params:
+        raise RuntimeError(f"{where} takes a parameter a lean handler does not supply")
+    if len(dependant.query_params) > 1 or len(dependant.header_params) > 1:
+        raise RuntimeError(f"{where}: a lean handler takes one query and one header parameter")
+    if len(dependant.body_params) > 1 or route._embed_body_fields:
+        raise RuntimeError(f"{where}: a lean handler takes one JSON body, not embedded")
+    for sub in dependant.dependencies:
+        plain = not (sub.dependencies or sub.path_params or sub.query_params)
+        if sub.call not in STATE or sub.name is None or not plain:
+            raise RuntimeError(f"{where} depends on {sub.call!r}, which a lean handler skips")
+    if typing.get_type_hints(route.endpoint).get("return") is not Response:
+        raise RuntimeError(f"{where} must return a Response (it is called directly)")
 
 
 def _json_body(scope: Scope) -> bool:
@@ -150,20 +187,21 @@ async def _read_body(receive: Receive) -> bytes | None:
 def install(routes: Sequence[BaseRoute]) -> None:
     """Give each route of ``LEAN`` among ``routes`` its lean handler, once (the routes are
     the routers' own objects, shared by every app built in this process). A route served
-    by another endpoint, or an endpoint whose parameters changed, fails at start-up."""
+    by another endpoint, or declared in a way a lean handler does not reproduce, fails at
+    start-up."""
     found = 0
     for route in routes:
         if not isinstance(route, APIRoute):
             continue
         for method in route.methods or ():
-            spec = LEAN.get((method, route.path))
-            if spec is None:
+            endpoint = LEAN.get((method, route.path))
+            if endpoint is None:
                 continue
-            if route.endpoint is not spec.endpoint:
-                name = spec.endpoint.__name__
+            if route.endpoint is not endpoint:
+                name = endpoint.__name__
                 raise RuntimeError(f"{method} {route.path} is not served by {name}")
             if not isinstance(route.app, LeanHandler):
-                route.app = LeanHandler(route, spec)
+                route.app = LeanHandler(route)
             found += 1
     if found != len(LEAN):
         raise RuntimeError("a route with a lean handler is missing")

@@ -136,7 +136,7 @@ async def start_run(
     commands: CommandsDep,
     engine: EngineDep,
     idempotency_key: IdempotencyKey = None,
-) -> Any:
+) -> Response:
     started = await commands.start(body, idempotency_key)
     if started.created:  # as just written: no need to read it back
         resource = run_resource(started.run, started.state)
