@@ -113,7 +113,8 @@ class LeanHandler:
                 key, _, raw = raw_query.partition(b"=")
                 if key != self.query.alias.encode() or b"%" in raw or b"+" in raw or b"&" in raw:
                     return None
-            if not _take(kwargs, self.query, None if raw is None else raw.decode()):
+            # latin-1 as Starlette reads a query string: any byte decodes
+            if not _take(kwargs, self.query, None if raw is None else raw.decode("latin-1")):
                 return None
         if self.header is not None:
             sent = [value for name, value in scope["headers"] if name == self.header_name]

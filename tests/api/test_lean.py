@@ -261,3 +261,37 @@ def test_every_app_shares_one_lean_handler_a_route() -> None:
     for route in _lean_routes(create_app()):
         assert isinstance(route.app, lean.LeanHandler)
         assert not isinstance(route.app.standard, lean.LeanHandler)
+
+
+async def test_a_query_value_that_is_not_utf_8_is_refused_not_a_500(
+    client: httpx.AsyncClient,
+) -> None:
+    """A raw byte in the query string (an HTTP parser may pass one on) reaches FastAPI's
+    validation like any other bad value."""
+    await store(client, FLOW)
+    run = (await client.post("/runs/wait", json={"workflow": "lean"})).json()
+    app: FastAPI = client.app  # type: ignore[attr-defined]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": f"/runs/{run['id']}/wait",
+        "raw_path": f"/runs/{run['id']}/wait".encode(),
+        "query_string": b"timeout_s=\xff",
+        "root_path": "",
+        "headers": [(b"host", b"stepwise.test")],
+        "client": ("127.0.0.1", 1),
+        "server": ("stepwise.test", 80),
+    }
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 422
