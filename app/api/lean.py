@@ -76,6 +76,7 @@ class LeanHandler:
         }
         self.path = dependant.path_params
         self.query = dependant.query_params[0] if dependant.query_params else None
+        self.query_name = self.query.alias.encode("latin-1") if self.query else b""
         self.header = dependant.header_params[0] if dependant.header_params else None
         self.header_name = self.header.alias.lower().encode("latin-1") if self.header else b""
         self.body = dependant.body_params[0] if dependant.body_params else None
@@ -111,7 +112,7 @@ class LeanHandler:
             raw = None
             if raw_query:
                 key, _, raw = raw_query.partition(b"=")
-                if key != self.query.alias.encode() or b"%" in raw or b"+" in raw or b"&" in raw:
+                if key != self.query_name or b"%" in raw or b"+" in raw or b"&" in raw:
                     return None
             # latin-1 as Starlette reads a query string: any byte decodes
             if not _take(kwargs, self.query, None if raw is None else raw.decode("latin-1")):
