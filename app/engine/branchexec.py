@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from app.engine import branchdoc, memory
-from app.engine.branchdoc import PARALLEL, RUNNING
+from app.engine.branchdoc import ENDED, PARALLEL, RUNNING
 from app.engine.lifecycle import RunStatus
 from app.engine.runner import RunExecution
 from app.engine.subgraphs import SubgraphFrames
@@ -202,6 +202,8 @@ class BranchExecution(RunExecution):
             self.doc.pop("suspended", None)
             self._resume(resume["status"], {k: v for k, v in resume.items() if k != "status"})
             self.events = [e for e in self.events if e.type != "run.resumed"]
+        # an answer to the interrupt_after of its last node: it ends, with a commit, once run
+        self.ends_answered = resume is not None and branchdoc.branch_status(self.doc, join) == ENDED
 
     # the run's step counter is shared by all its branches
     @property
@@ -220,7 +222,8 @@ class BranchExecution(RunExecution):
         return compose(self.committed, self.live)
 
     def runnable(self) -> bool:
-        return branchdoc.branch_status(self.doc, self.join) == RUNNING
+        status = branchdoc.branch_status(self.doc, self.join)
+        return status == RUNNING or (status == ENDED and self.ends_answered)
 
     async def run(self, runtime: ParallelRuntime) -> None:
         while not self.root.stopping():  # a draining process: stop at a step boundary
@@ -277,6 +280,7 @@ class BranchExecution(RunExecution):
         error: dict[str, Any] | None = None,
         output: Any = None,
     ) -> bool:
+        self.ends_answered = False  # (its answer is in this commit)
         last = memory.node_path(self.doc, i, last_node)
         if status is RunStatus.FAILED:
             assert error is not None

@@ -182,8 +182,9 @@ class RunExecution(RunRecorder):
 
             return await branches.run_parallel(self, i)
         node_id: str | None = frame["node"]
-        if node_id is None:  # a checkpoint of a finished run, resumed or forked
-            return await self._complete()
+        if node_id is None:  # its frame ended: a run resumed or forked at its end, or an
+            # answer to an interrupt_after of the frame's last node
+            return await self._end_frame(i, frame["last"])
         self.at_node = memory.node_path(self.doc, i, node_id)
         definition = self.frames.definition(i)
         node = definition.nodes[node_id]
@@ -343,19 +344,24 @@ class RunExecution(RunRecorder):
         )
         if choice.next_node is not None and not self._enter(i, choice.next_node):
             return await self._too_many_visits(i, node_id, choice.next_node)
-        if choice.next_node is None:
-            if i > 0:
-                try:
-                    parent, sub_output = self.frames.leave(self, i)
-                except TemplateError as exc:
-                    return await self._fail(i, node_id, self._template_error(i, node_id, exc))
-                return await self._succeeded(i - 1, parent, sub_output, count=False)
-            return await self._complete()
-        if node.interrupt_after:
+        if node.interrupt_after:  # the next node chosen (none: the frame ends once answered)
             return await self._interrupt(
                 i, node_id, "interrupt_after", {"reason": node.interrupt_after}, None
             )
+        if choice.next_node is None:
+            return await self._end_frame(i, node_id)
         return await self._commit(RunStatus.RUNNING, i, node_id)
+
+    async def _end_frame(self, i: int, node_id: str) -> bool:
+        """Frame ``i`` has no next node: a subgraph's output goes to its parent's node, or
+        the run (a branch: the branch) completes."""
+        if i == 0:
+            return await self._complete()
+        try:
+            parent, sub_output = self.frames.leave(self, i)
+        except TemplateError as exc:
+            return await self._fail(i, node_id, self._template_error(i, node_id, exc))
+        return await self._succeeded(i - 1, parent, sub_output, count=False)
 
     async def _complete(self) -> bool:
         definition = self.frames.definition(0)

@@ -483,3 +483,58 @@ async def test_shared_examples_load(client: httpx.AsyncClient) -> None:
         document = yaml.safe_load(path.read_text())
         document.setdefault("entry", next(iter(document["nodes"])))  # made explicit when stored
         assert response.json()["definition"] == document
+
+
+async def test_interrupt_after_on_a_last_node_pauses_before_the_run_completes(
+    make_client: AppFactory,
+) -> None:
+    registry, steps = make_registry()
+    client = await make_client(registry=registry)
+    definition = wf(
+        "last", {"a": {"step": "count", "interrupt_after": "sign off", "set": {"a": 1}}}
+    )
+    run = await start(client, definition)
+    assert run["status"] == "interrupted", run
+    assert run["interrupt"]["kind"] == "interrupt_after"
+    assert run["interrupt"]["payload"] == {"reason": "sign off"}
+    assert run["state"] == {"a": 1} and run["current_node"] is None and run["output"] is None
+    checkpoints = (await client.get(f"/runs/{run['id']}/checkpoints")).json()["items"]
+    assert (checkpoints[-1]["status"], checkpoints[-1]["next_node"]) == ("interrupted", None)
+    await answer(client, run)
+    run = await wait_run(client, run["id"])
+    assert run["status"] == "completed"
+    assert run["output"] == {"a": 1}
+    assert steps["count"].calls == {"a": 1}  # never run again
+    checkpoints = (await client.get(f"/runs/{run['id']}/checkpoints")).json()["items"]
+    assert (checkpoints[-1]["status"], checkpoints[-1]["next_node"]) == ("completed", None)
+
+    rejected = await start(client, {**definition, "name": "last-2"})
+    await answer(client, rejected, status="rejected")
+    assert (await wait_run(client, rejected["id"]))["error"]["code"] == "interrupt_rejected"
+
+
+async def test_interrupt_after_on_a_subgraphs_last_node_pauses_inside_it(
+    client: httpx.AsyncClient,
+) -> None:
+    inner = wf("inner-last", {"x": {"step": "set", "interrupt_after": "check", "set": {"x": 2}}})
+    await store(client, {**inner, "output": "{{ state.x * 10 }}"})
+    parent = wf(
+        "outer-last",
+        {
+            "call": {
+                "step": "subgraph",
+                "with": {"workflow": "inner-last"},
+                "set": {"r": "{{ output }}"},
+            },
+            "after": {"step": "set", "set": {"done": True}},
+        },
+        [{"from": "call", "to": "after"}],
+    )
+    run = await start(client, parent)
+    assert run["status"] == "interrupted", run
+    assert run["interrupt"]["node"] == "call/x"
+    assert run["interrupt"]["kind"] == "interrupt_after"
+    await answer(client, run)
+    run = await wait_run(client, run["id"])
+    assert run["status"] == "completed", run
+    assert run["state"] == {"r": 20, "done": True}

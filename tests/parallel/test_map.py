@@ -216,3 +216,28 @@ async def test_a_fork_inside_a_map_keeps_finished_items(client: httpx.AsyncClien
     assert done["state"]["doubled"] == ["a", "b"]
     source = (await client.get(f"/runs/{run['id']}")).json()
     assert source["status"] == "interrupted"
+
+
+async def test_an_items_interrupt_after_on_its_last_node_ends_the_item_once_answered(
+    client: httpx.AsyncClient,
+) -> None:
+    await store(
+        client,
+        wf(
+            "check-each",
+            {"calc": {"step": "set", "interrupt_after": "check", "set": {"v": "{{ inputs.n }}"}}},
+            output="{{ state.v * 2 }}",
+        ),
+    )
+    definition = mapping("{{ state.numbers }}", workflow="check-each")
+    run = await start(client, definition, {"numbers": [1, 2]})
+    assert run["status"] == "interrupted", run
+    assert [i["kind"] for i in run["interrupts"]] == ["interrupt_after"] * 2
+    for interrupt in run["interrupts"]:
+        response = await client.post(
+            f"/runs/{run['id']}/response", json={"interrupt_id": interrupt["id"]}
+        )
+        assert response.status_code == 202, response.text
+        run = await until_status(client, run["id"], "interrupted", "completed", "failed")
+    assert run["status"] == "completed", run
+    assert run["state"]["doubled"] == [2, 4]

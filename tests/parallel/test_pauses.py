@@ -159,3 +159,22 @@ async def test_rejecting_a_branch_interrupt_fails_the_run(client: httpx.AsyncCli
     assert failed["status"] == "failed"
     assert failed["error"]["code"] == "interrupt_rejected"
     assert failed["error"]["node"] == "b"
+
+
+async def test_interrupt_after_on_a_branchs_last_node_pauses_that_branch(
+    client: httpx.AsyncClient,
+) -> None:
+    nodes = {
+        "start": {"step": "set"},
+        "a": {"step": "set", "interrupt_after": "check a", "set": {"a": 1}},
+        "b": {"step": "set", "set": {"b": 2}},
+    }
+    definition = wf("ends-paused", nodes, [{"from": "start", "to": ["a", "b"]}])
+    run = await start(client, definition)
+    assert run["status"] == "interrupted", run
+    assert [(i["node"], i["kind"]) for i in run["interrupts"]] == [("a", "interrupt_after")]
+    response = await answer(client, run["id"], run["interrupts"][0]["id"])
+    assert response.status_code == 202, response.text
+    done = await wait_run(client, run["id"])
+    assert done["status"] == "completed", done
+    assert done["state"] == {"a": 1, "b": 2}
