@@ -22,7 +22,14 @@ from app.events.hub import FeedHub
 from app.settings import Settings
 from app.steps.clients import make_http_client
 from app.steps.registry import StepRegistry
-from app.store.database import backend_pids, create_engine, create_sessionmaker, migrate
+from app.store import held
+from app.store.database import (
+    PING_AFTER_IDLE_S,
+    backend_pids,
+    create_engine,
+    create_sessionmaker,
+    migrate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,9 @@ class Runtime:
         tracing.configure()
         self.db = create_engine(settings)
         own_pids = set() if settings.is_sqlite else backend_pids(self.db)
+        if not settings.is_sqlite:
+            # up to half the pool lent in turn to one-statement writes (app.store.held)
+            held.hold(self.db, max(1, settings.db_pool_size // 2), PING_AFTER_IDLE_S)
         self.bus = EventBus()
         self.http = make_http_client()
         self.model_clients = ModelClients()
@@ -113,5 +123,8 @@ class Runtime:
         await self.http.aclose()
         await self.model_clients.aclose()
         if self.db is not None:
+            held_connections = held.held_for(self.db)
+            if held_connections is not None:
+                await held_connections.close()
             await self.db.dispose()
         tracing.shutdown()

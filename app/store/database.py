@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from app.settings import Settings
+from app.store.held import IDLE_SINCE, held_for
 
 
 def _dumps(value: Any) -> str:
@@ -125,11 +126,11 @@ def create_engine(settings: Settings) -> AsyncEngine:
     # per transaction on the hot path); a dead one is replaced before anyone uses it.
     @event.listens_for(engine.sync_engine, "checkin")
     def _checked_in(_: Any, record: Any) -> None:
-        record.info["idle_since"] = time.monotonic()
+        record.info[IDLE_SINCE] = time.monotonic()
 
     @event.listens_for(engine.sync_engine, "checkout")
     def _checked_out(dbapi_connection: Any, record: Any, _: Any) -> None:
-        idle_since = record.info.get("idle_since")
+        idle_since = record.info.get(IDLE_SINCE)
         if idle_since is not None and time.monotonic() - idle_since > PING_AFTER_IDLE_S:
             try:
                 dbapi_connection.ping()
@@ -195,10 +196,22 @@ async def lone_statement(
     Whatever SQLAlchemy itself began on it (a statement that was not such a write) is
     committed at the end, or rolled back on an error, as by ``write_transaction``."""
     bind = sessions.kw["bind"]
-    async with bind.connect() as connection:
+    held = held_for(bind)
+    if held is None:
+        async with bind.connect() as connection:
+            yield connection
+            if connection.in_transaction():
+                await connection.commit()
+        return
+    connection = await held.lend()  # (app.store.held: a pool checkout costs more)
+    try:
         yield connection
         if connection.in_transaction():
             await connection.commit()
+    except BaseException:
+        await asyncio.shield(connection.close())
+        raise
+    await held.give_back(connection)
 
 
 async def _driver(connection: AsyncConnection) -> Any:
@@ -207,7 +220,11 @@ async def _driver(connection: AsyncConnection) -> Any:
     started here when no statement went through SQLAlchemy yet (commit and rollback stay
     SQLAlchemy's). With no transaction begun on ``connection``, none is started: each
     statement commits by itself."""
-    raw = await connection.get_raw_connection()
+    sync = connection.sync_connection
+    if sync is not None and not (sync.closed or sync.invalidated):
+        raw = sync.connection  # a live connection's, read without I/O (nor a greenlet)
+    else:
+        raw = await connection.get_raw_connection()
     adapted: Any = raw.dbapi_connection
     if adapted._transaction is None and connection.in_transaction():
         await adapted._start_transaction()
@@ -260,6 +277,9 @@ async def _on_driver(connection: AsyncConnection, sql: str, call: Any) -> Any:
         if broken:
             with contextlib.suppress(Exception):
                 await connection.invalidate(exc)
+            held = held_for(connection.engine)
+            if held is not None:
+                await held.invalidate_idle()
         raise _as_sqlalchemy_error(sql, exc, broken) from exc
 
 

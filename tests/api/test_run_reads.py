@@ -91,7 +91,7 @@ async def test_on_postgres_a_run_is_read_in_one_statement_and_no_transaction(
     run_id = started.json()["id"]
     assert (await client.get(f"/runs/{run_id}/wait", params={"timeout_s": 10})).status_code == 200
     engine = client.app.state.runtime.db.sync_engine  # type: ignore[attr-defined]
-    with statements_sent(engine) as statements:
+    async with statements_sent(engine) as statements:
         read = await client.get(f"/runs/{run_id}")
     assert read.status_code == 200
     ours = [s for s in statements if "SKIP LOCKED" not in s.upper()]  # not the claim loops'

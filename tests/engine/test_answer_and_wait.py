@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import event
 
+from app.store import held
 from tests.conftest import AppFactory, events_of, store
 from tests.engine.steps_for_tests import make_registry
 from tests.engine.test_pauses import ASK
@@ -104,10 +105,12 @@ async def test_a_bad_wait_s_is_refused_and_the_answer_not_taken(
     assert (await fetch(client, run["id"]))["status"] == "interrupted"
 
 
-@contextlib.contextmanager
-def statements_sent(engine: Any) -> Iterator[list[str]]:
+@contextlib.asynccontextmanager
+async def statements_sent(engine: Any) -> AsyncIterator[list[str]]:
     """Every statement sent to the database meanwhile: SQLAlchemy's, and those sent
-    straight through asyncpg (its query logger on each connection checked out)."""
+    straight through asyncpg (its query logger on each connection checked out, or held
+    checked out already; asyncpg calls its loggers soon after a statement, so the block's
+    end lets the loop run once before it stops listening)."""
     statements: list[str] = []
     loggers: list[Any] = []
 
@@ -125,9 +128,13 @@ def statements_sent(engine: Any) -> Iterator[list[str]]:
 
     event.listen(engine, "before_cursor_execute", seen)
     event.listen(engine, "checkout", checked_out)
+    lent = held.held_for(engine)  # connections kept checked out for one-statement writes
+    for connection in lent.idle if lent is not None else []:
+        checked_out(connection.sync_connection.connection.dbapi_connection)
     try:
         yield statements
     finally:
+        await asyncio.sleep(0)
         event.remove(engine, "before_cursor_execute", seen)
         event.remove(engine, "checkout", checked_out)
         for driver in loggers:
@@ -139,7 +146,7 @@ async def test_a_wait_for_a_run_settled_here_reads_nothing(client: httpx.AsyncCl
     with that row and state, without reading the run back."""
     run = await start(client, ASK)
     engine = client.app.state.runtime.db.sync_engine  # type: ignore[attr-defined]
-    with statements_sent(engine) as statements:
+    async with statements_sent(engine) as statements:
         response = await client.post(
             f"/runs/{run['id']}/response",
             params={"wait_s": 10},
@@ -159,7 +166,7 @@ async def test_an_approval_locks_nothing(client: httpx.AsyncClient) -> None:
     no row lock is taken, and the run goes on from the answer."""
     run = await start(client, ASK)
     engine = client.app.state.runtime.db.sync_engine  # type: ignore[attr-defined]
-    with statements_sent(engine) as statements:
+    async with statements_sent(engine) as statements:
         response = await client.post(
             f"/runs/{run['id']}/response",
             json={"interrupt_id": run["interrupt"]["id"], "value": {"ok": True}},
@@ -210,7 +217,7 @@ async def test_a_wait_through_a_long_step_rereads_the_status_not_the_run(
             break
         await asyncio.sleep(0.02)
     engine = client.app.state.runtime.db.sync_engine  # type: ignore[attr-defined]
-    with statements_sent(engine) as statements:
+    async with statements_sent(engine) as statements:
         response = await client.get(f"/runs/{run['id']}/wait", params={"timeout_s": 10})
     assert response.json()["status"] == "completed"
     assert response.json()["state"] == {"done": True}

@@ -62,12 +62,12 @@ async def test_a_run_starts_in_one_statement_and_no_transaction(
     engine = client.app.state.runtime.db.sync_engine  # type: ignore[attr-defined]
     # the process's first start of a workflow reads which version is the latest (and
     # parses its definition once); every later start is the run's one statement
-    with statements_sent(engine) as statements:
+    async with statements_sent(engine) as statements:
         first = await client.post("/runs", json={"workflow": "two-steps", "inputs": {}})
     assert first.status_code == 202, first.text
     kinds = _kinds(statements)
     assert (kinds["read"], kinds["definition"], kinds["insert"]) == (1, 1, 1), statements
-    with statements_sent(engine) as statements:
+    async with statements_sent(engine) as statements:
         started = await client.post("/runs", json={"workflow": "two-steps", "inputs": {}})
     assert started.status_code == 202, started.text
     run_id = started.json()["id"]
@@ -124,7 +124,7 @@ async def test_a_start_runs_the_latest_version_though_another_process_stored_it(
         await workflow_store.add_version(session, "two-steps", 2, NEWER, definition_hash(NEWER))
 
     engine = client.app.state.runtime.db.sync_engine  # type: ignore[attr-defined]
-    with statements_sent(engine) as statements:
+    async with statements_sent(engine) as statements:
         started = await client.post("/runs", json={"workflow": "two-steps", "inputs": {}})
     assert started.status_code == 202, started.text
     assert started.json()["workflow"] == {"name": "two-steps", "version": 2}
@@ -136,14 +136,14 @@ async def test_a_start_runs_the_latest_version_though_another_process_stored_it(
     listed = (await client.get("/runs", params={"workflow": "two-steps"})).json()["items"]
     assert len(listed) == 2  # the refused first try left nothing behind
 
-    with statements_sent(engine) as statements:  # v2 is now the one remembered
+    async with statements_sent(engine) as statements:  # v2 is now the one remembered
         again = await client.post("/runs", json={"workflow": "two-steps", "inputs": {}})
     assert again.json()["workflow"] == {"name": "two-steps", "version": 2}
     assert _kinds(statements) == {"insert": 1}, statements
     # a pinned version is read once, then known for good
     pinned = {"workflow": "two-steps", "version": 1, "inputs": {}}
     assert (await client.post("/runs", json=pinned)).json()["workflow"]["version"] == 1
-    with statements_sent(engine) as statements:
+    async with statements_sent(engine) as statements:
         old = await client.post("/runs", json=pinned)
     assert old.json()["workflow"] == {"name": "two-steps", "version": 1}
     assert _kinds(statements) == {"insert": 1}, statements
@@ -159,7 +159,7 @@ async def test_a_version_stored_through_this_process_is_read_by_the_next_start(
     await client.post("/runs", json={"workflow": "two-steps", "inputs": {}})
     assert (await client.post("/workflows", json=NEWER)).status_code == 201
     engine = client.app.state.runtime.db.sync_engine  # type: ignore[attr-defined]
-    with statements_sent(engine) as statements:
+    async with statements_sent(engine) as statements:
         started = await client.post("/runs", json={"workflow": "two-steps", "inputs": {}})
     kinds = _kinds(statements)
     assert (kinds["read"], kinds["insert"]) == (1, 1), statements
