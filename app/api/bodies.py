@@ -38,12 +38,20 @@ class _Refused(ValueError):
     pass
 
 
+class _Duplicate(_Refused):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key = key
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _Refused(f"duplicate key {key!r}")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Duplicate(key)
+            seen.add(key)
     return result
 
 
@@ -153,6 +161,21 @@ def unstorable_json(body: bytes) -> list[dict[str, Any]]:
     except (ValueError, RecursionError):
         return []
     return unstorable(value, ["body"])
+
+
+def duplicate_key(body: bytes) -> str | None:
+    """The first key a raw JSON body repeats within one object, if any: JSON parsers keep
+    the last value silently, so the sender's intent is unknown. A body that does not
+    parse is left to whoever reads it."""
+    if b"," not in body:  # (one member per object at most)
+        return None
+    try:
+        json.loads(body, object_pairs_hook=_no_duplicates)
+    except _Duplicate as exc:
+        return exc.key
+    except (ValueError, RecursionError):
+        return None
+    return None
 
 
 def parse_document(body: bytes, content_type: str | None, max_depth: int = 64) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.bodies import unstorable_json
+from app.api.bodies import duplicate_key, unstorable_json
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/ui", "/ui/"})
 # the web inspector's static files: they hold no data, and its API calls send the key
@@ -129,6 +129,15 @@ class RequestGuards:
                 message = f"the JSON body holds a value that cannot be stored: {errors[0]['msg']}"
                 await _send_problem(send_with_id, 422, "invalid_body", message, errors=errors)
                 return
+            # (definitions and prompts are refused so by ``bodies.parse_document``, which
+            # names the line of a YAML one, and /workflows/validate answers 200 for them)
+            documents = scope["path"].startswith(_DOCUMENT_PATHS)
+            duplicate = None if documents else duplicate_key(body)
+            if duplicate is not None:
+                message = f"the JSON body repeats the key {duplicate!r} within one object"
+                errors = [{"loc": ["body"], "msg": message, "type": "duplicate_key"}]
+                await _send_problem(send_with_id, 422, "invalid_body", message, errors=errors)
+                return
         await self.app(scope, replay(body, receive), send_with_id)
 
     def _authorized(self, headers: dict[bytes, bytes]) -> bool:
@@ -162,6 +171,9 @@ class RequestGuards:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+_DOCUMENT_PATHS = ("/workflows", "/prompts")
 
 
 def replay(body: bytes, receive: Receive) -> Receive:

@@ -134,6 +134,37 @@ async def test_unstorable_json_values_are_422_everywhere(client: httpx.AsyncClie
     assert response.status_code == 201, response.text
 
 
+async def test_duplicate_keys_are_422_in_every_json_body(client: httpx.AsyncClient) -> None:
+    await client.post("/workflows", json={"name": "dup", "nodes": {"a": {"step": "input"}}})
+    started = await client.post("/runs", json={"workflow": "dup", "inputs": {}})
+    run_id = started.json()["id"]
+    for path, text, key in (
+        ("/runs", '{"workflow": "dup", "workflow": "other", "inputs": {}}', "workflow"),
+        ("/runs/wait", '{"workflow": "dup", "inputs": {"a": 1, "b": 2, "a": 3}}', "a"),
+        (f"/runs/{run_id}/messages", '{"message": "hi", "message": "bye"}', "message"),
+        (f"/runs/{run_id}/state", '{"state_patch": {"x": {"y": 1, "y": 2}}}', "y"),
+    ):
+        response = await client.post(
+            path, content=text, headers={"Content-Type": "application/json"}
+        )
+        problem = assert_problem(response, 422, "invalid_body")
+        assert problem["errors"] == [
+            {"loc": ["body"], "msg": problem["detail"], "type": "duplicate_key"}
+        ], path
+        assert repr(key) in problem["detail"], path
+    # nothing was changed or started by any of them
+    runs = (await client.get("/runs")).json()["items"]
+    assert [r["id"] for r in runs] == [run_id]
+    run = (await client.get(f"/runs/{run_id}")).json()
+    assert run["status"] in ("queued", "running", "awaiting_input") and run["state"] == {}
+    # the same key in two objects is no duplicate
+    twice = '{"workflow": "dup", "inputs": {"a": {"k": 1}, "b": {"k": 2}}}'
+    response = await client.post(
+        "/runs", content=twice, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 202, response.text
+
+
 BAD_BODIES = [
     (b"", "application/json"),
     (b"{", "application/json"),
