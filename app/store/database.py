@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from app.settings import Settings
-from app.store.held import IDLE_SINCE, held_for
+from app.store.held import HELD_SINCE, IDLE_SINCE, held_for
 
 
 def _dumps(value: Any) -> str:
@@ -126,7 +126,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
     # per transaction on the hot path); a dead one is replaced before anyone uses it.
     @event.listens_for(engine.sync_engine, "checkin")
     def _checked_in(_: Any, record: Any) -> None:
-        record.info[IDLE_SINCE] = time.monotonic()
+        # a held connection's idle time began with its last use (app.store.held)
+        record.info[IDLE_SINCE] = record.info.pop(HELD_SINCE, None) or time.monotonic()
 
     @event.listens_for(engine.sync_engine, "checkout")
     def _checked_out(dbapi_connection: Any, record: Any, _: Any) -> None:
@@ -209,7 +210,7 @@ async def lone_statement(
         if connection.in_transaction():
             await connection.commit()
     except BaseException:
-        await asyncio.shield(connection.close())
+        await held.discard(connection)
         raise
     await held.give_back(connection)
 
@@ -279,7 +280,7 @@ async def _on_driver(connection: AsyncConnection, sql: str, call: Any) -> Any:
                 await connection.invalidate(exc)
             held = held_for(connection.engine)
             if held is not None:
-                await held.invalidate_idle()
+                held.invalidate_idle()
         raise _as_sqlalchemy_error(sql, exc, broken) from exc
 
 

@@ -128,13 +128,24 @@ async def statements_sent(engine: Any) -> AsyncIterator[list[str]]:
 
     event.listen(engine, "before_cursor_execute", seen)
     event.listen(engine, "checkout", checked_out)
-    lent = held.held_for(engine)  # connections kept checked out for one-statement writes
-    for connection in lent.idle if lent is not None else []:
+    # and the connections held checked out (app.store.held), as each is lent
+    lent = held.held_for(engine)
+    lend = lent.lend if lent is not None else None
+
+    async def lend_logged() -> Any:
+        assert lend is not None
+        connection = await lend()
         checked_out(connection.sync_connection.connection.dbapi_connection)
+        return connection
+
+    if lent is not None:
+        lent.lend = lend_logged  # type: ignore[method-assign]
     try:
         yield statements
     finally:
         await asyncio.sleep(0)
+        if lent is not None:
+            del lent.lend  # (the class's again)
         event.remove(engine, "before_cursor_execute", seen)
         event.remove(engine, "checkout", checked_out)
         for driver in loggers:
