@@ -63,6 +63,8 @@ def create_app(
         app.router.routes.extend(module.router.routes)
     # the run endpoints clients call most (lean.LEAN) skip FastAPI's per-request work
     lean.install(app.router.routes)
+    # added first, runs last: past the guards, a plain request for those goes straight in
+    app.add_middleware(lean.LeanDispatch, fastapi_app=app)
     # added last, runs first: HttpMetrics sees every answer, guards' refusals included
     app.add_middleware(
         RequestGuards,

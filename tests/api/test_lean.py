@@ -62,6 +62,22 @@ def delegated(client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> Cou
     return lambda: count
 
 
+@pytest.fixture
+def routed(client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> Counter:
+    """How many requests went down to the router (past LeanDispatch)."""
+    count = 0
+    router = client.app.router  # type: ignore[attr-defined]
+    inner = router.middleware_stack
+
+    async def counting(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal count
+        count += 1
+        await inner(scope, receive, send)
+
+    monkeypatch.setattr(router, "middleware_stack", counting)
+    return lambda: count
+
+
 def fastapi_only(client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
     """From now on the routes are served by FastAPI's own handlers, as with no lean ones."""
     for route in _lean_routes(client.app):  # type: ignore[attr-defined]
@@ -134,12 +150,17 @@ async def plain_requests(client: httpx.AsyncClient, key: str) -> list[Any]:
 
 
 async def test_plain_requests_are_served_lean_and_answered_as_fastapi_would(
-    client: httpx.AsyncClient, delegated: Counter, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient,
+    delegated: Counter,
+    routed: Counter,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await store(client, FLOW)
     await store(client, ASK)
+    stored = routed()
     through_lean = await plain_requests(client, "lean-1")
     assert delegated() == 0
+    assert routed() == stored  # LeanDispatch served them: none went down to the router
     fastapi_only(client, monkeypatch)
     assert await plain_requests(client, "lean-2") == through_lean
 
@@ -184,10 +205,14 @@ ODD_READS: list[tuple[str, int]] = [
 
 
 async def test_other_requests_get_fastapis_own_answers(
-    client: httpx.AsyncClient, delegated: Counter, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient,
+    delegated: Counter,
+    routed: Counter,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await store(client, FLOW)
     run = (await client.post("/runs/wait", json={"workflow": "lean"})).json()
+    stored = routed()
 
     async def answers() -> list[Any]:
         out = []
@@ -204,6 +229,8 @@ async def test_other_requests_get_fastapis_own_answers(
     through_lean = await answers()
     # every one handed over, but those the route's own fields accept as they are
     assert delegated() == len(ODD_STARTS) + len(ODD_READS) - len(VALID_AS_SENT)
+    # ...after going down the standard way, past the router
+    assert routed() - stored == delegated()
     fastapi_only(client, monkeypatch)
     assert await answers() == through_lean
 
@@ -295,3 +322,20 @@ async def test_a_query_value_that_is_not_utf_8_is_refused_not_a_500(
     }
     await app(scope, receive, send)
     assert sent[0]["status"] == 422
+
+
+def test_a_route_that_could_shadow_a_lean_one_is_refused_at_start_up() -> None:
+    """LeanDispatch matches the lean routes alone: a route before one of them that could
+    match its paths would have been the router's choice."""
+    lean.install(runs.router.routes)
+    app = FastAPI()
+    app.add_api_route("/runs/{anything}/wait", _with_request, methods=["GET"])
+    app.router.routes.extend(runs.router.routes)
+    with pytest.raises(RuntimeError, match="may match paths of the lean"):
+        lean.LeanDispatch(app.router, fastapi_app=app)
+    quiet = FastAPI()  # other methods, or other paths: no overlap
+    quiet.add_api_route("/runs/{anything}/wait", _with_request, methods=["DELETE"])
+    quiet.add_api_route("/runs/{anything}/other", _with_request, methods=["GET"])
+    quiet.add_api_route("/runs/{anything}", _with_request, methods=["PUT"])
+    quiet.router.routes.extend(runs.router.routes)
+    assert len(lean.LeanDispatch(quiet.router, fastapi_app=quiet).routes) == len(lean.LEAN)
