@@ -29,6 +29,7 @@ standard way down.
 from __future__ import annotations
 
 import json
+import re
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,6 +37,7 @@ from typing import Any
 from fastapi import FastAPI, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
+from starlette._utils import get_route_path
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -167,6 +169,7 @@ class LeanDispatch:
 
     def __init__(self, app: ASGIApp, fastapi_app: FastAPI) -> None:
         self.app = app
+        self.router = fastapi_app.router
         routes = fastapi_app.router.routes
         self.routes = [
             (route, route.path.split("{")[0], route.methods or set())
@@ -186,8 +189,9 @@ class LeanDispatch:
         self.guarded = ExceptionMiddleware(_serve, handlers=handlers, debug=fastapi_app.debug)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            path, method = scope["path"], scope["method"]
+        # (with FastAPI's telemetry on, the router names the route to it: not here)
+        if scope["type"] == "http" and "fastapi.telemetry" not in scope:
+            path, method = get_route_path(scope), scope["method"]
             for route, prefix, methods in self.routes:
                 if method not in methods or not path.startswith(prefix):
                     continue
@@ -196,6 +200,7 @@ class LeanDispatch:
                 if match is not Match.FULL or not isinstance(handler, LeanHandler):
                     continue
                 scope.update(child)  # (as the router would: the route, its parameters)
+                scope.setdefault("router", self.router)
                 read = await handler.read(scope, receive)
                 if read is None:  # the client went away
                     return
@@ -211,13 +216,19 @@ class LeanDispatch:
 _SERVING = "stepwise.lean"
 
 
+_ONE_SEGMENT = frozenset({"str", "int", "float", "uuid"})  # the converters that stop at "/"
+_PARAM = re.compile(r"{[^}:]*(?::([^}]*))?}")
+
+
 def _may_overlap(route: BaseRoute, lean: APIRoute) -> bool:
     """Whether ``route`` could match a request ``lean`` matches (when unsure: True)."""
-    methods = getattr(route, "methods", None)
-    if methods is not None and not methods & (lean.methods or set()):
+    if type(route) not in (Route, APIRoute):  # (another kind may match otherwise)
+        return True
+    assert isinstance(route, Route)
+    if route.methods and not route.methods & (lean.methods or set()):  # (none: every one)
         return False
-    path = getattr(route, "path", None)
-    if not isinstance(path, str) or ":path}" in path or not isinstance(route, Route):
+    path = route.path
+    if any((m.group(1) or "str") not in _ONE_SEGMENT for m in _PARAM.finditer(path)):
         return True
     ours, theirs = lean.path.split("/"), path.split("/")
     if len(ours) != len(theirs):

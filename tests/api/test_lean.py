@@ -10,10 +10,14 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import OperationalError
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.routing import Mount, Route
 
 from app.api import lean, runs
+from app.errors import Conflict
 from app.main import create_app
 from app.schemas.runs import RunOut
 from tests.api.test_errors import assert_problem
@@ -324,18 +328,127 @@ async def test_a_query_value_that_is_not_utf_8_is_refused_not_a_500(
     assert sent[0]["status"] == 422
 
 
-def test_a_route_that_could_shadow_a_lean_one_is_refused_at_start_up() -> None:
+class _Anything(Convertor[str]):
+    regex = ".*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("lean_test_anything", _Anything())
+
+
+@pytest.mark.parametrize(
+    "shadow",
+    [
+        APIRoute("/runs/{anything}/wait", _with_request, methods=["GET"]),
+        Route("/runs/{run_id}", _with_request, methods=[]),  # (no methods: every one)
+        Route("/r{rest:lean_test_anything}", _with_request, methods=["GET"]),
+        Route("/{rest:path}", _with_request, methods=["POST"]),
+        Mount("/runs", app=Response()),
+    ],
+    ids=["param", "every-method", "converter", "path", "mount"],
+)
+def test_a_route_that_could_shadow_a_lean_one_is_refused_at_start_up(shadow: Any) -> None:
     """LeanDispatch matches the lean routes alone: a route before one of them that could
     match its paths would have been the router's choice."""
     lean.install(runs.router.routes)
     app = FastAPI()
-    app.add_api_route("/runs/{anything}/wait", _with_request, methods=["GET"])
+    app.router.routes.append(shadow)
     app.router.routes.extend(runs.router.routes)
     with pytest.raises(RuntimeError, match="may match paths of the lean"):
         lean.LeanDispatch(app.router, fastapi_app=app)
+
+
+def test_routes_that_cannot_shadow_a_lean_one_are_accepted() -> None:
+    lean.install(runs.router.routes)
     quiet = FastAPI()  # other methods, or other paths: no overlap
     quiet.add_api_route("/runs/{anything}/wait", _with_request, methods=["DELETE"])
     quiet.add_api_route("/runs/{anything}/other", _with_request, methods=["GET"])
     quiet.add_api_route("/runs/{anything}", _with_request, methods=["PUT"])
     quiet.router.routes.extend(runs.router.routes)
     assert len(lean.LeanDispatch(quiet.router, fastapi_app=quiet).routes) == len(lean.LEAN)
+
+
+def _headers(response: httpx.Response) -> dict[str, str]:
+    return {k: v for k, v in response.headers.items() if k not in ("x-request-id", "date")}
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        Conflict("taken", code="lean_test_conflict"),
+        HTTPException(418, "a teapot", headers={"X-Teapot": "yes"}),
+        OperationalError("SELECT 1", None, ConnectionResetError("gone")),
+        ConnectionRefusedError("refused"),
+    ],
+    ids=["problem", "http-exception", "database-lost", "database-refused"],
+)
+async def test_errors_an_endpoint_served_lean_raises_get_the_apps_answers(
+    client: httpx.AsyncClient,
+    routed: Counter,
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+) -> None:
+    """Through LeanDispatch's own exception middleware: status, body and headers as the
+    app's handlers give them on the standard way."""
+    await store(client, FLOW)
+
+    async def failing(*_: Any, **__: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(client.app.state.commands, "start", failing)  # type: ignore[attr-defined]
+    stored = routed()
+    assert stored > 0
+    lean_answer = await client.post("/runs", json={"workflow": "lean"})
+    assert routed() == stored  # served past the router
+    fastapi_only(client, monkeypatch)
+    standard = await client.post("/runs", json={"workflow": "lean"})
+    assert routed() == stored + 1
+    assert lean_answer.status_code == standard.status_code >= 400
+    assert lean_answer.content == standard.content
+    assert _headers(lean_answer) == _headers(standard)
+
+
+def _requests_counted(text: str, route: str) -> float:
+    line = f'stepwise_http_requests_total{{method="POST",route="{route}",status="202"}} '
+    return sum(float(x[len(line) :]) for x in text.splitlines() if x.startswith(line))
+
+
+async def test_a_request_served_lean_is_counted_under_its_route(
+    client: httpx.AsyncClient, routed: Counter
+) -> None:
+    await store(client, FLOW)
+    before = _requests_counted((await client.get("/metrics")).text, "/runs")
+    stored = routed()
+    assert (await client.post("/runs", json={"workflow": "lean"})).status_code == 202
+    assert routed() == stored
+    after = _requests_counted((await client.get("/metrics")).text, "/runs")
+    assert after == before + 1
+
+
+async def test_under_a_root_path_plain_requests_are_still_served_lean(
+    database_url: str,
+) -> None:
+    from tests.conftest import settings_for
+
+    app = create_app(settings_for(database_url))
+    transport = httpx.ASGITransport(app=app, root_path="/api")
+    client = httpx.AsyncClient(transport=transport, base_url="http://t/api")
+    async with app.router.lifespan_context(app), client:
+        await store(client, FLOW)
+        calls = 0
+        inner = app.router.middleware_stack
+
+        async def counting(scope: Any, receive: Any, send: Any) -> None:
+            nonlocal calls
+            calls += 1
+            await inner(scope, receive, send)
+
+        app.router.middleware_stack = counting
+        started = await client.post("/runs", json={"workflow": "lean"})
+        assert started.status_code == 202, started.text
+        assert calls == 0
