@@ -54,7 +54,7 @@ class Runtime:
         self.db = create_engine(settings)
         own_pids = set() if settings.is_sqlite else backend_pids(self.db)
         if not settings.is_sqlite:
-            # up to half the pool lent in turn to one-statement writes (app.store.held)
+            # up to half the pool lent in turn to statements needing no transaction (app.store.held)
             held.hold(self.db, max(1, settings.db_pool_size // 2), PING_AFTER_IDLE_S)
         self.bus = EventBus()
         self.http = make_http_client()

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from starlette._utils import get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.bodies import duplicate_key, unstorable_json
@@ -131,7 +132,7 @@ class RequestGuards:
                 return
             # (definitions and prompts are refused so by ``bodies.parse_document``, which
             # names the line of a YAML one, and /workflows/validate answers 200 for them)
-            documents = scope["path"].startswith(_DOCUMENT_PATHS)
+            documents = _DOCUMENT_PATH.match(get_route_path(scope)) is not None
             duplicate = None if documents else duplicate_key(body)
             if duplicate is not None:
                 message = f"the JSON body repeats the key {duplicate!r} within one object"
@@ -173,7 +174,7 @@ class RequestGuards:
                 return b"".join(chunks)
 
 
-_DOCUMENT_PATHS = ("/workflows", "/prompts")
+_DOCUMENT_PATH = re.compile(r"/(workflows|prompts)(/|$)")
 
 
 def replay(body: bytes, receive: Receive) -> Receive:
