@@ -165,7 +165,8 @@ class LeanHandler:
 class LeanDispatch:
     """The innermost middleware: a plain request for a route with a lean handler is
     served here, as the router would have matched it (the route's own ``matches``, in
-    the router's order, no earlier route able to match its paths: ``install`` checks)."""
+    the router's order; that no earlier route can match its paths is checked when the
+    middleware is built, at start-up)."""
 
     def __init__(self, app: ASGIApp, fastapi_app: FastAPI) -> None:
         self.app = app
