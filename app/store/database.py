@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from app.settings import Settings
-from app.store.held import HELD_SINCE, IDLE_SINCE, held_for
+from app.store.held import HELD_SINCE, IDLE_SINCE, held_for, pooled
 
 
 def _dumps(value: Any) -> str:
@@ -221,11 +221,7 @@ async def _driver(connection: AsyncConnection) -> Any:
     started here when no statement went through SQLAlchemy yet (commit and rollback stay
     SQLAlchemy's). With no transaction begun on ``connection``, none is started: each
     statement commits by itself."""
-    sync = connection.sync_connection
-    if sync is not None and not (sync.closed or sync.invalidated):
-        raw = sync.connection  # a live connection's, read without I/O (nor a greenlet)
-    else:
-        raw = await connection.get_raw_connection()
+    raw = pooled(connection) or await connection.get_raw_connection()
     adapted: Any = raw.dbapi_connection
     if adapted._transaction is None and connection.in_transaction():
         await adapted._start_transaction()

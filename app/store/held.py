@@ -34,6 +34,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import PoolProxiedConnection
 
 IDLE_SINCE = "idle_since"  # in a pooled connection's ``info``: when it was last used
 # ...and, set before a held connection's check-in, its last use here, which the
@@ -137,12 +138,19 @@ class HeldConnections:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def _driver(connection: AsyncConnection) -> Any:
-    """The asyncpg connection under ``connection``, if it has one now (no I/O)."""
+def pooled(connection: AsyncConnection) -> PoolProxiedConnection | None:
+    """The pool's connection under ``connection`` while it is live, read without I/O
+    (nor a greenlet): SQLAlchemy's own getter must await only to revalidate one."""
     sync = connection.sync_connection
     if sync is None or sync.closed or sync.invalidated:
         return None
-    return sync.connection.driver_connection
+    return sync.connection
+
+
+def _driver(connection: AsyncConnection) -> Any:
+    """The asyncpg connection under ``connection``, if it has one now (no I/O)."""
+    live = pooled(connection)
+    return None if live is None else live.driver_connection
 
 
 def _usable(connection: AsyncConnection) -> bool:
@@ -158,11 +166,12 @@ async def _release(connection: AsyncConnection, idle_since: float | None = None)
     """Check ``connection`` in: one the server closed invalidated first (the pool would
     otherwise hand it out again as healthy), a live one with ``idle_since``, its last
     use, for the check-in listener to keep."""
-    driver = _driver(connection)
+    live = pooled(connection)
+    driver = None if live is None else live.driver_connection
     if driver is not None and driver.is_closed():
         await asyncio.shield(connection.invalidate())
-    elif driver is not None and idle_since is not None:
-        connection.sync_connection.connection.info[HELD_SINCE] = idle_since  # type: ignore[union-attr]
+    elif live is not None and idle_since is not None:
+        live.info[HELD_SINCE] = idle_since
     await asyncio.shield(connection.close())  # as ``AsyncConnection.__aexit__`` does
 
 
