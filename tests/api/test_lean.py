@@ -129,6 +129,8 @@ async def plain_requests(client: httpx.AsyncClient, key: str) -> list[Any]:
     # an Idempotency-Key replays the first run
     headers = {"Idempotency-Key": key}
     first = keep(await client.post("/runs", json={"workflow": "lean"}, headers=headers), 202)
+    # (a replay answers the run as it is now: once it completed, in both passes alike)
+    await client.get(f"/runs/{first.json()['id']}/wait", params={"timeout_s": 10})
     replayed = keep(await client.post("/runs", json={"workflow": "lean"}, headers=headers), 202)
     assert replayed.json()["id"] == first.json()["id"]
     assert replayed.headers["idempotent-replayed"] == "true"
