@@ -69,6 +69,7 @@ class EventStream:
         self.connections = 0
         self.done = False
         self.got = 0  # events in the current connection
+        self.seen_settled = False  # the run was found settled once: one more connection
 
     def request(self, start: Call[None] | None) -> Call[None]:
         """The next connection: the start (``POST /runs/stream``) until the run is known,
@@ -94,8 +95,14 @@ class EventStream:
         return self.done
 
     def settled(self, run: Run) -> bool:
-        """After a clean close with nothing new: over if the run will send nothing more."""
-        return run.terminal or (self.until == "paused" and run.paused)
+        """After a clean close with nothing new: over if the run will send nothing more.
+        The first time the run is found settled, not yet: it may have settled after that
+        connection closed, its last events unsent; one more connection replays them."""
+        ended = run.terminal or (self.until == "paused" and run.paused)
+        if ended and not self.seen_settled:
+            self.seen_settled = True
+            return False
+        return ended
 
     def failed(self, url: str, exc: Exception) -> float:
         """A cut (or a failed reconnect): how long to wait before the next try."""

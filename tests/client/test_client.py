@@ -19,6 +19,8 @@ from stepwise.client import (
     NotFound,
     Unauthorized,
 )
+from stepwise.models import Run
+from stepwise.sse import EventStream
 from tests.client.conftest import ServerFactory
 from tests.conftest import free_port
 
@@ -327,3 +329,30 @@ async def test_stream_resumes_after_the_connection_drops_mid_frame(live_server: 
         await proxy.stop()
     assert proxy.cut == 2
     assert_whole(events)
+
+
+def _run(status: str) -> Run:
+    now = "2026-12-07T00:00:00+00:00"
+    return Run.model_validate(
+        {
+            "id": "r",
+            "workflow": {"name": "w"},
+            "status": status,
+            "created_at": now,
+            "updated_at": now,
+        }
+    )
+
+
+def test_a_stream_whose_run_settled_reads_once_more_before_it_ends() -> None:
+    """A connection that closed with nothing new, then the run found settled: it may have
+    settled after the close, its last events unsent, so the stream connects once more
+    (replaying them) and ends only when that one brings nothing either."""
+    stream = EventStream("r", 5, None, None, max_reconnects=3)
+    assert not stream.settled(_run("running"))
+    assert not stream.settled(_run("completed"))  # once more first
+    assert stream.settled(_run("completed"))
+    paused = EventStream("r", 5, None, "paused", max_reconnects=3)
+    assert not paused.settled(_run("interrupted"))
+    assert paused.settled(_run("interrupted"))
+    assert not EventStream("r", 5, None, None, 3).settled(_run("interrupted"))
