@@ -74,5 +74,5 @@ async def record_internal_error(
     if status is RunStatus.QUEUED:
         engine.on_work()
     elif run.webhook:
-        engine.on_settled(run_id)
+        engine.on_settled(run_id, None)
     return str(status)

@@ -90,7 +90,7 @@ class CommandBase:
         ):
             self.engine.on_work()
         if run.webhook and run.status in TERMINAL:
-            self.engine.on_settled(run.id)
+            self.engine.on_settled(run.id, None)
 
     async def _locked(self, session: AsyncSession, run_id: str) -> Run:
         run = await run_store.get(session, run_id, lock=True)

@@ -134,8 +134,9 @@ class RunRecorder:
             StepWrite(self.events),
         )
 
-    async def _write(self, values: dict[str, Any], last: StepWrite) -> None:
-        """Commit the staged steps and ``last`` in one fenced transaction."""
+    async def _write(self, values: dict[str, Any], last: StepWrite) -> Run | None:
+        """Commit the staged steps and ``last`` in one fenced transaction; the run's row
+        as written when the write paused or ended it."""
         earlier = [write for write, _ in self.staged]
         watch = bool(self.taken) or branchdoc.section_index(self.doc) is not None
         removed: set[str] = set()
@@ -170,6 +171,7 @@ class RunRecorder:
         if recorded.run is not None:  # the run paused or ended: its resource, if waited for
             resource = partial(_resource_json, recorded.run, self.doc)
         self.engine.on_events(self.run_id, recorded.last_event_seq, recorded.status, resource)
+        return recorded.run
 
     def _with_answers(
         self, values: dict[str, Any], answers: list[dict[str, Any]], last: StepWrite
@@ -273,7 +275,7 @@ class RunRecorder:
             self.effect_staged = self.effect_staged or effect
             return True
         try:
-            await self._write(values, write)
+            settled = await self._write(values, write)
         except AnswersArrived:  # nothing written: the run goes on instead of pausing
             self.chain, self.head_id, self.attempt = before
             self.events = [e for e in write.events if e.type not in PAUSE_EVENTS]
@@ -281,7 +283,9 @@ class RunRecorder:
         if due_at is not None:  # a timer: the claim loop must look at its time
             self.engine.on_work()
         if not running and self.webhook:
-            self.engine.on_settled(self.run_id)
+            # the body is the run as this write left it, whatever happens to it next
+            body = doc_resource(settled, self.doc) if settled is not None else None
+            self.engine.on_settled(self.run_id, body)
         return running
 
 

@@ -12,6 +12,7 @@ import logging
 
 from app.engine.resources import run_out
 from app.engine.services import Engine
+from app.schemas.runs import RunOut
 from app.steps.destinations import OutboundError
 from app.steps.outbound import send_guarded
 from app.store import runs as run_store
@@ -28,8 +29,10 @@ class WebhookSender:
         self.engine = engine
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def notify(self, run_id: str) -> None:
-        task = asyncio.create_task(self._deliver(run_id), name=f"webhook-{run_id}")
+    def notify(self, run_id: str, resource: RunOut | None = None) -> None:
+        """Deliver the run's resource: ``resource``, the run as the commit that paused or
+        ended it left it, or else the run as read when the delivery starts."""
+        task = asyncio.create_task(self._deliver(run_id, resource), name=f"webhook-{run_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -38,13 +41,17 @@ class WebhookSender:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _deliver(self, run_id: str) -> None:
-        async with transaction(self.engine.sessions) as session:
-            run = await run_store.get(session, run_id)
-            if run is None or not run.webhook:
-                return
-            url = run.webhook
-            body = (await run_out(session, run)).model_dump(mode="json")
+    async def _deliver(self, run_id: str, resource: RunOut | None) -> None:
+        if resource is None:
+            async with transaction(self.engine.sessions) as session:
+                run = await run_store.get(session, run_id)
+                if run is None:
+                    return
+                resource = await run_out(session, run)
+        if not resource.webhook:
+            return
+        url = resource.webhook
+        body = resource.model_dump(mode="json")
         delay = FIRST_DELAY_S
         for attempt in range(1, ATTEMPTS + 1):
             try:
