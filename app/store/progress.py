@@ -153,6 +153,7 @@ async def _alone(
     upto = 0
     for write, (evs, at) in zip(writes, prepared, strict=True):
         if write.checkpoint is not None:
+            write.checkpoint.created_at = write.ts or now  # as ``_numbered`` stamps it
             checkpoints.append((write.checkpoint, write.base_id, write.data))
         if not evs:
             continue

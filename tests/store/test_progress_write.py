@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import JSON, and_, text
+from sqlalchemy import JSON, and_, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -20,8 +20,8 @@ from app.store import checkpoints as checkpoint_store
 from app.store import deltas
 from app.store.checkpoints import CheckpointRow
 from app.store.database import create_engine, create_sessionmaker, lone_statement
-from app.store.events import NewEvent
-from app.store.models import Run, utcnow
+from app.store.events import NewEvent, expand
+from app.store.models import Checkpoint, Event, Run, utcnow
 from app.store.progress import StepWrite, record_step
 from app.store.runs import Lease, lease_guard
 from app.store.statements import RUN_KEYS, Unchanged, run_and_head
@@ -303,3 +303,53 @@ async def test_a_connection_the_server_ended_is_an_outage_and_is_never_reused(
     async with engine.connect() as conn:
         assert (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one() != pid
     assert await _write(engine, run_id, LEASE, "running", alone=True) is not None
+
+
+async def test_a_lone_write_stores_any_text_and_its_exact_stamps(engine: AsyncEngine) -> None:
+    """The one-statement write sends its rows as JSON: node names, ids and data with
+    quotes, backslashes, escapes, control characters and non-ASCII text, and integers
+    beyond 64 bits, are stored as given, and every stamp to the microsecond."""
+    run_id = await _new_run(engine)
+    odd = 'nœud "a"\\b\t\u2028'
+    data = {"s": 'q"\\u0000\x00\x1f é 🧪', "big": 2**70 + 1, "neg": -(2**65), "f": 0.1}
+    stamp = utcnow().replace(microsecond=123456)
+    first = CheckpointRow(str(uuid.uuid4()), run_id, None, 0, odd, odd + "2", "running", 2)
+    last = CheckpointRow(str(uuid.uuid4()), run_id, first.id, 0, odd + "2", None, "completed", 3)
+    earlier = StepWrite([NewEvent("node.started", odd, data)], first, None, data, stamp)
+    async with engine.connect() as conn:
+        recorded = await record_step(
+            conn,
+            run_id,
+            guard=LEASE,
+            values=_values("completed"),
+            events=[NewEvent("node.completed", odd + "2", {"output": data})],
+            checkpoint=last,
+            base_id=first.id,
+            data=[0, data],
+            earlier=[earlier],
+        )
+        if conn.in_transaction():  # SQLite: the write began one
+            await conn.commit()
+    assert recorded is not None
+    async with engine.connect() as conn:
+        # the rows themselves (the event_log view's JSON functions refuse \u0000)
+        events = (
+            await conn.execute(select(Event).where(Event.run_id == run_id).order_by(Event.seq))
+        ).all()
+        checkpoints = (
+            await conn.execute(
+                select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.seq)
+            )
+        ).all()
+    stored = [e for r in events for e in expand(run_id, r.seq, r.type, r.node, r.ts, r.data)]
+    assert [(e.seq, e.type, e.node, e.ts, e.data) for e in stored] == [
+        (e["seq"], e["type"], e["node"], e["ts"], e["data"]) for e in recorded.events
+    ]
+    assert [e.node for e in stored] == [odd, odd + "2", odd + "2", None]
+    assert stored[0].data == data
+    assert stored[0].ts == stored[1].ts == stamp
+    assert [(c.id, c.parent_id, c.last_node, c.next_node, c.created_at) for c in checkpoints] == [
+        (first.id, None, odd, odd + "2", stamp),
+        (last.id, first.id, odd + "2", None, stored[-1].ts),
+    ]
+    assert [c.data for c in checkpoints] == [data, [0, data]]
