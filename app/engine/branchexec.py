@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from app.engine import branchdoc, memory
 from app.engine.branchdoc import ENDED, PARALLEL, RUNNING
 from app.engine.lifecycle import RunStatus
+from app.engine.recording import counted
 from app.engine.runner import RunExecution
 from app.engine.subgraphs import SubgraphFrames
 from app.schemas.definition import WorkflowDefinition
@@ -213,6 +214,16 @@ class BranchExecution(RunExecution):
     @step_count.setter
     def step_count(self, value: int) -> None:
         self.root.step_count = value
+
+    def _account(
+        self, delta: dict[str, int] | None = None, turn: tuple[str, int] | None = None
+    ) -> dict[str, int]:
+        """Model usage is the run's, whichever branch or map item made the call: it is
+        counted in the root's document (the base of every commit of the section), so the
+        run's resource and its ``token_budget`` see every branch's calls."""
+        runtime = runtime_of(self.root)
+        runtime.base, usage = counted(runtime.base, delta, turn)
+        return usage
 
     def _settle(self) -> None:
         """Under the writer's lock, before the run's document is composed for this

@@ -96,20 +96,8 @@ class RunRecorder:
         self, delta: dict[str, int] | None = None, turn: tuple[str, int] | None = None
     ) -> dict[str, int]:
         """Add a step's model usage to the run's (kept in the run's document, so resume
-        and fork carry it); the run's total. With ``turn``, a delta is counted once: the
-        document keeps the last counted turn per key (``usage_marks``)."""
-        usage = dict(self.doc.get("usage") or EMPTY_USAGE)
-        if not delta:
-            return usage
-        marks = self.doc.get("usage_marks") or {}
-        if turn is not None:
-            key, seq = turn
-            if seq <= marks.get(key, -1):
-                return usage
-            marks = {**marks, key: seq}
-        for name in EMPTY_USAGE:
-            usage[name] = usage.get(name, 0) + int(delta.get(name, 0))
-        self.doc = {**self.doc, "usage": usage, "usage_marks": marks}
+        and fork carry it); the run's total (``counted``)."""
+        self.doc, usage = counted(self.doc, delta, turn)
         return usage
 
     async def _retrying(self, attempt: int, delay: float, error: StepError, node: str) -> None:
@@ -287,6 +275,26 @@ class RunRecorder:
             body = doc_resource(settled, self.doc) if settled is not None else None
             self.engine.on_settled(self.run_id, body)
         return running
+
+
+def counted(
+    doc: memory.Doc, delta: dict[str, int] | None, turn: tuple[str, int] | None
+) -> tuple[memory.Doc, dict[str, int]]:
+    """``doc`` with ``delta`` added to its model usage, and the usage it then holds. With
+    ``turn``, a delta is counted once: the document keeps the last counted turn per key
+    (``usage_marks``)."""
+    usage = dict(doc.get("usage") or EMPTY_USAGE)
+    if not delta:
+        return doc, usage
+    marks = doc.get("usage_marks") or {}
+    if turn is not None:
+        key, seq = turn
+        if seq <= marks.get(key, -1):
+            return doc, usage
+        marks = {**marks, key: seq}
+    for name in EMPTY_USAGE:
+        usage[name] = usage.get(name, 0) + int(delta.get(name, 0))
+    return {**doc, "usage": usage, "usage_marks": marks}, usage
 
 
 def _resource_json(run: Run, doc: memory.Doc) -> bytes:

@@ -433,6 +433,8 @@ class RunExecution(RunRecorder):
         if handoff.get("messages") is not None:  # agents (DESIGN §9): the conversation
             obj["messages"] = self.engine.redactor.json(handoff["messages"])
         self._record_output(i, node_id, obj)
+        path = memory.node_path(self.doc, i, node_id)
+        self.events.append(NewEvent("node.completed", path, self._output_event(obj)))
         self.step_count += 1
         route = {**obj, "from_node": node_id, "to_node": targets[target]}
         needs_approval = (
@@ -460,7 +462,9 @@ class RunExecution(RunRecorder):
             last=route["from_node"],
             node=route["to_node"],
         )
+        self._wrote(i, ["handoff"])  # a branch's join takes it like any key it wrote
         path = memory.node_path(self.doc, i, route["from_node"])
+        self.events.append(NewEvent("state.updated", path, {"keys": ["handoff"]}))
         self.events.append(
             NewEvent(
                 "run.handoff",
