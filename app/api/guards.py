@@ -1,5 +1,6 @@
-"""ASGI middleware that guards every request before routing: a request id, API keys,
-the body size limit (413 without reading past it) and the JSON nesting limit (422)."""
+"""ASGI middleware that guards every request before routing: a request id, API keys, NUL
+characters in the path, query or headers (422), the body size limit (413 without reading
+past it), the media type of a JSON body (415) and the JSON nesting limit (422)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,16 @@ import re
 import uuid
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import parse_qsl
 
+from fastapi import params
+from fastapi.routing import APIRoute
 from starlette._utils import get_route_path
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.bodies import duplicate_key, unstorable_json
+from app.errors import error_item
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/ui", "/ui/"})
 # the web inspector's static files: they hold no data, and its API calls send the key
@@ -42,6 +48,68 @@ def _open(path: str) -> bool:
     return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
+_NUL = "NUL characters (%00) are not accepted"
+
+
+def nul_error(scope: Scope) -> dict[str, Any] | None:
+    """The error item for a NUL character in the path, query string (both as decoded)
+    or a header of a request, if it has one. No database text column holds one (Postgres
+    refuses it in a query parameter), so no route is given a value with it."""
+    if "\x00" in scope["path"]:
+        return error_item(_nul_path_loc(scope), _NUL, "unstorable_value")
+    query: bytes = scope["query_string"]
+    if b"%00" in query or b"\x00" in query:
+        # decoded as Starlette decodes a query string
+        for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if "\x00" in key or "\x00" in value:
+                loc: list[str | int] = ["query", key.replace("\x00", "%00")]
+                return error_item(loc, _NUL, "unstorable_value")
+    for name, value in scope["headers"]:
+        if b"\x00" in value or b"\x00" in name:
+            loc = ["header", name.replace(b"\x00", b"%00").decode("latin-1")]
+            return error_item(loc, _NUL, "unstorable_value")
+    return None
+
+
+def _routes(scope: Scope) -> list[Any]:
+    return list(getattr(getattr(scope.get("app"), "router", None), "routes", ()))
+
+
+def _nul_path_loc(scope: Scope) -> list[str | int]:
+    """``["path", name]`` for the path parameter of the route the path matches that holds
+    the NUL; ``["path"]`` when no route matches."""
+    for route in _routes(scope):
+        match, child = route.matches(scope)
+        if match is not Match.NONE:
+            for name, value in child.get("path_params", {}).items():
+                if isinstance(value, str) and "\x00" in value:
+                    return ["path", name]
+            break
+    return ["path"]
+
+
+def json_media(content_type: str) -> bool:
+    """``application/json`` or ``application/*+json`` (parameters allowed): the types
+    FastAPI parses a body as JSON for."""
+    media = content_type.split(";")[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+def takes_json_body(scope: Scope) -> bool:
+    """The route the request is for reads a JSON body through FastAPI (a model or
+    ``Body()``); False for the routes that read the body themselves (workflows and
+    prompts, which accept YAML too), for routes with no body, and when none matches."""
+    for route in _routes(scope):
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            if not isinstance(route, APIRoute) or route.body_field is None:
+                return False
+            return not isinstance(route.body_field.field_info, params.Form)
+    return False
+
+
 async def _send_problem(
     send: Send,
     status: int,
@@ -50,7 +118,12 @@ async def _send_problem(
     headers: Sequence[tuple[bytes, bytes]] = (),
     errors: list[dict[str, Any]] | None = None,
 ) -> None:
-    titles = {401: "Unauthorized", 413: "Payload too large", 422: "Unprocessable content"}
+    titles = {
+        401: "Unauthorized",
+        413: "Payload too large",
+        415: "Unsupported media type",
+        422: "Unprocessable content",
+    }
     problem: dict[str, Any] = {
         "type": f"https://stepwise.dev/problems/{code}",
         "title": titles.get(status, "Error"),
@@ -109,13 +182,27 @@ class RequestGuards:
                 [(b"www-authenticate", b"Bearer")],
             )
             return
+        nul = nul_error(scope)
+        if nul is not None:
+            where = ".".join(str(part) for part in nul["loc"])
+            message = f"{where}: {nul['msg']}"
+            await _send_problem(send_with_id, 422, "validation_error", message, errors=[nul])
+            return
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send_with_id)
             return
         body = await self._read_body(headers, receive, send_with_id)
         if body is None:
             return
-        content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
+        # the first Content-Type, as FastAPI and the endpoints read it
+        sent_type = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+        content_type = sent_type.decode("latin-1").lower()
+        # (an empty body has no media type to refuse: an optional body may be left out)
+        if body and not json_media(content_type) and takes_json_body(scope):
+            media = content_type.split(";")[0].strip()
+            message = "send the body as application/json" + (f", not {media!r}" if media else "")
+            await _send_problem(send_with_id, 415, "unsupported_media_type", message)
+            return
         if body and ("json" in content_type or not content_type):
             limit = self.max_json_depth
             if json_depth(body, at_most=limit) > limit:

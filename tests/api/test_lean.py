@@ -183,8 +183,8 @@ ODD_STARTS: list[tuple[str, dict[str, Any], int]] = [
     ("/runs", {"json": {"workflow": "lean", "version": 0}}, 422),
     ("/runs", {"json": {"inputs": {}}}, 422),
     ("/runs", {"json": {"workflow": "lean"}, "headers": {"Idempotency-Key": "k" * 256}}, 422),
-    ("/runs", {"content": b'{"workflow": "lean"}', "headers": {"content-type": "text/plain"}}, 422),
-    ("/runs", {"content": b'{"workflow": "lean"}', "headers": {"content-type": ""}}, 422),
+    # (a body that is not JSON gets a 415 from the guards, before any handler: see
+    # tests/api/test_media_types.py)
     # served, by FastAPI: a +json type; a query parameter the route does not take
     ("/runs", {"content": b'{"workflow": "lean"}', "headers": {"content-type": XJSON}}, 202),
     ("/runs?x=1", {"json": {"workflow": "lean"}}, 202),

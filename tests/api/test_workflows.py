@@ -226,8 +226,7 @@ async def test_unknown_workflows_are_404_problems(client: httpx.AsyncClient) -> 
         "/workflows/nope/versions/1",
         "/workflows/linear/versions/2",
         "/workflows/Not%20A%20Name",
-        "/workflows/x%00y",
-        "/workflows/x%00y/versions/1",
+        # (a NUL in the path is a 422 from the request guards: tests/api/test_nul_characters.py)
     ):
         response = await client.get(path)
         assert response.status_code == 404, (path, response.text)
