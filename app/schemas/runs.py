@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Action(BaseModel):
@@ -24,6 +24,18 @@ class RunCreate(_Action):
         default=None, description="RFC 3339; the run stays queued until then"
     )
     webhook: str | None = Field(default=None, max_length=2048, pattern=r"^https?://")
+
+    @field_validator("start_at")
+    @classmethod
+    def _in_utc(cls, value: datetime | None) -> datetime | None:
+        """Stored in UTC: a time whose offset takes it out of the years 1-9999 there
+        (``0001-01-01T00:00:00+01:00``) is refused here, not by the database."""
+        if value is None:
+            return None
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("is out of range once converted to UTC") from None
 
     @model_validator(mode="after")
     def _one_source(self) -> RunCreate:
