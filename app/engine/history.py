@@ -13,6 +13,7 @@ from app.engine.queueing import CommandBase, load_doc
 from app.engine.validation import instance_errors
 from app.errors import Conflict, Invalid, error_item
 from app.schemas.runs import ForkRequest, StateEdit
+from app.store import agent_turns as agent_turn_store
 from app.store import checkpoints as checkpoint_store
 from app.store import runs as run_store
 from app.store.checkpoints import CheckpointRow
@@ -65,6 +66,41 @@ async def _write_snapshot(
 
 # a resumed run starts counting lapsed leases and internal errors anew
 FRESH_COUNTERS = {"recoveries": 0, "error_attempts": 0}
+
+
+def _marks_for_fork(doc: Any, source_id: str, fork_id: str) -> Any:
+    """``doc`` with the model turns its usage counted (``usage_marks``, keyed by the step
+    visit's idempotency key ``run:node:visit``) keyed by the fork's id: the fork replays
+    the journal turns copied from the source under its own id, and a turn the checkpoint's
+    usage counted is not counted again (one it had not counted yet is, once)."""
+    prefix = f"{source_id}:"
+    marks = doc.get("usage_marks")
+    if marks:
+        renamed = {
+            f"{fork_id}:{key[len(prefix) :]}" if key.startswith(prefix) else key: seq
+            for key, seq in marks.items()
+        }
+        doc = {**doc, "usage_marks": renamed}
+    i = branchdoc.section_index(doc)
+    if i is None:
+        return doc
+    section = doc["frames"][i][branchdoc.PARALLEL]
+    branches = [
+        {**entry, "doc": _marks_for_fork(entry["doc"], source_id, fork_id)}
+        for entry in section["branches"]
+    ]
+    return memory.replace_frame(doc, i, **{branchdoc.PARALLEL: {**section, "branches": branches}})
+
+
+def _without_prompt(frames: list[Any], awaiting: dict[str, Any] | None) -> list[Any]:
+    """The frames without the prompt an input pause added to the session's messages: the
+    node runs again in the fork and adds it as it pauses, so it is there once."""
+    prompt = (awaiting or {}).get("prompt")
+    messages = frames[-1].get("messages") or []
+    said = messages[-1] if messages else {}
+    if prompt is None or (said.get("role"), said.get("content")) != ("assistant", prompt):
+        return frames
+    return [*frames[:-1], {**frames[-1], "messages": messages[:-1]}]
 
 
 class HistoryCommands(CommandBase):
@@ -130,7 +166,11 @@ class HistoryCommands(CommandBase):
             # the patch reaches the branches of a fan-out too; pending pauses stay pending
             doc = branchdoc.patch_state(doc, body.state_patch)
             if branchdoc.section_index(doc) is None:
-                doc = {"frames": doc["frames"], "interrupt": None, "awaiting": None}
+                # its paused node runs again (an agent from its journal, copied below) and
+                # pauses anew; the model usage counted so far stays the fork's
+                counted: dict[str, Any] = {k: doc[k] for k in ("usage", "usage_marks") if k in doc}
+                frames = _without_prompt(doc["frames"], doc.get("awaiting"))
+                doc = {"frames": frames, "interrupt": None, "awaiting": None, **counted}
             inputs = source.inputs
             if body.inputs_patch is not None:
                 inputs = memory.merge_patch(source.inputs, body.inputs_patch)
@@ -145,6 +185,7 @@ class HistoryCommands(CommandBase):
                         )
             now = utcnow()
             fork_id, fork_checkpoint = new_id(), new_id()
+            doc = _marks_for_fork(doc, source.id, fork_id)
             next_node = checkpoint.next_node
             forked = {"from_run_id": source.id, "run_id": fork_id, "checkpoint_id": checkpoint.id}
             events = [
@@ -204,6 +245,9 @@ class HistoryCommands(CommandBase):
                 None,
                 doc,
             )
+            # an agent paused (or cut short) at the checkpoint goes on from its last turn
+            # recorded before it: the fork gets the source's journal as of the checkpoint
+            await agent_turn_store.copy_to_fork(session, source.id, fork_id, checkpoint.created_at)
             await insert_events(session, fork_id, len(events), events, now, groups=[len(events)])
             recorded = await record_step(
                 session,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, literal, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -31,3 +32,27 @@ async def record(
               "data": data}  # fmt: skip
     insert = pg_insert if dialect_name(session) == "postgresql" else sqlite_insert
     await session.execute(insert(table(AgentTurn)).values(**values).on_conflict_do_nothing())
+
+
+async def copy_to_fork(session: Executor, source_id: str, fork_id: str, upto: datetime) -> None:
+    """Give a fork the journal its source had when the fork's checkpoint was written: every
+    turn of ``source_id`` recorded at or before ``upto`` (the checkpoint's time), under
+    ``fork_id``, with the same keys and times. A turn is recorded before the step that
+    made it returns, so before any checkpoint that holds what came of it; a turn recorded
+    after the checkpoint (a later answer, the rest of the loop) stays the source's.
+
+    The fork's checkpoint holds the same node visits, so an agent paused (or cut short)
+    at that checkpoint goes on in the fork from its last turn recorded before it, as it
+    would in the source resumed there; a visit that had ended is not run again under the
+    same key. The rows are copied by the database, in the caller's transaction."""
+    columns = ("run_id", "node", "visit", "seq", "kind", "data", "created_at")
+    turns = select(
+        literal(fork_id),
+        AgentTurn.node,
+        AgentTurn.visit,
+        AgentTurn.seq,
+        AgentTurn.kind,
+        AgentTurn.data,
+        AgentTurn.created_at,
+    ).where(AgentTurn.run_id == source_id, AgentTurn.created_at <= upto)
+    await session.execute(insert(table(AgentTurn)).from_select(columns, turns))

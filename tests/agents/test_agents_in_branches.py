@@ -93,7 +93,11 @@ async def test_usage_of_agents_in_map_items_is_the_runs(
         "nodes": {
             "each": {
                 "step": "map",
-                "with": {"workflow": "ask-one", "items": ["x", "y", "z"], "inputs": {"q": "{{ item }}"}},
+                "with": {
+                    "workflow": "ask-one",
+                    "items": ["x", "y", "z"],
+                    "inputs": {"q": "{{ item }}"},
+                },
             }
         },
     }
