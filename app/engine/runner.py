@@ -291,7 +291,8 @@ class RunExecution(RunRecorder):
             path = memory.node_path(self.doc, i, node_id)
             prompt = None if result.prompt is None else self.engine.redactor.text(result.prompt)
             awaiting = {"node": path, "prompt": prompt}
-            if prompt is not None:
+            # (a resume at this very pause runs the node again: its prompt is said already)
+            if prompt is not None and self.doc.get("awaiting") != awaiting:
                 frame = self.doc["frames"][i]
                 said = {"role": "assistant", "content": prompt, "ts": utcnow().isoformat()}
                 self.doc = memory.replace_frame(self.doc, i, messages=[*frame["messages"], said])

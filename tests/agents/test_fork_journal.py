@@ -181,6 +181,36 @@ async def test_resume_at_a_paused_agents_checkpoint_keeps_the_pause(
     assert done["usage"]["model_calls"] == 2
 
 
+async def test_resume_at_an_awaiting_sessions_checkpoint_keeps_its_history(
+    client: httpx.AsyncClient, fake: FakeModel
+) -> None:
+    """The session's node runs again from its journal and pauses anew: its prompt is in
+    the session's messages once, and no model call is made."""
+    fake.push(Answer(text="first answer"), Answer(text="second"))
+    definition = agent_workflow(
+        fake, node={"with": {"prompt": "{{ inputs.question }}", "session": True}}
+    )
+    run = await run_and_wait(client, {"definition": definition, "inputs": {"question": "hi"}})
+    assert run["status"] == "awaiting_input", run
+    response = await client.post(
+        f"/runs/{run['id']}/resume", json={"checkpoint_id": await _head(client, run["id"])}
+    )
+    assert response.status_code == 202, response.text
+    run = await until_status(client, run["id"], "awaiting_input", "completed", "failed")
+    assert run["status"] == "awaiting_input", run
+    assert run["awaiting_input"]["prompt"] == "first answer"
+    assert len(fake.model_requests) == 1
+    head = await _head(client, run["id"])
+    detail = (await client.get(f"/runs/{run['id']}/checkpoints/{head}")).json()
+    said = [(m["role"], m["content"]) for m in detail["frames"][0]["messages"]]
+    assert said == [("assistant", "first answer")]
+    response = await client.post(f"/runs/{run['id']}/messages", json={"message": "more"})
+    assert response.status_code == 202, response.text
+    run = await until_status(client, run["id"], "awaiting_input", "completed", "failed")
+    assert run["awaiting_input"]["prompt"] == "second"
+    assert _assistant_texts(fake, fake.model_requests[1].body) == ["first answer"]
+
+
 def _fan_out(fake: FakeModel) -> dict[str, Any]:
     """``p`` fans out to an asking agent ``a`` and a plain interrupt ``q``; both join."""
     definition = agent_workflow(fake, agent={"ask_human": True})
