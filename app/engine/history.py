@@ -134,6 +134,8 @@ class HistoryCommands(CommandBase):
                 if run.status in (RunStatus.QUEUED, RunStatus.RUNNING):
                     raise Conflict(f"run {run_id} is {run.status}", code="run_not_resumable")
                 checkpoint, doc, _ = await load_doc(session, run, checkpoint_id)
+                # run.resumed says the status the run was in, not the checkpoint's
+                info = {"checkpoint_id": checkpoint.id, "from": str(run.status)}
                 run = await change_status(
                     session,
                     run_id,
@@ -142,7 +144,7 @@ class HistoryCommands(CommandBase):
                     values={
                         "head_checkpoint_id": checkpoint.id,
                         "step_count": checkpoint.steps_completed,
-                        "resume_data": {"info": {"checkpoint_id": checkpoint.id}},
+                        "resume_data": {"info": info},
                         "due_at": None,
                         "error": None,
                         "output": None,

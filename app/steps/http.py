@@ -25,7 +25,7 @@ from email.utils import parsedate_to_datetime
 from typing import Annotated, Any, Final
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.steps.base import StepContext, StepResult
 from app.steps.clients import OutboundClient, make_http_client
@@ -53,7 +53,10 @@ class OutboundConfig(BaseModel):
 
     url: str = Field(min_length=1)
     headers: dict[str, Scalar] = Field(default_factory=dict)
-    timeout_s: PositiveSeconds = 30.0
+    # DESIGN §2 names it ``timeout``: either key, in seconds (both at once: an extra key)
+    timeout_s: PositiveSeconds = Field(
+        default=30.0, validation_alias=AliasChoices("timeout_s", "timeout")
+    )
 
     @field_validator("headers")
     @classmethod

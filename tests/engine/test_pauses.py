@@ -289,6 +289,11 @@ async def test_resume_from_an_earlier_checkpoint(make_client: AppFactory) -> Non
     history2 = (await client.get(f"/runs/{run['id']}/checkpoints")).json()["items"]
     new = [c for c in history2 if c["id"] not in {h["id"] for h in history}]
     assert new[0]["parent_id"] == after_b["id"]
+    resumed_events = await events_of(client, run["id"], types="run.resumed")
+    # the status the run was in, not the checkpoint's ("running")
+    assert [e["data"] for e in resumed_events] == [
+        {"from": "completed", "checkpoint_id": after_b["id"]}
+    ]
     old_branch = (await client.get(f"/runs/{run['id']}/checkpoints/{history[-1]['id']}")).json()
     assert old_branch["state"] == {"a": True, "b": True, "c": True, "d": True}
     unknown = await client.post(f"/runs/{run['id']}/resume", json={"checkpoint_id": "nope"})

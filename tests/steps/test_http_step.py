@@ -221,6 +221,19 @@ async def test_timeout(server: LoopbackServer, http_client: httpx.AsyncClient) -
     assert "0.2 s" in result.error.message
 
 
+async def test_timeout_is_also_read_as_design_names_it(
+    server: LoopbackServer, http_client: httpx.AsyncClient
+) -> None:
+    """DESIGN §2 lists the key as ``timeout``: it is ``timeout_s``; both at once is refused."""
+    server.route("/slow", Reply(200, delay_s=2))
+    result = await run({"url": server.url("/slow"), "timeout": 0.2}, http_client)
+    assert failed_code(result) == "timeout"
+    assert result.error is not None and "0.2 s" in result.error.message
+    both = await run({"url": server.url("/slow"), "timeout": 0.2, "timeout_s": 0.3}, http_client)
+    assert failed_code(both) == "invalid_step_config"
+    assert both.error is not None and "timeout" in both.error.message
+
+
 async def test_network_error(http_client: httpx.AsyncClient) -> None:
     with socket.socket() as sock:  # a port that nothing listens on
         sock.bind(("127.0.0.1", 0))
