@@ -230,10 +230,33 @@ class DefinitionValidator:
             if not self._registry.knows(node.step):
                 msg = f"unknown step type {node.step!r}; known: {', '.join(self._registry.names)}"
                 errors.append(error_item(["nodes", node_id, "step"], msg, "unknown_step"))
+            else:
+                errors += self._config_key_errors(node_id, node.step, node.with_)
             schema = node.with_.get("schema") if node.step == "interrupt" else None
             if schema is not None and not self._templates.has_template(schema):
                 errors += schema_errors(schema, ["nodes", node_id, "with", "schema"])
         return errors
+
+    def _config_key_errors(
+        self, node_id: str, step_name: str, config: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Keys of ``with`` the node's step does not take, for a step that says which it
+        takes (``config_keys``): refused when stored rather than failing the run."""
+        keys: frozenset[str] | None = None
+        if step_name in self._registry.step_names:
+            keys = getattr(self._registry.get(step_name), "config_keys", None)
+        if keys is None:
+            return []
+        known = ", ".join(sorted(keys))
+        return [
+            error_item(
+                ["nodes", node_id, "with", key],
+                f"the {step_name} step takes no `{key}` (it takes {known})",
+                "unknown_key",
+            )
+            for key in config
+            if key not in keys
+        ]
 
     def _edge_errors(self, d: WorkflowDefinition) -> list[dict[str, Any]]:
         errors = []

@@ -296,8 +296,23 @@ def outbound_failure(exc: Exception, method: str, url: str, timeout_s: float) ->
 # --------------------------------------------------------------------------- the step
 
 
+def accepted_keys(model: type[BaseModel]) -> frozenset[str]:
+    """The keys a ``with`` validated by ``model`` may have (its fields as they are given:
+    by alias where one is set, every choice of a validation alias)."""
+    keys: set[str] = set()
+    for name, field in model.model_fields.items():
+        keys.add(field.alias or name)
+        choices = field.validation_alias
+        if isinstance(choices, AliasChoices):
+            keys.update(c for c in choices.choices if isinstance(c, str))
+    return frozenset(keys)
+
+
 class HttpStep:
     """``step: http``."""
+
+    # checked when a definition is stored (app.engine.validation), not only when it runs
+    config_keys = accepted_keys(HttpConfig)
 
     async def execute(self, ctx: StepContext) -> StepResult:
         try:

@@ -64,5 +64,10 @@ class StepRegistry:
         return self._steps[name]
 
     @property
+    def step_names(self) -> frozenset[str]:
+        """The steps this registry holds (not the engine's own, such as ``map``)."""
+        return frozenset(self._steps)
+
+    @property
     def names(self) -> list[str]:
         return sorted([*self._steps, *ENGINE_STEPS])

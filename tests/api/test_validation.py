@@ -141,6 +141,12 @@ async def test_the_base_definition_is_valid(client: httpx.AsyncClient) -> None:
         (["name"], "Not A Name", ["name"], "string_pattern_mismatch"),
         (["nodes"], {}, ["nodes"], "too_short"),
         (["version"], 3, ["version"], "extra_forbidden"),
+        (
+            ["nodes", "pay", "with", "timeout_sec"],
+            5,
+            ["nodes", "pay", "with", "timeout_sec"],
+            "unknown_key",
+        ),
     ],
 )
 async def test_each_refusal_names_its_path(
@@ -356,3 +362,23 @@ async def test_bad_documents_are_invalid_not_errors(client: httpx.AsyncClient) -
         else:  # refused for every endpoint before routing (too deep, unstorable JSON values)
             assert checked.status_code == 422 and checked.json()["code"] == stored.json()["code"]
     assert (await client.get("/workflows")).json()["items"] == []
+
+
+async def test_an_http_step_takes_its_documented_keys(client: httpx.AsyncClient) -> None:
+    """Every key of the http step's ``with`` is known when stored (``timeout`` as DESIGN
+    names it, ``timeout_s`` as the docs do, templated values alike)."""
+    document = changed(
+        ["nodes", "pay", "with"],
+        {
+            "method": "POST",
+            "url": "https://payments.example/refunds",
+            "headers": {"X-Id": "{{ inputs.amount }}"},
+            "query": {"a": 1},
+            "json": {"amount": "{{ inputs.amount }}"},
+            "timeout": "{{ 5 }}",
+            "follow_redirects": True,
+            "retry_on_4xx": False,
+        },
+    )
+    response = await client.post("/workflows", json=document)
+    assert response.status_code == 201, response.text
