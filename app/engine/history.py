@@ -92,17 +92,6 @@ def _marks_for_fork(doc: Any, source_id: str, fork_id: str) -> Any:
     return memory.replace_frame(doc, i, **{branchdoc.PARALLEL: {**section, "branches": branches}})
 
 
-def _without_prompt(frames: list[Any], awaiting: dict[str, Any] | None) -> list[Any]:
-    """The frames without the prompt an input pause added to the session's messages: the
-    node runs again in the fork and adds it as it pauses, so it is there once."""
-    prompt = (awaiting or {}).get("prompt")
-    messages = frames[-1].get("messages") or []
-    said = messages[-1] if messages else {}
-    if prompt is None or (said.get("role"), said.get("content")) != ("assistant", prompt):
-        return frames
-    return [*frames[:-1], {**frames[-1], "messages": messages[:-1]}]
-
-
 class HistoryCommands(CommandBase):
     async def resume(self, run_id: str, checkpoint_id: str | None) -> Run:
         waking = False
@@ -171,8 +160,7 @@ class HistoryCommands(CommandBase):
                 # its paused node runs again (an agent from its journal, copied below) and
                 # pauses anew; the model usage counted so far stays the fork's
                 counted: dict[str, Any] = {k: doc[k] for k in ("usage", "usage_marks") if k in doc}
-                frames = _without_prompt(doc["frames"], doc.get("awaiting"))
-                doc = {"frames": frames, "interrupt": None, "awaiting": None, **counted}
+                doc = {"frames": doc["frames"], "interrupt": None, "awaiting": None, **counted}
             inputs = source.inputs
             if body.inputs_patch is not None:
                 inputs = memory.merge_patch(source.inputs, body.inputs_patch)

@@ -291,11 +291,14 @@ class RunExecution(RunRecorder):
             path = memory.node_path(self.doc, i, node_id)
             prompt = None if result.prompt is None else self.engine.redactor.text(result.prompt)
             awaiting = {"node": path, "prompt": prompt}
-            # (a resume at this very pause runs the node again: its prompt is said already)
-            if prompt is not None and self.doc.get("awaiting") != awaiting:
-                frame = self.doc["frames"][i]
+            messages = self.doc["frames"][i]["messages"]
+            # said once: a resume or a fork at this very pause runs the node again, and its
+            # prompt is then the session's last message already (no user turn came since)
+            last = messages[-1] if messages else {}
+            repeated = (last.get("role"), last.get("content")) == ("assistant", prompt)
+            if prompt is not None and not repeated:
                 said = {"role": "assistant", "content": prompt, "ts": utcnow().isoformat()}
-                self.doc = memory.replace_frame(self.doc, i, messages=[*frame["messages"], said])
+                self.doc = memory.replace_frame(self.doc, i, messages=[*messages, said])
             self.doc = {**self.doc, "awaiting": awaiting}
             self.events.append(NewEvent("run.awaiting_input", path, awaiting))
             return await self._commit(RunStatus.AWAITING_INPUT, i, node_id)
