@@ -19,7 +19,7 @@ from starlette._utils import get_route_path
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.bodies import duplicate_key, unstorable_json
+from app.api.bodies import duplicate_key, media_type, unstorable_json
 from app.errors import error_item
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/ui", "/ui/"})
@@ -71,27 +71,34 @@ def nul_error(scope: Scope) -> dict[str, Any] | None:
     return None
 
 
-def _routes(scope: Scope) -> list[Any]:
-    return list(getattr(getattr(scope.get("app"), "router", None), "routes", ()))
+def _matched(scope: Scope) -> tuple[Any, Match, Scope] | None:
+    """The route the router would take for the request: the first that matches fully,
+    else the first that matches its path alone (another method), with how it matched and
+    the scope it adds; None when none does."""
+    partial = None
+    for route in getattr(getattr(scope.get("app"), "router", None), "routes", ()):
+        match, child = route.matches(scope)
+        if match is Match.FULL:
+            return route, match, child
+        if match is Match.PARTIAL and partial is None:
+            partial = route, match, child
+    return partial
 
 
 def _nul_path_loc(scope: Scope) -> list[str | int]:
     """``["path", name]`` for the path parameter of the route the path matches that holds
     the NUL; ``["path"]`` when no route matches."""
-    for route in _routes(scope):
-        match, child = route.matches(scope)
-        if match is not Match.NONE:
-            for name, value in child.get("path_params", {}).items():
-                if isinstance(value, str) and "\x00" in value:
-                    return ["path", name]
-            break
+    matched = _matched(scope)
+    for name, value in (matched[2].get("path_params", {}) if matched else {}).items():
+        if isinstance(value, str) and "\x00" in value:
+            return ["path", name]
     return ["path"]
 
 
 def json_media(content_type: str) -> bool:
     """``application/json`` or ``application/*+json`` (parameters allowed): the types
     FastAPI parses a body as JSON for."""
-    media = content_type.split(";")[0].strip().lower()
+    media = media_type(content_type) if content_type else ""
     return media == "application/json" or (
         media.startswith("application/") and media.endswith("+json")
     )
@@ -101,13 +108,13 @@ def takes_json_body(scope: Scope) -> bool:
     """The route the request is for reads a JSON body through FastAPI (a model or
     ``Body()``); False for the routes that read the body themselves (workflows and
     prompts, which accept YAML too), for routes with no body, and when none matches."""
-    for route in _routes(scope):
-        match, _ = route.matches(scope)
-        if match is Match.FULL:
-            if not isinstance(route, APIRoute) or route.body_field is None:
-                return False
-            return not isinstance(route.body_field.field_info, params.Form)
-    return False
+    matched = _matched(scope)
+    if matched is None or matched[1] is not Match.FULL:
+        return False
+    route = matched[0]
+    if not isinstance(route, APIRoute) or route.body_field is None:
+        return False
+    return not isinstance(route.body_field.field_info, params.Form)
 
 
 async def _send_problem(
