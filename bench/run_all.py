@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from bench.common import DEFAULTS, PG_ADMIN_URL, QUICK, log, query
 
 HERE = Path(__file__).resolve().parent
@@ -44,6 +46,21 @@ PACKAGES = (
     "stepwise", "fastapi", "uvicorn", "sqlalchemy", "asyncpg", "httpx", "langgraph",
     "langgraph-checkpoint-postgres", "dbos", "psycopg", "py-spy",
 )  # fmt: skip
+
+
+def settle(max_wait_s: float = 90.0, idle_below: float = 10.0) -> dict[str, float]:
+    """Wait for a quiet machine before a part: Postgres writes its dirty pages out
+    (``CHECKPOINT``, so the previous part's writes are not flushed during this one), then
+    the machine's CPU use, measured over one-second windows, must fall below
+    ``idle_below`` percent twice in a row (at most ``max_wait_s``). The load average,
+    which lags by a minute, cannot tell a busy machine from one that just stopped."""
+    began = time.monotonic()
+    query(PG_ADMIN_URL, "CHECKPOINT")
+    quiet, busy = 0, 100.0
+    while quiet < 2 and time.monotonic() - began < max_wait_s:
+        busy = psutil.cpu_percent(interval=1.0)
+        quiet = quiet + 1 if busy < idle_below else 0
+    return {"waited_s": round(time.monotonic() - began, 1), "cpu_percent": busy}
 
 
 def run_suite(module: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -303,7 +320,17 @@ def write_results(data: dict[str, Any], path: Path) -> None:
         "in-process with no HTTP. Every figure was measured twice (`rep 1 / rep 2`); "
         "ratios use the mean of the two.\n"
     )
-    if data.get("load_average"):
+    if data.get("settled"):
+        waits = ", ".join(
+            f"{k} {v['waited_s']:.0f} s ({v['cpu_percent']:.0f}%)"
+            for k, v in data["settled"].items()
+        )
+        add(
+            "Before each part the run waited for a quiet machine (a Postgres `CHECKPOINT`, "
+            "then CPU use under 10% over two one-second windows): the wait, and the CPU use "
+            f"it ended at: {waits}.\n"
+        )
+    elif data.get("load_average"):
         loads = ", ".join(f"{k} {v[0]:.1f}" for k, v in data["load_average"].items())
         add(
             "1-minute load average when each part started (anything above ~1 before a part "
@@ -636,6 +663,7 @@ def main() -> None:
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     data: dict[str, Any] = {"machine": machine(), "params": params, "quick": args.quick}
     data["load_average"] = {}
+    data["settled"] = {}
     data["postgres_restarts"] = {}
     saved = HERE / "results.json"
     if set(parts) < set(PARTS) and saved.exists():
@@ -645,10 +673,12 @@ def main() -> None:
             rerun = {**previous.get("rerun", {}), **{p: data["machine"]["date"] for p in parts}}
             data = {**previous, "rerun": rerun}
             data.setdefault("load_average", {})
+            data.setdefault("settled", {})
             data.setdefault("postgres_restarts", {})
         else:
             log("results.json was measured with other parameters: not merging")
     for part in parts:
+        data["settled"][part] = settle()
         data["load_average"][part] = [round(x, 2) for x in os.getloadavg()]
         log_offset = pg_log_size()
         if part == "sse":
