@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import random
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import ValidationError
-from sqlalchemy.exc import IntegrityError
 
 from app.api import deps
 from app.api.bodies import parse_document
 from app.api.problems import PROBLEM_RESPONSE
+from app.api.versioned import VersionedResource
 from app.engine.prompts import prompt_hash, template_errors
 from app.engine.services import Engine
 from app.engine.validation import pydantic_errors
-from app.errors import Conflict, Invalid, NotFound, error_item
-from app.schemas.definition import NAME_PATTERN
+from app.errors import Invalid, error_item
 from app.schemas.prompts import (
     PromptCreate,
     PromptList,
@@ -26,8 +23,6 @@ from app.schemas.prompts import (
     PromptSummary,
     PromptVersionList,
 )
-from app.store import prompts as prompt_store
-from app.store.database import transaction
 from app.store.models import Prompt
 
 router = APIRouter(tags=["prompts"])
@@ -36,10 +31,9 @@ EngineDep = Annotated[Engine, Depends(deps.engine)]
 Version = Annotated[int, Path(ge=1, le=2**31 - 1)]
 Limit = Annotated[int, Query(ge=1, le=500)]
 
-_NAME = re.compile(NAME_PATTERN)
+PROMPTS = VersionedResource(Prompt, "prompt")
 # Compiling a large template leaves the event loop.
 _THREAD_ABOVE_BYTES = 64 << 10
-_STORE_ATTEMPTS = 20
 
 _PROMPT_BODY: dict[str, Any] = {
     "requestBody": {
@@ -51,11 +45,6 @@ _PROMPT_BODY: dict[str, Any] = {
         },
     }
 }
-
-
-def _not_found(name: str, version: int | None = None) -> NotFound:
-    which = f"prompt {name!r}" if version is None else f"prompt {name!r} version {version}"
-    return NotFound(f"{which} not found", code="prompt_not_found")
 
 
 def _out(row: Prompt) -> PromptOut:
@@ -120,26 +109,22 @@ async def store_prompt(request: Request, response: Response, engine: EngineDep) 
     else:
         prompt = _parse(engine, body, content_type)
     digest = prompt_hash(prompt.template, prompt.description)
-    # insert-or-retry, as for workflows: a concurrent store of the same name makes the
-    # insert fail on (name, version), and the next round sees that version
-    for attempt in range(_STORE_ATTEMPTS):
-        if attempt:
-            await asyncio.sleep(random.uniform(0, 0.005 * attempt))
-        try:
-            async with transaction(engine.sessions) as session:
-                latest = await prompt_store.latest(session, prompt.name)
-                if latest is not None and latest.hash == digest:
-                    response.status_code = 200
-                    return _out(latest)
-                version = 1 if latest is None else latest.version + 1
-                row = await prompt_store.add_version(
-                    session, prompt.name, version, prompt.template, prompt.description, digest
-                )
-        except IntegrityError:
-            continue
-        response.headers["Location"] = f"/prompts/{prompt.name}/versions/{version}"
-        return _out(row)
-    raise Conflict("could not store the prompt under concurrent updates; retry", code="conflict")
+
+    def make(version: int) -> Prompt:
+        return Prompt(
+            name=prompt.name,
+            version=version,
+            template=prompt.template,
+            description=prompt.description,
+            hash=digest,
+        )
+
+    row, created = await PROMPTS.store(engine, prompt.name, digest, make)
+    if created:
+        response.headers["Location"] = f"/prompts/{row.name}/versions/{row.version}"
+    else:
+        response.status_code = 200
+    return _out(row)
 
 
 @router.get("/prompts", response_model=PromptList)
@@ -149,9 +134,7 @@ async def list_prompts(
     limit: Limit = 50,
 ) -> PromptList:
     """The latest version of every prompt, by name."""
-    after = deps.decode_name_cursor(cursor)
-    async with transaction(engine.sessions) as session:
-        rows = await prompt_store.list_latest(session, after=after, limit=limit + 1)
+    rows, next_cursor = await PROMPTS.names(engine, cursor, limit)
     items = [
         PromptSummary(
             name=row.name,
@@ -160,22 +143,15 @@ async def list_prompts(
             description=row.description,
             updated_at=row.created_at,
         )
-        for row, count in rows[:limit]
+        for row, count in rows
     ]
-    more = len(rows) > limit
-    return PromptList(items=items, next_cursor=deps.encode_cursor(items[-1].name) if more else None)
+    return PromptList(items=items, next_cursor=next_cursor)
 
 
 @router.get("/prompts/{name}", response_model=PromptOut, responses={404: PROBLEM_RESPONSE})
 async def get_prompt(name: str, engine: EngineDep) -> PromptOut:
     """The latest version of a prompt."""
-    if not _NAME.match(name):
-        raise _not_found(name)
-    async with transaction(engine.sessions) as session:
-        row = await prompt_store.latest(session, name)
-    if row is None:
-        raise _not_found(name)
-    return _out(row)
+    return _out(await PROMPTS.latest(engine, name))
 
 
 @router.get(
@@ -188,19 +164,8 @@ async def list_prompt_versions(
     limit: Limit = 50,
 ) -> PromptVersionList:
     """The versions of a prompt, newest first."""
-    if not _NAME.match(name):
-        raise _not_found(name)
-    before = deps.decode_version_cursor(cursor)
-    async with transaction(engine.sessions) as session:
-        rows = await prompt_store.list_versions(session, name, before=before, limit=limit + 1)
-        if not rows and (before is None or await prompt_store.latest(session, name) is None):
-            raise _not_found(name)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return PromptVersionList(
-        items=[_out(r) for r in rows],
-        next_cursor=deps.encode_cursor(rows[-1].version) if more else None,
-    )
+    rows, next_cursor = await PROMPTS.versions(engine, name, cursor, limit)
+    return PromptVersionList(items=[_out(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get(
@@ -210,10 +175,4 @@ async def list_prompt_versions(
 )
 async def get_prompt_version(name: str, version: Version, engine: EngineDep) -> PromptOut:
     """One version of a prompt."""
-    if not _NAME.match(name):
-        raise _not_found(name, version)
-    async with transaction(engine.sessions) as session:
-        row = await prompt_store.get_version(session, name, version)
-    if row is None:
-        raise _not_found(name, version)
-    return _out(row)
+    return _out(await PROMPTS.version(engine, name, version))

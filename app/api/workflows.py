@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import random
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from sqlalchemy.exc import IntegrityError
 
 from app import metrics
 from app.api import deps
 from app.api.bodies import parse_document
 from app.api.problems import PROBLEM_RESPONSE
+from app.api.versioned import VersionedResource
 from app.engine.prompts import check_prompt_refs
 from app.engine.services import Engine
 from app.engine.validation import definition_hash
-from app.errors import Conflict, Invalid, NotFound, error_item
-from app.schemas.definition import NAME_PATTERN
+from app.errors import Invalid, error_item
 from app.schemas.workflows import (
     ValidationResult,
     VersionList,
@@ -26,7 +23,6 @@ from app.schemas.workflows import (
     WorkflowOut,
     WorkflowSummary,
 )
-from app.store import workflows as workflow_store
 from app.store.database import transaction
 from app.store.models import Workflow
 
@@ -47,18 +43,12 @@ EngineDep = Annotated[Engine, Depends(deps.engine)]
 Version = Annotated[int, Path(ge=1, le=2**31 - 1)]
 Limit = Annotated[int, Query(ge=1, le=500)]
 
-_NAME = re.compile(NAME_PATTERN)
+WORKFLOWS = VersionedResource(Workflow, "workflow")
 # A document may be this many times larger than the definition limit (which counts compact
 # JSON): room for indentation and comments, none for a document that could never pass.
 _DOCUMENT_SLACK = 4
 # Parsing (YAML is pure Python) and validating a large document leaves the event loop.
 _THREAD_ABOVE_BYTES = 64 << 10
-_STORE_ATTEMPTS = 20
-
-
-def _not_found(name: str, version: int | None = None) -> NotFound:
-    which = f"workflow {name!r}" if version is None else f"workflow {name!r} version {version}"
-    return NotFound(f"{which} not found", code="workflow_not_found")
 
 
 def _out(row: Workflow, warnings: list[dict[str, Any]] | None = None) -> WorkflowOut:
@@ -129,26 +119,24 @@ async def store_workflow(request: Request, response: Response, engine: EngineDep
         )
     name: str = raw["name"]
     digest = definition_hash(raw)
-    # Versions of one name are numbered by insert-or-retry: a concurrent store of the same
-    # name makes the insert fail on (name, version), and the next round sees its version.
-    for attempt in range(_STORE_ATTEMPTS):
-        if attempt:
-            await asyncio.sleep(random.uniform(0, 0.005 * attempt))
-        try:
-            async with transaction(engine.sessions) as session:
-                latest = await workflow_store.latest(session, name)
-                if latest is not None and latest.hash == digest:
-                    response.status_code = 200
-                    return _out(latest, warnings)
-                version = 1 if latest is None else latest.version + 1
-                row = await workflow_store.add_version(session, name, version, raw, digest)
-        except IntegrityError:
-            continue
-        engine.definitions.forget_latest(name)  # starts here read the new latest at once
-        metrics.workflow_stored()
-        response.headers["Location"] = f"/workflows/{name}/versions/{version}"
+
+    def make(version: int) -> Workflow:
+        return Workflow(
+            name=name,
+            version=version,
+            definition=raw,
+            hash=digest,
+            description=raw.get("description"),
+        )
+
+    row, created = await WORKFLOWS.store(engine, name, digest, make)
+    if not created:
+        response.status_code = 200
         return _out(row, warnings)
-    raise Conflict("could not store the workflow under concurrent updates; retry", code="conflict")
+    engine.definitions.forget_latest(name)  # starts here read the new latest at once
+    metrics.workflow_stored()
+    response.headers["Location"] = f"/workflows/{name}/versions/{row.version}"
+    return _out(row, warnings)
 
 
 @router.post(
@@ -183,9 +171,7 @@ async def list_workflows(
     limit: Limit = 50,
 ) -> WorkflowList:
     """The latest version of every workflow, by name."""
-    after = deps.decode_name_cursor(cursor)
-    async with transaction(engine.sessions) as session:
-        rows = await workflow_store.list_latest(session, after=after, limit=limit + 1)
+    rows, next_cursor = await WORKFLOWS.names(engine, cursor, limit)
     items = [
         WorkflowSummary(
             name=row.name,
@@ -194,24 +180,15 @@ async def list_workflows(
             description=row.description,
             updated_at=row.created_at,
         )
-        for row, count in rows[:limit]
+        for row, count in rows
     ]
-    more = len(rows) > limit
-    return WorkflowList(
-        items=items, next_cursor=deps.encode_cursor(items[-1].name) if more else None
-    )
+    return WorkflowList(items=items, next_cursor=next_cursor)
 
 
 @router.get("/workflows/{name}", response_model=WorkflowOut, responses={404: PROBLEM_RESPONSE})
 async def get_workflow(name: str, engine: EngineDep) -> WorkflowOut:
     """The latest version of a workflow."""
-    if not _NAME.match(name):
-        raise _not_found(name)
-    async with transaction(engine.sessions) as session:
-        row = await workflow_store.latest(session, name)
-    if row is None:
-        raise _not_found(name)
-    return _out(row)
+    return _out(await WORKFLOWS.latest(engine, name))
 
 
 @router.get(
@@ -224,19 +201,8 @@ async def list_versions(
     limit: Limit = 50,
 ) -> VersionList:
     """The versions of a workflow, newest first."""
-    if not _NAME.match(name):
-        raise _not_found(name)
-    before = deps.decode_version_cursor(cursor)
-    async with transaction(engine.sessions) as session:
-        rows = await workflow_store.list_versions(session, name, before=before, limit=limit + 1)
-        if not rows and (before is None or await workflow_store.latest(session, name) is None):
-            raise _not_found(name)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return VersionList(
-        items=[_out(r) for r in rows],
-        next_cursor=deps.encode_cursor(rows[-1].version) if more else None,
-    )
+    rows, next_cursor = await WORKFLOWS.versions(engine, name, cursor, limit)
+    return VersionList(items=[_out(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get(
@@ -246,10 +212,4 @@ async def list_versions(
 )
 async def get_version(name: str, version: Version, engine: EngineDep) -> WorkflowOut:
     """One version of a workflow."""
-    if not _NAME.match(name):
-        raise _not_found(name, version)
-    async with transaction(engine.sessions) as session:
-        row = await workflow_store.get_version(session, name, version)
-    if row is None:
-        raise _not_found(name, version)
-    return _out(row)
+    return _out(await WORKFLOWS.version(engine, name, version))

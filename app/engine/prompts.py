@@ -23,7 +23,9 @@ from app.engine.validation import canonical_json
 from app.errors import NotFound, error_item
 from app.schemas.definition import NAME_PATTERN
 from app.store import prompts as prompt_store
+from app.store import versions
 from app.store.database import Executor, transaction
+from app.store.models import Prompt
 
 Loc = list[str | int]
 
@@ -90,9 +92,9 @@ async def resolve_prompt(sessions: async_sessionmaker[AsyncSession], ref: str) -
         raise NotFound(str(exc), code="unknown_prompt") from None
     async with transaction(sessions) as session:
         if version is None:
-            row = await prompt_store.latest(session, name)
+            row = await versions.latest(session, Prompt, name)
         else:
-            row = await prompt_store.get_version(session, name, version)
+            row = await versions.get_version(session, Prompt, name, version)
             if row is None:
                 latest = await prompt_store.latest_versions(session, [name])
                 raise NotFound(_unknown(name, version, latest.get(name)), code="unknown_prompt")

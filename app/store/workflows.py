@@ -1,25 +1,15 @@
-"""Queries over stored workflow definitions (name, version, definition, hash)."""
+"""Queries over stored workflow definitions that only workflows need (the rest are
+``app.store.versions``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy import bindparam, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.store.database import Executor, dialect_name, driver_fetchrow
 from app.store.models import Workflow
-
-
-async def latest(session: AsyncSession, name: str) -> Workflow | None:
-    stmt = select(Workflow).where(Workflow.name == name).order_by(Workflow.version.desc()).limit(1)
-    return (await session.execute(stmt)).scalar_one_or_none()
-
-
-async def get_version(session: AsyncSession, name: str, version: int) -> Workflow | None:
-    stmt = select(Workflow).where(Workflow.name == name, Workflow.version == version)
-    return (await session.execute(stmt)).scalar_one_or_none()
-
 
 _LATEST_REF = (
     select(Workflow.version, Workflow.hash)
@@ -64,53 +54,3 @@ async def definition_by_hash(session: Executor, digest: str) -> dict[str, Any] |
     stmt = select(Workflow.definition).where(Workflow.hash == digest).limit(1)
     found: dict[str, Any] | None = (await session.execute(stmt)).scalar_one_or_none()
     return found
-
-
-async def add_version(
-    session: AsyncSession, name: str, version: int, definition: dict[str, Any], digest: str
-) -> Workflow:
-    row = Workflow(
-        name=name,
-        version=version,
-        definition=definition,
-        hash=digest,
-        description=definition.get("description"),
-    )
-    session.add(row)
-    await session.flush()
-    return row
-
-
-async def list_latest(
-    session: AsyncSession, *, after: str | None, limit: int
-) -> list[tuple[Workflow, int]]:
-    """Latest version of each workflow, by name, with its version count."""
-    newest = (
-        select(
-            Workflow.name,
-            func.max(Workflow.version).label("version"),
-            func.count().label("versions"),
-        )
-        .group_by(Workflow.name)
-        .subquery()
-    )
-    stmt = (
-        select(Workflow, newest.c.versions)
-        .join(newest, (Workflow.name == newest.c.name) & (Workflow.version == newest.c.version))
-        .order_by(Workflow.name)
-        .limit(limit)
-    )
-    if after is not None:
-        stmt = stmt.where(Workflow.name > after)
-    return [(row, count) for row, count in (await session.execute(stmt)).all()]
-
-
-async def list_versions(
-    session: AsyncSession, name: str, *, before: int | None, limit: int
-) -> list[Workflow]:
-    stmt = (
-        select(Workflow).where(Workflow.name == name).order_by(Workflow.version.desc()).limit(limit)
-    )
-    if before is not None:
-        stmt = stmt.where(Workflow.version < before)
-    return list((await session.execute(stmt)).scalars())

@@ -13,8 +13,9 @@ import httpx
 import pytest
 
 from app.engine.validation import definition_hash
-from app.store import workflows as workflow_store
+from app.store import versions
 from app.store.database import transaction
+from app.store.models import Workflow
 from tests.conftest import events_of
 from tests.engine.test_answer_and_wait import statements_sent
 from tests.engine.test_runner import types_of, wf
@@ -121,7 +122,8 @@ async def test_a_start_runs_the_latest_version_though_another_process_stored_it(
     assert first.json()["workflow"] == {"name": "two-steps", "version": 1}
     sessions = client.app.state.engine.sessions  # type: ignore[attr-defined]
     async with transaction(sessions) as session:
-        await workflow_store.add_version(session, "two-steps", 2, NEWER, definition_hash(NEWER))
+        newer = Workflow(name="two-steps", version=2, definition=NEWER, hash=definition_hash(NEWER))
+        await versions.add(session, newer)
 
     engine = client.app.state.runtime.db.sync_engine  # type: ignore[attr-defined]
     async with statements_sent(engine) as statements:
