@@ -237,7 +237,9 @@ class HistoryCommands(CommandBase):
             )
             # an agent paused (or cut short) at the checkpoint goes on from its last turn
             # recorded before it: the fork gets the source's journal as of the checkpoint
-            await agent_turn_store.copy_to_fork(session, source.id, fork_id, checkpoint.created_at)
+            await agent_turn_store.copy_to_fork(
+                session, source.id, fork_id, checkpoint.seq, checkpoint.created_at
+            )
             await insert_events(session, fork_id, len(events), events, now, groups=[len(events)])
             recorded = await record_step(
                 session,

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, literal, select
+from sqlalchemy import and_, insert, literal, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from app.store.database import Executor, dialect_name
-from app.store.models import AgentTurn, table
+from app.store.models import AgentTurn, Run, table
 
 
 async def load(session: Executor, run_id: str, node: str, visit: int) -> list[dict[str, Any]]:
@@ -26,26 +26,39 @@ async def load(session: Executor, run_id: str, node: str, visit: int) -> list[di
 async def record(
     session: Executor, run_id: str, node: str, visit: int, seq: int, kind: str, data: Any
 ) -> None:
-    """Record one turn; a turn already recorded under that key is kept as it was (the
-    first writer wins, so two workers of one run never disagree on history)."""
+    """Record one turn, with the run's checkpoint_seq now; a turn already recorded under
+    that key is kept as it was (the first writer wins, so two workers of one run never
+    disagree on history)."""
+    at = select(Run.checkpoint_seq).where(Run.id == run_id).scalar_subquery()
     values = {"run_id": run_id, "node": node, "visit": visit, "seq": seq, "kind": kind,
-              "data": data}  # fmt: skip
+              "data": data, "checkpoint_seq": at}  # fmt: skip
     insert = pg_insert if dialect_name(session) == "postgresql" else sqlite_insert
     await session.execute(insert(table(AgentTurn)).values(**values).on_conflict_do_nothing())
 
 
-async def copy_to_fork(session: Executor, source_id: str, fork_id: str, upto: datetime) -> None:
+async def copy_to_fork(
+    session: Executor, source_id: str, fork_id: str, checkpoint_seq: int, upto: datetime
+) -> None:
     """Give a fork the journal its source had when the fork's checkpoint was written: every
-    turn of ``source_id`` recorded at or before ``upto`` (the checkpoint's time), under
-    ``fork_id``, with the same keys and times. A turn is recorded before the step that
-    made it returns, so before any checkpoint that holds what came of it; a turn recorded
-    after the checkpoint (a later answer, the rest of the loop) stays the source's.
+    turn of ``source_id`` recorded while the run's last checkpoint was an earlier one than
+    ``checkpoint_seq`` (the fork's checkpoint), under ``fork_id``, with the same keys and
+    times. A turn is recorded before the step that made it returns, so before any
+    checkpoint that holds what came of it; a turn recorded after the checkpoint (a later
+    answer, the rest of the loop) stays the source's. Turns recorded before their
+    checkpoint_seq was kept are taken by time instead: at or before ``upto``, the
+    checkpoint's time.
 
     The fork's checkpoint holds the same node visits, so an agent paused (or cut short)
     at that checkpoint goes on in the fork from its last turn recorded before it, as it
     would in the source resumed there; a visit that had ended is not run again under the
-    same key. The rows are copied by the database, in the caller's transaction."""
-    columns = ("run_id", "node", "visit", "seq", "kind", "data", "created_at")
+    same key. The copies count as recorded before any checkpoint of the fork
+    (checkpoint_seq 0). The rows are copied by the database, in the caller's
+    transaction."""
+    columns = ("run_id", "node", "visit", "seq", "kind", "data", "created_at", "checkpoint_seq")
+    before = or_(
+        AgentTurn.checkpoint_seq < checkpoint_seq,
+        and_(AgentTurn.checkpoint_seq.is_(None), AgentTurn.created_at <= upto),
+    )
     turns = select(
         literal(fork_id),
         AgentTurn.node,
@@ -54,5 +67,6 @@ async def copy_to_fork(session: Executor, source_id: str, fork_id: str, upto: da
         AgentTurn.kind,
         AgentTurn.data,
         AgentTurn.created_at,
-    ).where(AgentTurn.run_id == source_id, AgentTurn.created_at <= upto)
+        literal(0),
+    ).where(AgentTurn.run_id == source_id, before)
     await session.execute(insert(table(AgentTurn)).from_select(columns, turns))

@@ -244,3 +244,8 @@ class AgentTurn(Base):
     kind: Mapped[str] = mapped_column(String(20))  # model, tool, human, user
     data: Mapped[Any] = mapped_column(Json)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    # the run's checkpoint_seq when the turn was recorded: every checkpoint up to it was
+    # committed before the turn, and none after it (a fork takes the turns before its
+    # checkpoint by this, not by clocks); 0 in a fork for the turns copied into it, NULL
+    # for turns recorded before the column existed
+    checkpoint_seq: Mapped[int | None] = mapped_column(Integer)

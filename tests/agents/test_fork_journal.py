@@ -6,10 +6,14 @@ do not reach the fork, and copied turns are counted once in the fork's usage."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+from sqlalchemy import update
 
+from app.store.database import transaction
+from app.store.models import AgentTurn
 from tests.agents.fake_models import Answer, FakeModel
 from tests.agents.helpers import agent_workflow, tool_results, user_texts
 from tests.conftest import events_of, run_and_wait, store, until_status, wait_run
@@ -120,6 +124,60 @@ async def test_a_fork_at_an_answered_question_leaves_the_sources_later_turns_beh
     assert again["interrupt"]["kind"] == "agent_question"
     assert len(fake.model_requests) == 3
     assert again["usage"]["model_calls"] == 1
+
+
+async def test_a_fork_takes_the_turns_before_its_checkpoint_whatever_their_clocks_said(
+    client: httpx.AsyncClient, fake: FakeModel
+) -> None:
+    """The turns after the pause were recorded by a worker whose clock ran an hour behind
+    (stamped before the checkpoint's time): the fork still leaves them behind, since
+    which turns came before a checkpoint is told by the run's checkpoint numbers."""
+    fake.push(ASK, Answer(text="Order A-1 it is."), Answer(text="Order B-2 it is."))
+    definition = agent_workflow(fake, agent={"ask_human": True})
+    run = await run_and_wait(client, {"definition": definition, "inputs": {"question": "refund"}})
+    paused = (await checkpoints_of(client, run["id"]))[-1]
+    done = await _answer(client, run, "A-1")
+    assert done["status"] == "completed", done
+    paused_time = datetime.fromisoformat(paused["created_at"])
+    sessions = client.app.state.engine.sessions  # type: ignore[attr-defined]
+    async with transaction(sessions) as session:
+        skewed = await session.execute(
+            update(AgentTurn)
+            .where(AgentTurn.run_id == run["id"], AgentTurn.created_at > paused_time)
+            .values(created_at=paused_time - timedelta(hours=1))
+        )
+    assert skewed.rowcount >= 2  # type: ignore[attr-defined]  # the answer, the model's
+
+    fork = await _fork(client, run["id"], paused["id"])
+    assert fork["status"] == "interrupted", fork  # not completed from the source's answer
+    assert fork["interrupt"]["kind"] == "agent_question"
+    forked = await _answer(client, fork, "B-2")
+    assert forked["state"]["answer"] == "Order B-2 it is.", forked
+    [result] = tool_results(fake, fake.model_requests[2].body)
+    assert result["content"] == "B-2"
+
+
+async def test_turns_recorded_before_their_checkpoint_numbers_were_kept_go_by_time(
+    client: httpx.AsyncClient, fake: FakeModel
+) -> None:
+    """A journal written before agent_turns.checkpoint_seq existed (NULL) is taken by
+    time: the turns at or before the checkpoint's."""
+    fake.push(ASK, Answer(text="Order A-1 it is."), Answer(text="Order B-2 it is."))
+    definition = agent_workflow(fake, agent={"ask_human": True})
+    run = await run_and_wait(client, {"definition": definition, "inputs": {"question": "refund"}})
+    paused_at = await _head(client, run["id"])
+    assert (await _answer(client, run, "A-1"))["status"] == "completed"
+    sessions = client.app.state.engine.sessions  # type: ignore[attr-defined]
+    async with transaction(sessions) as session:
+        await session.execute(
+            update(AgentTurn).where(AgentTurn.run_id == run["id"]).values(checkpoint_seq=None)
+        )
+
+    fork = await _fork(client, run["id"], paused_at)
+    assert fork["status"] == "interrupted", fork
+    assert len(fake.model_requests) == 2  # the question came from the copied journal
+    forked = await _answer(client, fork, "B-2")
+    assert forked["state"]["answer"] == "Order B-2 it is.", forked
 
 
 async def test_a_fork_of_an_awaiting_session_keeps_its_history(
