@@ -123,6 +123,9 @@ class HistoryCommands(CommandBase):
                 if run.status in (RunStatus.QUEUED, RunStatus.RUNNING):
                     raise Conflict(f"run {run_id} is {run.status}", code="run_not_resumable")
                 checkpoint, doc, _ = await load_doc(session, run, checkpoint_id)
+                await agent_turn_store.discard_after(
+                    session, run_id, checkpoint.seq, checkpoint.created_at
+                )
                 # run.resumed says the status the run was in, not the checkpoint's
                 info = {"checkpoint_id": checkpoint.id, "from": str(run.status)}
                 run = await change_status(
@@ -160,7 +163,9 @@ class HistoryCommands(CommandBase):
                 # its paused node runs again (an agent from its journal, copied below) and
                 # pauses anew; the model usage counted so far stays the fork's
                 counted: dict[str, Any] = {k: doc[k] for k in ("usage", "usage_marks") if k in doc}
-                doc = {"frames": doc["frames"], "interrupt": None, "awaiting": None, **counted}
+                # an interrupt_after's node has run: the runner asks it again, not the node
+                kept = doc["interrupt"] if memory.pending_after(doc) else None
+                doc = {"frames": doc["frames"], "interrupt": kept, "awaiting": None, **counted}
             inputs = source.inputs
             if body.inputs_patch is not None:
                 inputs = memory.merge_patch(source.inputs, body.inputs_patch)

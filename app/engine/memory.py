@@ -81,6 +81,16 @@ def top_state(doc: Doc) -> Any:
     return doc["frames"][0]["state"]
 
 
+def pending_after(doc: Doc) -> dict[str, Any] | None:
+    """The document's unanswered ``interrupt_after`` interrupt, if it holds one: its node
+    has run, so a run going on from the document (a resume without an answer, a fork,
+    time travel) asks it again rather than running the node again."""
+    interrupt = doc.get("interrupt")
+    if isinstance(interrupt, dict) and interrupt.get("kind") == "interrupt_after":
+        return interrupt
+    return None
+
+
 def replace_frame(doc: Doc, index: int, **changes: Any) -> Doc:
     frames = list(doc["frames"])
     frames[index] = {**frames[index], **changes}

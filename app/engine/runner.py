@@ -181,6 +181,11 @@ class RunExecution(RunRecorder):
             from app.engine import branches
 
             return await branches.run_parallel(self, i)
+        after = memory.pending_after(self.doc)
+        if after is not None:  # (not answered: see memory.pending_after)
+            return await self._interrupt(
+                i, frame["last"], "interrupt_after", after["payload"], None
+            )
         node_id: str | None = frame["node"]
         if node_id is None:  # its frame ended: a run resumed or forked at its end, or an
             # answer to an interrupt_after of the frame's last node
@@ -387,9 +392,8 @@ class RunExecution(RunRecorder):
             body["details"] = error.details
         body = self.engine.redactor.json(body)  # a code or message may quote a secret
         self.events.append(NewEvent("node.failed", path, {"error": body}))
-        if i > 0:
+        if i > 0:  # the subgraph's frames stay: a resume retries the node that failed
             parent = self.doc["frames"][i]["parent_node"]
-            self.doc = {**self.doc, "frames": self.doc["frames"][:i]}
             msg = f"subgraph of node {parent!r} failed at {path!r}: {error.message}"
             return await self._fail(i - 1, parent, _error("subgraph_failed", msg, error=body))
         self.doc = memory.replace_frame(self.doc, 0, node=node_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, insert, literal, or_, select
+from sqlalchemy import ColumnElement, and_, delete, insert, literal, not_, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -36,6 +36,27 @@ async def record(
     await session.execute(insert(table(AgentTurn)).values(**values).on_conflict_do_nothing())
 
 
+def _after(checkpoint_seq: int, upto: datetime) -> ColumnElement[bool]:
+    """Turns recorded once the run's checkpoint ``checkpoint_seq`` had been written (by the
+    run's checkpoint numbers; turns recorded before those were kept: after ``upto``)."""
+    return or_(
+        AgentTurn.checkpoint_seq >= checkpoint_seq,
+        and_(AgentTurn.checkpoint_seq.is_(None), AgentTurn.created_at > upto),
+    )
+
+
+async def discard_after(
+    session: Executor, run_id: str, checkpoint_seq: int, upto: datetime
+) -> None:
+    """Time travel: the run goes on from its checkpoint ``checkpoint_seq`` (written at
+    ``upto``), and the turns recorded after it belong to the timeline it leaves (an
+    answer given later, a model call made with a state since edited). They are deleted,
+    so an agent at that checkpoint goes on from its turns recorded before it and asks,
+    or calls the model, anew; the events of the timeline left stay readable."""
+    stmt = delete(AgentTurn).where(AgentTurn.run_id == run_id, _after(checkpoint_seq, upto))
+    await session.execute(stmt)
+
+
 async def copy_to_fork(
     session: Executor, source_id: str, fork_id: str, checkpoint_seq: int, upto: datetime
 ) -> None:
@@ -55,10 +76,7 @@ async def copy_to_fork(
     (checkpoint_seq 0). The rows are copied by the database, in the caller's
     transaction."""
     columns = ("run_id", "node", "visit", "seq", "kind", "data", "created_at", "checkpoint_seq")
-    before = or_(
-        AgentTurn.checkpoint_seq < checkpoint_seq,
-        and_(AgentTurn.checkpoint_seq.is_(None), AgentTurn.created_at <= upto),
-    )
+    before = not_(_after(checkpoint_seq, upto))
     turns = select(
         literal(fork_id),
         AgentTurn.node,

@@ -269,6 +269,62 @@ async def test_resume_at_an_awaiting_sessions_checkpoint_keeps_its_history(
     assert _assistant_texts(fake, fake.model_requests[1].body) == ["first answer"]
 
 
+async def test_time_travel_to_an_answered_question_asks_it_again(
+    client: httpx.AsyncClient, fake: FakeModel
+) -> None:
+    """The same run, resumed from the checkpoint where its agent asked: the answer given
+    after it and the model's reply to it belong to the timeline left, so the question
+    is asked again (from the journal, no model call) and a new answer reaches the model."""
+    fake.push(ASK, Answer(text="Order A-1 it is."), Answer(text="Order B-2 it is."))
+    definition = agent_workflow(fake, agent={"ask_human": True})
+    run = await run_and_wait(client, {"definition": definition, "inputs": {"question": "refund"}})
+    paused_at = await _head(client, run["id"])
+    assert (await _answer(client, run, "A-1"))["state"]["answer"] == "Order A-1 it is."
+
+    response = await client.post(f"/runs/{run['id']}/resume", json={"checkpoint_id": paused_at})
+    assert response.status_code == 202, response.text
+    run = await until_status(client, run["id"], "interrupted", "completed", "failed")
+    assert run["status"] == "interrupted", run
+    assert run["interrupt"]["payload"]["question"] == "Which order?"
+    assert len(fake.model_requests) == 2
+    done = await _answer(client, run, "B-2")
+    assert done["state"]["answer"] == "Order B-2 it is.", done
+    [result] = tool_results(fake, fake.model_requests[2].body)
+    assert result["content"] == "B-2"
+
+
+async def test_time_travel_before_an_agent_with_an_edited_state_calls_the_model_anew(
+    client: httpx.AsyncClient, fake: FakeModel
+) -> None:
+    fake.push(Answer(text="About cats"), Answer(text="About dogs"))
+    definition = agent_workflow(
+        fake,
+        node={"interrupt_before": "go?", "with": {"prompt": "tell me about {{ state.topic }}"}},
+        state={"topic": "cats"},
+    )
+    run = await run_and_wait(client, {"definition": definition, "inputs": {}})
+    before = await _head(client, run["id"])
+    response = await client.post(
+        f"/runs/{run['id']}/response", json={"interrupt_id": run["interrupt"]["id"]}
+    )
+    assert response.status_code == 202, response.text
+    assert (await wait_run(client, run["id"]))["state"]["answer"] == "About cats"
+
+    response = await client.post(f"/runs/{run['id']}/resume", json={"checkpoint_id": before})
+    assert response.status_code == 202, response.text
+    run = await until_status(client, run["id"], "interrupted", "completed", "failed")
+    assert run["status"] == "interrupted", run
+    edit = await client.post(f"/runs/{run['id']}/state", json={"state_patch": {"topic": "dogs"}})
+    assert edit.status_code == 200, edit.text
+    response = await client.post(
+        f"/runs/{run['id']}/response", json={"interrupt_id": run["interrupt"]["id"]}
+    )
+    assert response.status_code == 202, response.text
+    done = await wait_run(client, run["id"])
+    assert done["state"] == {"topic": "dogs", "answer": "About dogs"}, done
+    assert user_texts(fake, fake.model_requests[1].body) == ["tell me about dogs"]
+
+
 def _fan_out(fake: FakeModel) -> dict[str, Any]:
     """``p`` fans out to an asking agent ``a`` and a plain interrupt ``q``; both join."""
     definition = agent_workflow(fake, agent={"ask_human": True})

@@ -36,6 +36,19 @@ class FlakyStep:
         return StepResult.succeeded({"attempt": ctx.attempt})
 
 
+class FailsOnceStep:
+    """Fails (not retryable) the first time it runs at a node, then succeeds."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    async def execute(self, ctx: StepContext) -> StepResult:
+        self.calls[ctx.node] += 1
+        if self.calls[ctx.node] == 1:
+            return StepResult.failed("first_time", "it fails the first time")
+        return StepResult.succeeded("second time")
+
+
 class SleepStep:
     async def execute(self, ctx: StepContext) -> StepResult:
         await asyncio.sleep(float(ctx.config.get("seconds", 1)))
@@ -80,6 +93,7 @@ def make_registry() -> tuple[StepRegistry, dict[str, Any]]:
     steps: dict[str, Any] = {
         "count": CountingStep(),
         "flaky": FlakyStep(),
+        "fails_once": FailsOnceStep(),
         "sleep": SleepStep(),
         "raise": RaisingStep(),
         "result": ResultStep(),

@@ -1,0 +1,130 @@
+"""What a resume, a fork and time travel run again (DESIGN §1, §3): a completed step is
+never executed again by a resume, and a pause that was not answered is asked again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.conftest import AppFactory, events_of, store, wait_run
+from tests.engine.steps_for_tests import make_registry
+from tests.engine.test_pauses import answer
+from tests.engine.test_runner import start, wf
+
+APPROVE_C = wf(
+    "approve-c",
+    {
+        "b": {"step": "count", "set": {"b": 1}},
+        "c": {"step": "count", "interrupt_after": "check c", "set": {"c": 1}},
+        "d": {"step": "count", "set": {"d": 1}},
+    },
+    [{"from": "b", "to": "c"}, {"from": "c", "to": "d"}],
+)
+
+
+async def _checkpoints(client: httpx.AsyncClient, run_id: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = (await client.get(f"/runs/{run_id}/checkpoints")).json()["items"]
+    return items
+
+
+async def _asked_again(client: httpx.AsyncClient, run: dict[str, Any], first_id: str) -> None:
+    assert run["status"] == "interrupted", run
+    assert run["interrupt"]["kind"] == "interrupt_after"
+    assert run["interrupt"]["payload"] == {"reason": "check c"}
+    assert run["interrupt"]["node"] == "c" and run["interrupt"]["id"] != first_id
+    assert run["current_node"] == "d" and "d" not in run["state"]
+
+
+async def test_a_rejected_interrupt_after_is_asked_again_when_the_run_is_resumed(
+    make_client: AppFactory,
+) -> None:
+    registry, steps = make_registry()
+    client = await make_client(registry=registry)
+    run = await start(client, APPROVE_C)
+    first = run["interrupt"]["id"]
+    assert (await answer(client, run, status="rejected")).status_code == 202
+    failed = await wait_run(client, run["id"])
+    assert failed["error"]["code"] == "interrupt_rejected"
+
+    assert (await client.post(f"/runs/{run['id']}/resume")).status_code == 202
+    again = await wait_run(client, run["id"])
+    await _asked_again(client, again, first)
+    assert steps["count"].calls == {"b": 1, "c": 1}  # c is not run again, d not yet
+    assert (await answer(client, again)).status_code == 202
+    done = await wait_run(client, run["id"])
+    assert done["status"] == "completed" and done["state"] == {"b": 1, "c": 1, "d": 1}
+    assert steps["count"].calls == {"b": 1, "c": 1, "d": 1}
+
+
+async def test_a_fork_or_time_travel_to_an_interrupt_after_asks_it_again(
+    make_client: AppFactory,
+) -> None:
+    registry, steps = make_registry()
+    client = await make_client(registry=registry)
+    run = await start(client, APPROVE_C)
+    first = run["interrupt"]["id"]
+    paused_at = (await _checkpoints(client, run["id"]))[-1]["id"]
+    await answer(client, run)
+    assert (await wait_run(client, run["id"]))["status"] == "completed"
+    assert steps["count"].calls == {"b": 1, "c": 1, "d": 1}
+
+    response = await client.post(f"/runs/{run['id']}/fork", json={"checkpoint_id": paused_at})
+    assert response.status_code == 201, response.text
+    await _asked_again(client, await wait_run(client, response.json()["id"]), first)
+
+    response = await client.post(f"/runs/{run['id']}/resume", json={"checkpoint_id": paused_at})
+    assert response.status_code == 202, response.text
+    await _asked_again(client, await wait_run(client, run["id"]), first)
+    assert steps["count"].calls == {"b": 1, "c": 1, "d": 1}
+
+
+async def test_an_interrupt_after_inside_a_subgraph_is_asked_again_after_a_timeout(
+    client: httpx.AsyncClient,
+) -> None:
+    await store(client, wf("inner-after", {"x": {"step": "set", "interrupt_after": "check", "set": {"x": 2}}}))  # fmt: skip
+    parent = wf("outer-after", {"call": {"step": "subgraph", "with": {"workflow": "inner-after"}}})
+    run = await start(client, parent)
+    assert run["interrupt"]["node"] == "call/x"
+    await answer(client, run, status="timed_out")
+    assert (await wait_run(client, run["id"]))["error"]["code"] == "interrupt_timed_out"
+
+    assert (await client.post(f"/runs/{run['id']}/resume")).status_code == 202
+    again = await wait_run(client, run["id"])
+    assert again["status"] == "interrupted", again
+    assert (again["interrupt"]["kind"], again["interrupt"]["node"]) == ("interrupt_after", "call/x")
+    await answer(client, again)
+    assert (await wait_run(client, run["id"]))["status"] == "completed"
+
+
+async def test_resuming_a_failure_inside_a_subgraph_retries_only_the_node_that_failed(
+    make_client: AppFactory,
+) -> None:
+    registry, steps = make_registry()
+    client = await make_client(registry=registry)
+    await store(
+        client,
+        wf(
+            "child",
+            {
+                "p": {"step": "count", "set": {"p": 1}},
+                "f": {"step": "fails_once", "set": {"f": "{{ output }}"}},
+            },
+            [{"from": "p", "to": "f"}],
+        ),
+    )
+    run = await start(
+        client, wf("parent", {"s": {"step": "subgraph", "with": {"workflow": "child"}}})
+    )
+    run = await wait_run(client, run["id"])
+    assert run["status"] == "failed", run
+    assert run["error"]["code"] == "subgraph_failed" and run["error"]["node"] == "s"
+    assert run["error"]["details"]["error"]["node"] == "s/f"
+
+    assert (await client.post(f"/runs/{run['id']}/resume")).status_code == 202
+    done = await wait_run(client, run["id"])
+    assert done["status"] == "completed", done
+    assert steps["count"].calls == {"s/p": 1}  # not run again
+    assert steps["fails_once"].calls == {"s/f": 2}
+    started = [e["node"] for e in await events_of(client, run["id"]) if e["type"] == "node.started"]
+    assert started == ["s", "s/p", "s/f", "s/f"]
