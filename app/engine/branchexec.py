@@ -313,7 +313,9 @@ class BranchExecution(RunExecution):
             root = self.root
             root.doc = root_doc(runtime)
             root.events.extend(events)
-            root.pure = pure
+            # a branch's pause is written at once (its answer may come while others run),
+            # not kept back with the pure steps that share a commit
+            root.pure = pure and status is RunStatus.RUNNING
             await root._checkpoint(RunStatus.RUNNING, last)
 
         await write_locked(runtime, write)

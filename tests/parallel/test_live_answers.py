@@ -99,6 +99,25 @@ async def test_an_answer_while_running_resumes_only_its_branch(make_client: AppF
     assert started_nodes == sorted(["start", "ask", "ask", "after", "work", "join"])
 
 
+async def test_a_pause_is_listed_at_once_when_a_sibling_started_working_first(
+    make_client: AppFactory,
+) -> None:
+    """``work`` starts first (its start is written before it runs); ``ask`` pauses while
+    it works. The pause is written at once, not kept back with the steps that share a
+    commit: the run lists it, and takes its answer, while ``work`` still works."""
+    definition = ask_then_work()
+    definition["edges"][0] = {"from": "start", "to": ["work", "ask"]}
+    client, run_id = await started(make_client, definition)
+    run = await listed(client, run_id)
+    assert run["status"] == "running", run
+    accepted = await answer(client, run_id, run["interrupt"]["id"], value={"ok": "yes"})
+    assert accepted.status_code == 202, accepted.text
+    events = await events_of(client, run_id)  # answered while work still works:
+    assert "node.completed" not in [e["type"] for e in events if e["node"] == "work"]
+    done = await wait_run(client, run_id)
+    assert done["state"] == {"ask": "yes", "after": "yes", "worked": True}, done
+
+
 async def test_racing_answers_while_running_one_wins(make_client: AppFactory) -> None:
     client, run_id = await started(make_client, ask_then_work())
     run = await listed(client, run_id)
