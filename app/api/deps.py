@@ -55,9 +55,14 @@ def decode_cursor(cursor: str | None) -> Any:
     if cursor is None:
         return None
     try:
-        return json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise bad_cursor() from None
+    # only the form ``encode_cursor`` writes (base64 decoding passes over stray
+    # characters, so ``Mg==x`` read as ``Mg``): padding may come back, nothing else
+    if encode_cursor(value) != cursor.rstrip("="):
+        raise bad_cursor()
+    return value
 
 
 _NAME = re.compile(NAME_PATTERN)

@@ -246,12 +246,29 @@ async def test_bad_version_and_cursor_parameters_are_422(client: httpx.AsyncClie
         ("/workflows", {"cursor": "MTIz"}),  # a cursor holding a number
         ("/workflows/linear/versions", {"cursor": "InN0ciI"}),  # a cursor holding a string
         ("/workflows/linear/versions", {"cursor": "OTk5OTk5OTk5OTk5OTk5OTk5OTk5"}),  # too big
+        ("/workflows/linear/versions", {"cursor": "Mg==x"}),  # "Mg" (2) with a tail
+        ("/workflows/linear/versions", {"cursor": "IDI"}),  # " 2": not as it is given out
     ):
         response = await client.get(path, params=params)
         assert response.status_code == 422, (path, params, response.text)
         assert response.headers["content-type"] == "application/problem+json"
         problem = response.json()
         assert problem["errors"] and all(isinstance(e["loc"], list) for e in problem["errors"])
+
+
+async def test_a_cursor_is_taken_as_given_with_or_without_its_padding(
+    client: httpx.AsyncClient,
+) -> None:
+    for n in range(3):
+        await client.post("/workflows", json={**linear(), "description": f"v{n}"})
+    page = (await client.get("/workflows/linear/versions", params={"limit": 1})).json()
+    cursor = page["next_cursor"]
+    for given in (cursor, cursor + "=" * (-len(cursor) % 4)):
+        response = await client.get(
+            "/workflows/linear/versions", params={"limit": 1, "cursor": given}
+        )
+        assert response.status_code == 200, response.text
+        assert [v["version"] for v in response.json()["items"]] == [2]
 
 
 async def test_validate_does_not_store(client: httpx.AsyncClient) -> None:
