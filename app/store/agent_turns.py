@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, insert, literal, not_, or_, select
+from sqlalchemy import ColumnElement, and_, delete, insert, literal, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -45,6 +45,14 @@ def _after(checkpoint_seq: int, upto: datetime) -> ColumnElement[bool]:
     )
 
 
+def _before(checkpoint_seq: int, upto: datetime) -> ColumnElement[bool]:
+    """The other turns (written out: ``NOT _after`` is NULL, not true, for a NULL number)."""
+    return or_(
+        AgentTurn.checkpoint_seq < checkpoint_seq,
+        and_(AgentTurn.checkpoint_seq.is_(None), AgentTurn.created_at <= upto),
+    )
+
+
 async def discard_after(
     session: Executor, run_id: str, checkpoint_seq: int, upto: datetime
 ) -> None:
@@ -76,7 +84,6 @@ async def copy_to_fork(
     (checkpoint_seq 0). The rows are copied by the database, in the caller's
     transaction."""
     columns = ("run_id", "node", "visit", "seq", "kind", "data", "created_at", "checkpoint_seq")
-    before = not_(_after(checkpoint_seq, upto))
     turns = select(
         literal(fork_id),
         AgentTurn.node,
@@ -86,5 +93,5 @@ async def copy_to_fork(
         AgentTurn.data,
         AgentTurn.created_at,
         literal(0),
-    ).where(AgentTurn.run_id == source_id, before)
+    ).where(AgentTurn.run_id == source_id, _before(checkpoint_seq, upto))
     await session.execute(insert(table(AgentTurn)).from_select(columns, turns))

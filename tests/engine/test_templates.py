@@ -180,17 +180,37 @@ def test_scope_is_not_mutated(engine: TemplateEngine) -> None:
 # --------------------------------------------------------------------------- errors
 
 
-def test_undefined_names_and_attributes_are_errors(engine: TemplateEngine) -> None:
+def test_undefined_names_are_errors(engine: TemplateEngine) -> None:
     error = fails(engine, "{{ stat.n }}")
     assert error.message == "'stat' is undefined"
     assert error.expression == "{{ stat.n }}"
     assert "stat.n" in str(error)
-    assert "has no attribute 'missing'" in fails(engine, "{{ state.missing }}").message
-    assert "has no attribute 'missing'" in fails(engine, "a {{ state.missing }}").message
-    fails(engine, "{% for x in state.missing %}{% endfor %}")
-    fails(engine, "{{ state.list[10] }}")
+    fails(engine, "{{ state.list[10] }}")  # an index a list does not have
+    assert "has no attribute 'x'" in fails(engine, "{{ state.n.x }}").message
+
+
+def test_a_missing_key_is_null(engine: TemplateEngine) -> None:
+    """A key an object does not have (``state.refund_id`` on a path that never set it)."""
+    pair = "{{ {'refund_id': state.refund_id, 'flag': state.flag} }}"
+    assert engine.render(pair, SCOPE) == {"refund_id": None, "flag": True}
+    assert engine.render("{{ state.missing }}", SCOPE) is None
+    assert engine.render("{{ state['missing'] }}", SCOPE) is None
+    assert engine.render("{{ [state.missing, 1] }}", SCOPE) == [None, 1]
+    assert engine.render("a{{ state.missing }}b", SCOPE) == "ab"
     assert engine.render("{{ state.missing is defined }}", SCOPE) is False
     assert engine.render("{{ state.missing | default('d') }}", SCOPE) == "d"
+    assert engine.render("{{ state.missing == none and state.missing is none }}", SCOPE) is True
+    assert engine.evaluate("state.missing", SCOPE) is None
+    assert engine.evaluate("not state.missing", SCOPE) is True
+    # anything else done with it is an error naming it
+    for expression in (
+        "{{ state.missing + 1 }}",
+        "{{ state.missing < 2 }}",
+        "{{ state.missing.deeper }}",
+        "{% for x in state.missing %}{% endfor %}",
+        "{{ state.missing | length }}",
+    ):
+        assert "has no attribute 'missing'" in fails(engine, expression).message, expression
 
 
 def test_error_path_points_into_the_value(engine: TemplateEngine) -> None:
@@ -412,8 +432,8 @@ def test_evaluate_bare_expressions(engine: TemplateEngine) -> None:
     assert engine.evaluate("state.none", SCOPE) is None
     assert engine.evaluate("{{ state.n }}", SCOPE) == 1  # tolerated
     with pytest.raises(TemplateError) as info:
-        engine.evaluate("state.nope", SCOPE)
-    assert info.value.expression == "state.nope"
+        engine.evaluate("state.nope + 1", SCOPE)
+    assert info.value.expression == "state.nope + 1"
     assert "has no attribute 'nope'" in info.value.message
     with pytest.raises(TemplateError, match="max_repeat_bytes"):
         engine.evaluate("'a' * 10**10", SCOPE)

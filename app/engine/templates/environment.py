@@ -7,8 +7,9 @@ sets up the globals, the filter table and attribute access.
 * Sandboxed: :class:`jinja2.sandbox.ImmutableSandboxedEnvironment` (no ``_``-prefixed or
   internal attributes, no mutation of lists/dicts, no loader so no ``include``/``import``,
   no I/O). Access to an unsafe attribute raises at once rather than yielding an undefined.
-* Strict: an undefined name, attribute or key is an error (``StrictUndefined``);
-  ``is defined`` and ``| default(...)`` still work.
+* Strict: an undefined name is an error (``StrictUndefined``); a key a mapping does not
+  have is missing (``.missing``): null, leniently. ``is defined`` and ``| default(...)``
+  work on both.
 * Bounded in size and time: string/list repetition, ``**``, ``%``-formatting,
   ``str.format``, ``~`` and ``+`` concatenation, ``range``, the padding/joining string
   methods and filters are checked *before* the result is allocated; every string a filter
@@ -33,11 +34,11 @@ Choices worth knowing:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from itertools import chain
 from typing import Any, NoReturn
 
-from jinja2 import StrictUndefined
+from jinja2 import StrictUndefined, Undefined
 from jinja2.exceptions import SecurityError
 from jinja2.filters import make_attrgetter
 from jinja2.utils import pass_environment
@@ -46,6 +47,7 @@ from app.engine.templates.calls import _GuardedCalls
 from app.engine.templates.codegen import _BoundedCodeGenerator
 from app.engine.templates.errors import _LimitError
 from app.engine.templates.limits import _Deadline
+from app.engine.templates.missing import MissingKey, is_none
 from app.engine.templates.operators import _GuardedOperators
 
 _REMOVED_FILTERS = ("pprint",)
@@ -96,6 +98,7 @@ class _BoundedEnvironment(_GuardedCalls, _GuardedOperators):
         for name in _REMOVED_FILTERS:
             filters.pop(name, None)
         filters["sum"] = _sum_filter
+        self.tests = {**self.tests, "none": is_none}
         self.filters = {name: self._guard_filter(name, func) for name, func in filters.items()}
 
     # ---- globals
@@ -120,11 +123,18 @@ class _BoundedEnvironment(_GuardedCalls, _GuardedOperators):
                 return obj[attribute]
             except KeyError:
                 pass
-        return super().getattr(obj, attribute)
+        return self._missing(obj, attribute, super().getattr(obj, attribute))
 
     def getitem(self, obj: Any, argument: Any) -> Any:
         self.tick()
-        return super().getitem(obj, argument)
+        return self._missing(obj, argument, super().getitem(obj, argument))
+
+    @staticmethod
+    def _missing(obj: Any, key: Any, found: Any) -> Any:
+        """A key an object (a mapping) does not have is missing, not undefined: null."""
+        if isinstance(found, Undefined) and isinstance(obj, Mapping):
+            return MissingKey(obj=obj, name=key)
+        return found
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> NoReturn:
         raise SecurityError(

@@ -18,6 +18,7 @@ from jinja2.runtime import Undefined
 from jinja2.utils import Namespace
 
 from app.engine.templates.errors import _EvalError, _LimitError
+from app.engine.templates.missing import MissingKey
 
 #: Deepest nesting of a value that is printed or returned.
 _MAX_DEPTH = 100
@@ -107,6 +108,9 @@ class _Walker:
         return items if self.convert else value
 
     def visit_other(self, value: Any, depth: int) -> Any:
+        if isinstance(value, MissingKey):  # null
+            self.add(4)
+            return None if self.convert else value
         if isinstance(value, Undefined):
             value._fail_with_undefined_error()
         if isinstance(value, str):  # Markup and other str subclasses
