@@ -16,6 +16,7 @@ from types import FrameType
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy.exc import DBAPIError
 
@@ -27,6 +28,18 @@ cli = typer.Typer(help="Stepwise: durable workflow execution over HTTP.", no_arg
 console = Console(stderr=True)
 report_out = Console(soft_wrap=True, highlight=False)
 log = logging.getLogger("app.cli")
+
+
+def load_settings() -> Settings:
+    """The settings from the environment; invalid ones end the command with a line for
+    each (the variable, what is wrong with its value), not a traceback."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "STEPWISE_" + "_".join(str(part) for part in error["loc"]).upper()
+            console.print(f"[red]error:[/red] {name}: {error['msg']}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 def _setup_logging(settings: Settings) -> None:
@@ -50,7 +63,7 @@ def _is_loopback(host: str) -> bool:
 @cli.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="address to bind (STEPWISE_HOST)")] = None,
-    port: Annotated[int | None, typer.Option(help="port (STEPWISE_PORT)")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="port (STEPWISE_PORT)")] = None,
     processes: Annotated[
         int | None,
         typer.Option(min=1, help="API+runner processes on the port (STEPWISE_PROCESSES)"),
@@ -65,7 +78,7 @@ def serve(
     from app.main import create_app
     from app.supervisor import ProcessesRefused, Supervisor, check_processes, listen_shared
 
-    settings = Settings()
+    settings = load_settings()
     _setup_logging(settings)
     bind = host or settings.host
     if not settings.api_keys and not _is_loopback(bind):
@@ -142,7 +155,7 @@ def worker() -> None:
     """Run runners only (no HTTP), against the configured database."""
     from app.runtime import Runtime
 
-    settings = Settings()
+    settings = load_settings()
     _setup_logging(settings)
     if settings.workers == 0:
         console.print("[red]error:[/red] STEPWISE_WORKERS=0: a worker with no runners does nothing")
@@ -174,7 +187,7 @@ def migrate(
     """Apply (or revert) database migrations."""
     from app.store.database import migrate as run_migrations
 
-    settings = Settings()
+    settings = load_settings()
     _setup_logging(settings)
     asyncio.run(run_migrations(settings.database_url, revision, down=down))
     console.print(f"[green]database at {'revision ' + revision if down else 'head'}[/green]")
@@ -224,7 +237,7 @@ def prune(
     age = parse_age(older_than) if older_than is not None else None
     if workflow is not None and age is None:
         raise typer.BadParameter("--workflow goes with --older-than", param_hint="--workflow")
-    settings = Settings()
+    settings = load_settings()
 
     async def run() -> PruneReport:
         engine = create_engine(settings)

@@ -29,21 +29,27 @@ def _split_csv(value: object) -> object:
     return value
 
 
+# a duration setting is at most a year: beyond that a time computed from it overflows
+YEAR_S = 365 * 24 * 3600.0
+Seconds = Annotated[float, Field(gt=0, le=YEAR_S)]
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STEPWISE_", extra="ignore")
+    # inf and nan are refused for every float (a lease of inf seconds has no end time)
+    model_config = SettingsConfigDict(env_prefix="STEPWISE_", extra="ignore", allow_inf_nan=False)
 
     database_url: str = "sqlite+aiosqlite:///./stepwise.db"
     migrate_on_start: bool = True
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(default=8000, ge=1, le=65535)
     processes: int = Field(default=1, ge=1)  # `serve` processes on the port (PostgreSQL only)
 
     # runners
     workers: int = Field(default_factory=lambda: max(4, 8 * (os.cpu_count() or 1)), ge=0)
-    lease_s: float = Field(default=30.0, gt=0)
-    poll_interval_s: float = Field(default=1.0, gt=0)
-    sweep_interval_s: float = Field(default=5.0, gt=0)
-    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    lease_s: Seconds = 30.0
+    poll_interval_s: Seconds = 1.0
+    sweep_interval_s: Seconds = 5.0
+    shutdown_grace_s: float = Field(default=10.0, ge=0, le=YEAR_S)
     db_pool_size: int = Field(default=20, ge=1)
 
     # limits
@@ -57,8 +63,8 @@ class Settings(BaseSettings):
     max_recoveries: int = Field(default=5, ge=1)
     max_subgraph_depth: int = Field(default=8, gt=0)
     template_max_output_bytes: int = Field(default=1 << 20, gt=0)
-    template_timeout_s: float = Field(default=1.0, gt=0)
-    max_wait_s: float = Field(default=300.0, gt=0)
+    template_timeout_s: Seconds = 1.0
+    max_wait_s: Seconds = 300.0
 
     # security
     api_keys: Annotated[list[str], NoDecode] = []
@@ -68,13 +74,13 @@ class Settings(BaseSettings):
     secrets_file: str | None = None
 
     # events
-    sse_keepalive_s: float = Field(default=15.0, gt=0)
+    sse_keepalive_s: Seconds = 15.0
     sse_max_connections: int = Field(default=10_000, gt=0)
-    sse_max_stream_s: float = Field(default=3600.0, gt=0)
+    sse_max_stream_s: Seconds = 3600.0
 
     # retention: ended runs older than this many days are deleted (None: kept)
     retention_days: int | None = Field(default=None, ge=1)
-    retention_interval_s: float = Field(default=3600.0, gt=0)
+    retention_interval_s: Seconds = 3600.0
     retention_batch_runs: int = Field(default=500, ge=1)
     retention_batch_rows: int = Field(default=5000, ge=1)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
+from typer.testing import CliRunner
 
+from app.cli import cli
 from app.settings import Settings, normalize_database_url
 
 
@@ -76,3 +78,28 @@ def test_log_level_is_validated() -> None:
     assert Settings(log_level="debug").log_level == "DEBUG"
     with pytest.raises(ValidationError, match="log_level"):
         Settings(log_level="chatty")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("STEPWISE_LEASE_S", "inf", "finite number"),
+        ("STEPWISE_LEASE_S", "1e12", "less than or equal to 31536000"),
+        ("STEPWISE_SHUTDOWN_GRACE_S", "inf", "finite number"),
+        ("STEPWISE_SWEEP_INTERVAL_S", "nan", "finite number"),
+        ("STEPWISE_PORT", "70000", "less than or equal to 65535"),
+        ("STEPWISE_PORT", "0", "greater than or equal to 1"),
+    ],
+)
+def test_values_that_cannot_work_stop_the_command_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, says: str
+) -> None:
+    """A lease of inf seconds has no end time and a port above 65535 wraps around: they
+    are refused before anything starts, in a line naming the variable (no traceback)."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError):
+        Settings()
+    result = CliRunner().invoke(cli, ["serve"])
+    assert result.exit_code == 2, result.output
+    assert f"error: {variable}: " in result.output and says in result.output
+    assert "Traceback" not in result.output
