@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.store.models import Base
 
 target_metadata = Base.metadata
+MIGRATION_LOCK = 0x53544550  # "STEP": the advisory lock key of Stepwise's migrations
 
 
 def _do_run(connection: Connection) -> None:
@@ -19,6 +20,10 @@ def _do_run(connection: Connection) -> None:
         render_as_batch=connection.dialect.name == "sqlite",
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # processes started together take turns: the first migrates, the others wait
+            # here and then find the schema at head (held until this transaction ends)
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
         context.run_migrations()
 
 

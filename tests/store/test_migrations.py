@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -139,3 +140,29 @@ async def test_sqlite_event_batches_down_and_up(tmp_path: Path) -> None:
 async def test_postgres_event_batches_down_and_up() -> None:
     async with scratch_pg_database("stepwise_batches", "the migration tests of batches") as url:
         await _batches_round_trip(url)
+
+
+async def test_processes_starting_together_migrate_one_after_another() -> None:
+    """``serve`` processes started at once on a fresh Postgres database each apply the
+    migrations at start: they take turns (an advisory lock), the first applies them and
+    the others find the schema at head. Without that, two created ``alembic_version``
+    at once and one process died on a unique violation."""
+    if not await _pg_available():
+        if REQUIRE_PG:
+            pytest.fail("Postgres is not reachable (STEPWISE_REQUIRE_POSTGRES=1)")
+        pytest.skip("Postgres is not reachable")
+    name = f"stepwise_concurrent_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    await _pg_admin(f'CREATE DATABASE "{name}"')
+    try:
+        env = {**os.environ, "STEPWISE_DATABASE_URL": _pg_url(name)}
+        command = [sys.executable, "-m", "app", "migrate"]
+        procs = [
+            await asyncio.create_subprocess_exec(*command, env=env, stderr=asyncio.subprocess.PIPE)
+            for _ in range(3)
+        ]
+        outcomes = [(await p.wait(), (await p.stderr.read()).decode()) for p in procs if p.stderr]
+        assert [code for code, _ in outcomes] == [0, 0, 0], outcomes
+        tables, diff, revision = await _state(_pg_url(name))
+        assert tables >= TABLES and diff == [] and revision is not None
+    finally:
+        await asyncio.shield(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
