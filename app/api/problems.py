@@ -99,9 +99,28 @@ def _jsonable_errors(errors: Any) -> list[dict[str, Any]]:
     return out
 
 
+# SQLSTATE classes of a database that cannot serve us now: a connection exception, the
+# server's resources, an operator's intervention (shutdown, restart), the database gone
+# (invalid catalog name) or its login refused
+_UNAVAILABLE_STATES = ("08", "53", "57P", "3D000", "28")
+
+
+def _sqlstate(exc: BaseException) -> str:
+    """The SQLSTATE of the driver's error under ``exc`` ('' when it has none)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        state = getattr(seen, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+        seen = seen.__cause__ or getattr(seen, "orig", None)
+    return ""
+
+
 def _lost_connection(exc: DBAPIError) -> bool:
     """The database went away (as opposed to a query it refused: a bug, so a 500)."""
     if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+        return True
+    if _sqlstate(exc).startswith(_UNAVAILABLE_STATES):
         return True
     text = str(exc.orig)
     return any(hint in text for hint in ("shutting down", "starting up", "connection"))

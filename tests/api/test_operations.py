@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import uuid
 
 import httpx
+import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.store.database import create_sessionmaker
@@ -43,6 +45,27 @@ async def test_readyz_is_503_when_the_database_is_unreachable(
         assert stored.json()["code"] == "database_unavailable"
     finally:
         await dead.dispose()
+
+
+@pytest.mark.postgres_only
+async def test_a_database_that_was_dropped_is_unavailable_not_an_error(
+    make_client: AppFactory,
+) -> None:
+    """The API's database is gone (dropped, or its name wrong): requests that need it get
+    503 database_unavailable, as for a server that does not answer, not a 500."""
+    client = await make_client()
+    app = client.app  # type: ignore[attr-defined]
+    gone = create_async_engine(
+        f"postgresql+asyncpg://postgres@127.0.0.1:5432/gone_{uuid.uuid4().hex}"
+    )
+    app.state.engine = dataclasses.replace(app.state.engine, sessions=create_sessionmaker(gone))
+    try:
+        for response in (await client.get("/runs"), await client.get("/workflows")):
+            assert response.status_code == 503, response.text
+            assert response.json()["code"] == "database_unavailable"
+            assert response.headers["retry-after"] == "5"
+    finally:
+        await gone.dispose()
 
 
 def sample(text: str, name: str, **labels: str) -> float:
