@@ -151,6 +151,8 @@ async def plain_requests(client: httpx.AsyncClient, key: str) -> list[Any]:
     answered = keep(await client.post(f"{at}/response?wait_s=10", json=answer), 200)
     assert answered.json()["status"] == "awaiting_input"
     keep(await client.post(f"{at}/messages", json={"message": "hi"}), 202)
+    # (the 409 names the run's status: once it settled, in both passes alike)
+    await client.get(f"{at}/wait", params={"timeout_s": 10})
     assert_problem(keep(await client.post(f"{at}/response", json=answer), 409), 409)
     return out
 

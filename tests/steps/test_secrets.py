@@ -194,7 +194,7 @@ async def test_template_error_messages_do_not_show_the_value(
     definition = {
         "name": "secret-template-error",
         "state": {"known": {}},
-        "nodes": {"fetch": http_node("{{ state.known[secrets.API_TOKEN] }}")},
+        "nodes": {"fetch": http_node("{{ state.known[secrets.API_TOKEN] + 1 }}")},
     }
     run = await run_and_wait(secret_client, {"definition": definition, "inputs": {}})
 
