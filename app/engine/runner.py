@@ -385,8 +385,12 @@ class RunExecution(RunRecorder):
         self.events.append(NewEvent("run.completed", None, {"output": output}))
         return await self._commit(RunStatus.COMPLETED, 0, frame["last"], output=output)
 
-    async def _fail(self, i: int, node_id: str, error: StepError) -> bool:
-        path = memory.node_path(self.doc, i, node_id)
+    async def _fail(
+        self, i: int, node_id: str, error: StepError, *, names: str | None = None
+    ) -> bool:
+        """Fail the run at ``node_id`` (where a resume retries it); the error and its
+        events name ``names`` instead when given (a node that could not be entered)."""
+        path = memory.node_path(self.doc, i, names or node_id)
         body: dict[str, Any] = {"code": error.code, "message": error.message, "node": path}
         if error.details:
             body["details"] = error.details
@@ -505,8 +509,9 @@ class RunExecution(RunRecorder):
         limit = definition.nodes[target].max_iterations or definition.max_node_iterations
         path = memory.node_path(self.doc, i, target)
         msg = f"node {path!r} was entered more than {limit} times"
-        self.doc = memory.replace_frame(self.doc, i, node=node_id)
-        return await self._fail(i, node_id, _error("max_node_iterations_exceeded", msg, node=path))
+        self.doc = memory.replace_frame(self.doc, i, node=node_id)  # (retried by a resume)
+        error = _error("max_node_iterations_exceeded", msg, node=path)
+        return await self._fail(i, node_id, error, names=target)
 
     def _inputs(self, i: int) -> dict[str, Any]:
         inputs: dict[str, Any] = self.inputs if i == 0 else self.doc["frames"][i]["inputs"]

@@ -170,6 +170,32 @@ async def test_max_node_iterations(client: httpx.AsyncClient) -> None:
     assert run["state"]["n"] == 3
 
 
+async def test_max_node_iterations_names_the_node_entered_too_often(
+    client: httpx.AsyncClient,
+) -> None:
+    definition = wf(
+        "cycle",
+        {
+            "a": {"step": "set", "set": {"n": "{{ state.n + 1 }}"}},
+            "b": {"step": "set", "max_iterations": 2},
+        },
+        [{"from": "a", "to": "b"}, {"from": "b", "to": "a", "loop": True}],
+        state={"n": 0},
+    )
+    run = await start(client, definition)
+    assert run["status"] == "failed", run
+    error = run["error"]
+    assert (error["code"], error["node"], error["details"]["node"]) == (
+        "max_node_iterations_exceeded",
+        "b",
+        "b",
+    )
+    assert error["message"] == "node 'b' was entered more than 2 times"
+    assert run["state"]["n"] == 3  # a ran a third time; b was not entered a third time
+    failed = [e for e in await events_of(client, run["id"]) if e["type"].endswith(".failed")]
+    assert [(e["type"], e["node"]) for e in failed] == [("node.failed", "b"), ("run.failed", "b")]
+
+
 async def test_workflow_max_node_iterations_default(client: httpx.AsyncClient) -> None:
     definition = wf(
         "loop2",
