@@ -9,6 +9,7 @@ import httpx
 
 from tests.conftest import AppFactory, events_of, store, wait_run
 from tests.engine.steps_for_tests import make_registry
+from tests.engine.test_group_commit import checkpoints_of
 from tests.engine.test_pauses import answer
 from tests.engine.test_runner import start, wf
 
@@ -23,12 +24,7 @@ APPROVE_C = wf(
 )
 
 
-async def _checkpoints(client: httpx.AsyncClient, run_id: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = (await client.get(f"/runs/{run_id}/checkpoints")).json()["items"]
-    return items
-
-
-async def _asked_again(client: httpx.AsyncClient, run: dict[str, Any], first_id: str) -> None:
+def _asked_again(run: dict[str, Any], first_id: str) -> None:
     assert run["status"] == "interrupted", run
     assert run["interrupt"]["kind"] == "interrupt_after"
     assert run["interrupt"]["payload"] == {"reason": "check c"}
@@ -49,7 +45,7 @@ async def test_a_rejected_interrupt_after_is_asked_again_when_the_run_is_resumed
 
     assert (await client.post(f"/runs/{run['id']}/resume")).status_code == 202
     again = await wait_run(client, run["id"])
-    await _asked_again(client, again, first)
+    _asked_again(again, first)
     assert steps["count"].calls == {"b": 1, "c": 1}  # c is not run again, d not yet
     assert (await answer(client, again)).status_code == 202
     done = await wait_run(client, run["id"])
@@ -64,18 +60,18 @@ async def test_a_fork_or_time_travel_to_an_interrupt_after_asks_it_again(
     client = await make_client(registry=registry)
     run = await start(client, APPROVE_C)
     first = run["interrupt"]["id"]
-    paused_at = (await _checkpoints(client, run["id"]))[-1]["id"]
+    paused_at = (await checkpoints_of(client, run["id"]))[-1]["id"]
     await answer(client, run)
     assert (await wait_run(client, run["id"]))["status"] == "completed"
     assert steps["count"].calls == {"b": 1, "c": 1, "d": 1}
 
     response = await client.post(f"/runs/{run['id']}/fork", json={"checkpoint_id": paused_at})
     assert response.status_code == 201, response.text
-    await _asked_again(client, await wait_run(client, response.json()["id"]), first)
+    _asked_again(await wait_run(client, response.json()["id"]), first)
 
     response = await client.post(f"/runs/{run['id']}/resume", json={"checkpoint_id": paused_at})
     assert response.status_code == 202, response.text
-    await _asked_again(client, await wait_run(client, run["id"]), first)
+    _asked_again(await wait_run(client, run["id"]), first)
     assert steps["count"].calls == {"b": 1, "c": 1, "d": 1}
 
 
