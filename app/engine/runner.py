@@ -76,6 +76,10 @@ class RunExecution(RunRecorder):
                 if self.recoveries >= self.engine.settings.max_recoveries:
                     await self._recovery_limit()
                     return
+                after = memory.pending_after(self.doc)
+                if after is not None:
+                    await self._ask_again(after)
+                    return
                 while await self._step() and not stop():
                     pass
                 await self._flush()  # stopped at a step boundary: staged steps are kept
@@ -161,6 +165,13 @@ class RunExecution(RunRecorder):
                 "continuation": {"resumed_at": utcnow().isoformat(), **resume.get("info", {})}
             }
 
+    async def _ask_again(self, after: dict[str, Any]) -> None:
+        """Loaded with an ``interrupt_after`` not answered (see memory.pending_after):
+        its node has run, so the question is asked again, at once, with a new id."""
+        i = len(self.doc["frames"]) - 1
+        last = self.doc["frames"][i]["last"]
+        await self._interrupt(i, last, "interrupt_after", after["payload"], None)
+
     async def _recovery_limit(self) -> None:
         """Its workers died at this checkpoint again and again: fail instead of dying."""
         top = self.doc["frames"][0]
@@ -181,11 +192,6 @@ class RunExecution(RunRecorder):
             from app.engine import branches
 
             return await branches.run_parallel(self, i)
-        after = memory.pending_after(self.doc)
-        if after is not None:  # (not answered: see memory.pending_after)
-            return await self._interrupt(
-                i, frame["last"], "interrupt_after", after["payload"], None
-            )
         node_id: str | None = frame["node"]
         if node_id is None:  # its frame ended: a run resumed or forked at its end, or an
             # answer to an interrupt_after of the frame's last node
