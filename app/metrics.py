@@ -10,6 +10,7 @@ below, which cost a dictionary look-up and an addition.
   status, paused; nodes completed, failed, retried); ``observe_step`` times one execution of
   a step; ``watch_executions`` makes the in-flight gauge read the runner pool's count.
 * Workflows: ``workflow_stored``.
+* Webhooks: ``webhook_attempt`` counts attempts by outcome.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "observe_events",
     "observe_step",
     "watch_executions",
+    "webhook_attempt",
     "workflow_stored",
 ]
 
@@ -87,6 +89,12 @@ EVENTS = Counter("stepwise_events_total", "Run events committed, by type.", ["ty
 WORKFLOWS_STORED = Counter(
     "stepwise_workflows_stored_total", "Workflow versions stored (identical re-posts excluded)."
 )
+WEBHOOK_ATTEMPTS = Counter(
+    "stepwise_webhook_attempts_total",
+    "Webhook delivery attempts by outcome: delivered, retrying (it failed and will be "
+    "tried again) or failed (the last attempt failed; the delivery is given up).",
+    ["outcome"],
+)
 
 _RUN_EVENTS: dict[str, Callable[[float], None]] = {
     "run.started": RUNS_STARTED.inc,
@@ -131,6 +139,10 @@ def watch_executions(count: Callable[[], int]) -> None:
     """Make ``stepwise_runs_in_flight`` read ``count()`` at every scrape (the runner pool's
     number of active executions); there is one pool per process."""
     RUNS_IN_FLIGHT.set_function(count)
+
+
+def webhook_attempt(outcome: str) -> None:
+    _child(WEBHOOK_ATTEMPTS, outcome).inc()
 
 
 def workflow_stored() -> None:

@@ -94,6 +94,7 @@ class Runtime:
                 lambda action, run_id: pool.cancel(run_id) if action == "cancel" else None
             )
             await pool.start()
+        self.webhooks.start()
         self.retention = RetentionSweeper(settings, self.engine.sessions)
         self.retention.start()
         log.info(

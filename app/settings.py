@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     http_max_response_bytes: int = Field(default=10 << 20, gt=0)
     secrets_file: str | None = None
 
+    # webhooks: attempts per delivery (backoff from 1 s, doubling, at most 5 min apart)
+    webhook_attempts: int = Field(default=10, ge=1, le=100)
+    webhook_timeout_s: Seconds = 10.0
+
     # events
     sse_keepalive_s: Seconds = 15.0
     sse_max_connections: int = Field(default=10_000, gt=0)

@@ -29,7 +29,15 @@ from app.store.database import migrate
 
 PG_ADMIN_URL = os.environ.get("STEPWISE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REQUIRE_PG = os.environ.get("STEPWISE_REQUIRE_POSTGRES") == "1"
-TABLES = ("agent_turns", "events", "checkpoints", "runs", "workflows", "prompts")
+TABLES = (
+    "agent_turns",
+    "events",
+    "checkpoints",
+    "runs",
+    "workflows",
+    "prompts",
+    "webhook_deliveries",
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

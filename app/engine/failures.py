@@ -15,13 +15,15 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+from app.engine import webhooks
 from app.engine.lifecycle import RunStatus, allowed
+from app.engine.resources import run_out
 from app.engine.services import Engine
 from app.store import runs as run_store
 from app.store.database import transaction
 from app.store.events import NewEvent
 from app.store.models import utcnow
-from app.store.progress import record_step
+from app.store.progress import record_step, take_written
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +71,11 @@ async def record_internal_error(
             recorded = await record_step(session, run_id, guard=guard, values=values, events=events)
             if recorded is None:
                 return None
+            await webhooks.owe(session, await run_out(session, take_written(run, recorded)))
             status = RunStatus.FAILED
     engine.on_events(run_id, recorded.last_event_seq, recorded.status)
     if status is RunStatus.QUEUED:
         engine.on_work()
     elif run.webhook:
-        engine.on_settled(run_id, None)
+        engine.on_settled()
     return str(status)

@@ -8,6 +8,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.engine import webhooks
+from app.engine.resources import run_out
 from app.errors import Conflict, NotFound
 from app.store import runs as run_store
 from app.store.events import NewEvent
@@ -113,4 +115,7 @@ async def change_status(
         # a run reserved for this process's runners needs no claim anywhere (its
         # reservation lapses, and the sweep NOTIFYs, should this process die first)
         await run_store.notify(session, "stepwise_work", run_id)
-    return take_written(run, recorded)
+    written = take_written(run, recorded)
+    if written.webhook and (target in TERMINAL or target in PAUSED):
+        await webhooks.owe(session, await run_out(session, written))
+    return written

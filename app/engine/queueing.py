@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.engine import memory
-from app.engine.lifecycle import TERMINAL, RunStatus
+from app.engine.lifecycle import PAUSED, TERMINAL, RunStatus
 from app.engine.services import Engine
 from app.engine.subgraphs import SubgraphFrames
 from app.errors import NotFound
@@ -89,8 +89,8 @@ class CommandBase:
             )
         ):
             self.engine.on_work()
-        if run.webhook and run.status in TERMINAL:
-            self.engine.on_settled(run.id, None)
+        if run.webhook and (run.status in TERMINAL or run.status in PAUSED):
+            self.engine.on_settled()
 
     async def _locked(self, session: AsyncSession, run_id: str) -> Run:
         run = await run_store.get(session, run_id, lock=True)

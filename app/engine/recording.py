@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from app.engine import branchdoc, memory
+from app.engine import branchdoc, memory, webhooks
 from app.engine.lifecycle import RunStatus, check_transition
 from app.engine.resources import doc_resource
 from app.engine.services import Engine
@@ -122,14 +122,16 @@ class RunRecorder:
             StepWrite(self.events),
         )
 
-    async def _write(self, values: dict[str, Any], last: StepWrite) -> Run | None:
-        """Commit the staged steps and ``last`` in one fenced transaction; the run's row
-        as written when the write paused or ended it."""
+    async def _write(self, values: dict[str, Any], last: StepWrite) -> None:
+        """Commit the staged steps and ``last`` in one fenced transaction. A write that
+        pauses or ends a run with a webhook also writes the delivery it owes
+        (``app.engine.webhooks``)."""
         earlier = [write for write, _ in self.staged]
         watch = bool(self.taken) or branchdoc.section_index(self.doc) is not None
         removed: set[str] = set()
-        # with no answers to read first, a write on Postgres is one statement
-        alone = not watch and not self.engine.settings.is_sqlite
+        hook = bool(self.webhook) and values.get("status") not in (None, "running")
+        # with nothing to read or write besides, a write on Postgres is one statement
+        alone = not watch and not hook and not self.engine.settings.is_sqlite
         opened = lone_statement if alone else write_transaction
         async with opened(self.engine.sessions) as session:
             if watch:
@@ -147,6 +149,8 @@ class RunRecorder:
                 data=last.data,
                 earlier=earlier,
             )
+            if hook and recorded is not None and recorded.run is not None:
+                await webhooks.owe(session, doc_resource(recorded.run, self.doc))
         if recorded is None:
             raise LeaseLost
         self.taken -= removed
@@ -159,7 +163,8 @@ class RunRecorder:
         if recorded.run is not None:  # the run paused or ended: its resource, if waited for
             resource = partial(_resource_json, recorded.run, self.doc)
         self.engine.on_events(self.run_id, recorded.last_event_seq, recorded.status, resource)
-        return recorded.run
+        if hook:
+            self.engine.on_settled()
 
     def _with_answers(
         self, values: dict[str, Any], answers: list[dict[str, Any]], last: StepWrite
@@ -263,17 +268,13 @@ class RunRecorder:
             self.effect_staged = self.effect_staged or effect
             return True
         try:
-            settled = await self._write(values, write)
+            await self._write(values, write)
         except AnswersArrived:  # nothing written: the run goes on instead of pausing
             self.chain, self.head_id, self.attempt = before
             self.events = [e for e in write.events if e.type not in PAUSE_EVENTS]
             raise
         if due_at is not None:  # a timer: the claim loop must look at its time
             self.engine.on_work()
-        if not running and self.webhook:
-            # the body is the run as this write left it, whatever happens to it next
-            body = doc_resource(settled, self.doc) if settled is not None else None
-            self.engine.on_settled(self.run_id, body)
         return running
 
 

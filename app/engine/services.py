@@ -21,7 +21,6 @@ from app.engine.templates import TemplateEngine
 from app.engine.validation import DefinitionLimits, DefinitionValidator
 from app.errors import NotFound
 from app.schemas.definition import WorkflowDefinition
-from app.schemas.runs import RunOut
 from app.settings import Settings
 from app.steps.clients import OutboundClient
 from app.steps.destinations import OutboundPolicy
@@ -265,9 +264,9 @@ class Engine:
         default=lambda run_id, handover, token: False
     )
     runner_owner: str | None = None  # this process's runner pool, if it has one
-    # called after a commit that paused or ended a run that has a webhook, with the run's
-    # resource as that commit left it when the caller has it (else it is read)
-    on_settled: Callable[[str, RunOut | None], None] = field(default=lambda run_id, resource: None)
+    # called after a commit that paused or ended a run that has a webhook (the commit
+    # wrote the delivery it owes: ``app.engine.webhooks``)
+    on_settled: Callable[[], None] = field(default=lambda: None)
     # runs whose parallel branches are being executed here, each with the event that
     # tells its execution that answers to paused branches wait in its row
     answer_signals: dict[str, asyncio.Event] = field(default_factory=dict)

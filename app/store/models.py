@@ -1,4 +1,5 @@
-"""ORM models: workflows, prompts, runs, checkpoints, events, agent turns.
+"""ORM models: workflows, prompts, runs, checkpoints, events, agent turns, webhook
+deliveries.
 
 These classes are the storage shape only; API schemas live in ``app.schemas``.
 """
@@ -11,6 +12,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     ForeignKey,
     Index,
@@ -249,3 +251,31 @@ class AgentTurn(Base):
     # checkpoint by this, not by clocks); 0 in a fork for the turns copied into it, NULL
     # for turns recorded before the column existed
     checkpoint_seq: Mapped[int | None] = mapped_column(Integer)
+
+
+class WebhookDelivery(Base):
+    """The outbox of webhooks (``app.engine.webhooks``): a POST of the run resource owed
+    to a run's ``webhook`` URL, written by the transaction that paused or ended the run,
+    deleted once delivered or given up. ``due_at`` is when it may next be claimed: a claim
+    moves it past the attempt's end, so a delivery whose process died is claimed again."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due_at", "due_at"),
+        Index("ix_webhook_deliveries_run_id", "run_id", "id"),
+    )
+
+    # the order of a run's deliveries (its pauses and its end): each waits for the last
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    run_id: Mapped[str] = mapped_column(
+        String(36)
+    )  # no foreign key: a deleted run's end is owed too
+    url: Mapped[str] = mapped_column(Text)
+    body: Mapped[Any] = mapped_column(Json)  # the run resource as the settling write left it
+    key: Mapped[str] = mapped_column(Text)  # its Idempotency-Key
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    due_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

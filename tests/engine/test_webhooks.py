@@ -1,113 +1,225 @@
-"""Webhooks: the run resource is POSTed whenever the run pauses or ends."""
+"""Webhooks: the run resource is POSTed whenever the run pauses or ends, from an outbox
+written with the pause or end (durable, in order for each run, at least once)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.engine import webhooks
 from tests.conftest import AppFactory
 from tests.engine.test_runner import wf
 
+ASK_THEN_END = wf(
+    "hooked",
+    {"ask": {"step": "interrupt", "with": {}}, "end": {"step": "set"}},
+    [{"from": "ask", "to": "end"}],
+)
+
+
+@dataclass
+class Hit:
+    key: str | None
+    body: dict[str, Any]
+    answered: int | None  # None: left without an answer
+
+
+@dataclass
+class Receiver:
+    """A loopback HTTP server for webhooks; ``answer(body)`` says the status to answer
+    with, or None to leave the request hanging."""
+
+    url: str = ""
+    hits: list[Hit] = field(default_factory=list)
+    answer: Callable[[dict[str, Any]], int | None] = lambda body: 200
+
+    def delivered(self) -> list[dict[str, Any]]:
+        return [h.body for h in self.hits if h.answered is not None and h.answered < 300]
+
+    async def wait(self, predicate: Callable[[], bool], what: str) -> None:
+        for _ in range(400):
+            if predicate():
+                return
+            await asyncio.sleep(0.025)
+        raise AssertionError(f"{what}: hits {[(h.body['status'], h.answered) for h in self.hits]}")
+
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-    """A loopback HTTP server that records JSON bodies (the first attempt answers 500)."""
-    received: list[dict[str, Any]] = []
-    attempts = 0
+async def receiver() -> AsyncIterator[Receiver]:
+    receiver = Receiver()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal attempts
         head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":")[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length")
+        headers = dict(
+            line.decode().split(": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line
         )
-        body = await reader.readexactly(length)
-        attempts += 1
-        status = b"500 Oops" if attempts == 1 else b"200 OK"
-        if attempts > 1:
-            received.append(json.loads(body))
-        writer.write(b"HTTP/1.1 " + status + b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        lowered = {k.lower(): v for k, v in headers.items()}
+        body = json.loads(await reader.readexactly(int(lowered["content-length"])))
+        status = receiver.answer(body)
+        receiver.hits.append(Hit(lowered.get("idempotency-key"), body, status))
+        if status is None:
+            await asyncio.Event().wait()  # until the server closes
+        reply = f"HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        writer.write(reply.encode())
         await writer.drain()
         writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}/hook", received
+    receiver.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
+    yield receiver
     server.close()
 
 
-async def test_webhook_on_pause_and_end_with_retry(
-    make_client: AppFactory,
-    receiver: tuple[str, list[dict[str, Any]]],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr("app.engine.webhooks.FIRST_DELAY_S", 0.05)
-    url, received = receiver
-    client = await make_client()
-    definition = wf(
-        "hooked",
-        {"ask": {"step": "interrupt", "with": {}}, "end": {"step": "set"}},
-        [{"from": "ask", "to": "end"}],
-    )
-    run = (
-        await client.post(
-            "/runs/wait", json={"definition": definition, "inputs": {}, "webhook": url}
-        )
-    ).json()
+@pytest.fixture(autouse=True)
+def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(webhooks, "FIRST_DELAY_S", 0.05)
+
+
+async def owed(database_url: str) -> list[dict[str, Any]]:
+    """The outbox's rows, oldest first."""
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            result = await conn.execute(
+                text("SELECT run_id, body, key, attempts, last_error FROM webhook_deliveries")
+            )
+            found = [dict(row._mapping) for row in result]
+    finally:
+        await engine.dispose()
+    for row in found:
+        if isinstance(row["body"], str):
+            row["body"] = json.loads(row["body"])
+    return found
+
+
+def attempts_counted(outcome: str) -> float:
+    value = REGISTRY.get_sample_value("stepwise_webhook_attempts_total", {"outcome": outcome})
+    return value or 0.0
+
+
+async def started_paused(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
+    body = {"definition": ASK_THEN_END, "inputs": {}, "webhook": url}
+    run: dict[str, Any] = (await client.post("/runs/wait", json=body)).json()
     assert run["status"] == "interrupted"
-    await client.post(f"/runs/{run['id']}/response", json={"interrupt_id": run["interrupt"]["id"]})
-    for _ in range(200):
-        if len(received) >= 2:
-            break
-        await asyncio.sleep(0.05)
-    assert sorted(body["status"] for body in received) == ["completed", "interrupted"]
-    assert all(body["id"] == run["id"] for body in received)
+    return run
 
 
-async def test_a_pause_webhook_carries_the_run_as_the_pause_left_it(
-    make_client: AppFactory,
-    receiver: tuple[str, list[dict[str, Any]]],
-    monkeypatch: pytest.MonkeyPatch,
+async def test_pause_and_end_go_out_in_order_each_as_it_left_the_run(
+    make_client: AppFactory, receiver: Receiver, database_url: str
 ) -> None:
-    """The body of a pause's webhook is the run as that pause committed it, even when the
-    run has moved on (answered, completed) before the delivery went out."""
-    monkeypatch.setattr("app.engine.webhooks.FIRST_DELAY_S", 0.05)
-    gate = asyncio.Event()
-    real = webhooks.transaction
-
-    @contextlib.asynccontextmanager
-    async def held_back(sessions: Any) -> AsyncIterator[Any]:
-        await gate.wait()  # a delivery that reads the run reads it only once it completed
-        async with real(sessions) as session:
-            yield session
-
-    monkeypatch.setattr(webhooks, "transaction", held_back)
-    url, received = receiver
+    """The receiver fails every attempt until the run has completed: the pause's delivery
+    still carries the run as the pause left it, every attempt of it the same key, and the
+    end's delivery waits for it."""
+    receiver.answer = lambda body: 200 if opened.is_set() else 503
+    opened = asyncio.Event()
     client = await make_client()
-    definition = wf(
-        "hooked-late",
-        {"ask": {"step": "interrupt", "with": {}}, "end": {"step": "set"}},
-        [{"from": "ask", "to": "end"}],
-    )
-    body = {"definition": definition, "inputs": {}, "webhook": url}
-    run = (await client.post("/runs/wait", json=body)).json()
+    run = await started_paused(client, receiver.url)
+    await receiver.wait(lambda: len(receiver.hits) >= 2, "the pause retried")
     answer = {"interrupt_id": run["interrupt"]["id"]}
     done = await client.post(f"/runs/{run['id']}/response", params={"wait_s": 10}, json=answer)
     assert done.json()["status"] == "completed"
-    gate.set()
+    opened.set()
+    await receiver.wait(lambda: len(receiver.delivered()) == 2, "both delivered")
+
+    first, second = receiver.delivered()
+    assert (first["status"], second["status"]) == ("interrupted", "completed")
+    assert first["interrupt"]["id"] == run["interrupt"]["id"]
+    assert first["updated_at"] == run["updated_at"]
+    assert second == done.json()
+    # every attempt of the pause came before the end's first, with the pause's key
+    statuses = [h.body["status"] for h in receiver.hits]
+    assert statuses.index("completed") == len(statuses) - 1
+    assert {h.key for h in receiver.hits[:-1]} == {f"{run['id']}:interrupted:{run['updated_at']}"}
+    assert receiver.hits[-1].key == f"{run['id']}:completed:{second['updated_at']}"
+    assert await owed(database_url) == []
+
+
+async def test_cancel_and_reject_owe_their_webhook(
+    make_client: AppFactory, receiver: Receiver
+) -> None:
+    client = await make_client()
+    cancelled = await started_paused(client, receiver.url)
+    assert (await client.post(f"/runs/{cancelled['id']}/cancel")).status_code < 300
+    rejected = await started_paused(client, receiver.url)
+    answer = {"interrupt_id": rejected["interrupt"]["id"], "status": "rejected"}
+    assert (await client.post(f"/runs/{rejected['id']}/response", json=answer)).status_code < 300
+    await receiver.wait(lambda: len(receiver.delivered()) == 4, "four deliveries")
+
+    by_run: dict[str, list[str]] = {}
+    for body in receiver.delivered():
+        by_run.setdefault(body["id"], []).append(body["status"])
+    assert by_run == {
+        cancelled["id"]: ["interrupted", "cancelled"],
+        rejected["id"]: ["interrupted", "failed"],
+    }
+    failed = next(
+        b for b in receiver.delivered() if b["id"] == rejected["id"] and b["status"] == "failed"
+    )
+    assert failed["error"]["code"] == "interrupt_rejected"
+
+
+async def test_the_delivery_is_written_with_the_end_and_given_up_after_its_attempts(
+    make_client: AppFactory, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing listens at the URL: the delivery stays owed, with its last error, until its
+    attempts are spent."""
+    monkeypatch.setattr(webhooks, "FIRST_DELAY_S", 0.5)
+    client = await make_client(webhook_attempts=2)
+    retrying, failed = attempts_counted("retrying"), attempts_counted("failed")
+    closed = "http://127.0.0.1:9/hook"  # the discard port: nothing answers
+    body = {"definition": wf("ends", {"end": {"step": "set"}}), "inputs": {}, "webhook": closed}
+    run = (await client.post("/runs/wait", json=body)).json()
+    assert run["status"] == "completed"
+
+    rows = await owed(database_url)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["run_id"] == run["id"]
+    assert row["body"] == run
+    assert row["key"] == f"{run['id']}:completed:{run['updated_at']}"
     for _ in range(200):
-        if len(received) >= 2:
+        if not await owed(database_url):
             break
-        await asyncio.sleep(0.05)
-    by_status = {b["status"]: b for b in received}
-    assert sorted(by_status) == ["completed", "interrupted"]
-    assert by_status["interrupted"]["interrupt"]["id"] == run["interrupt"]["id"]
-    assert by_status["interrupted"]["updated_at"] == run["updated_at"]
+        await asyncio.sleep(0.025)
+    else:
+        raise AssertionError(f"never given up: {await owed(database_url)}")
+    assert attempts_counted("retrying") == retrying + 1
+    assert attempts_counted("failed") == failed + 1
+
+
+async def test_shutdown_hands_back_an_attempt_under_way_and_a_restart_delivers_it(
+    make_client: AppFactory, receiver: Receiver, database_url: str
+) -> None:
+    receiver.answer = lambda body: None  # hang: the attempt is under way at shutdown
+    client = await make_client(webhook_timeout_s=60)
+    body = {
+        "definition": wf("ends", {"end": {"step": "set"}}),
+        "inputs": {},
+        "webhook": receiver.url,
+    }
+    run = (await client.post("/runs/wait", json=body)).json()
+    await receiver.wait(lambda: len(receiver.hits) == 1, "the first attempt")
+    await client.stop()  # type: ignore[attr-defined]
+    (row,) = await owed(database_url)
+    assert row["attempts"] == 1
+
+    receiver.answer = lambda body: 200
+    # (a claim would have lasted 65 s: the attempt was handed back)
+    await make_client(webhook_timeout_s=60)
+    await receiver.wait(lambda: len(receiver.delivered()) == 1, "delivered after restart")
+    assert receiver.delivered()[0] == run
+    assert receiver.hits[0].key == receiver.hits[1].key
+    for _ in range(100):
+        if not await owed(database_url):
+            break
+        await asyncio.sleep(0.025)
+    assert await owed(database_url) == []

@@ -62,7 +62,7 @@ async def db(pg_url: str) -> AsyncIterator[AsyncEngine]:
     """The scratch database, emptied; for the test's own queries."""
     engine = create_async_engine(pg_url, pool_pre_ping=True)
     async with engine.begin() as conn:
-        for table in ("events", "checkpoints", "runs", "workflows"):
+        for table in ("events", "checkpoints", "runs", "workflows", "webhook_deliveries"):
             await conn.execute(text(f"DELETE FROM {table}"))
     yield engine
     await engine.dispose()

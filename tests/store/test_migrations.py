@@ -21,7 +21,15 @@ from app.store.events import NewEvent, insert_events
 from app.store.models import Base
 from tests.conftest import REQUIRE_PG, _pg_admin, _pg_available, _pg_url, scratch_pg_database
 
-TABLES = {"workflows", "prompts", "runs", "checkpoints", "events", "agent_turns"}
+TABLES = {
+    "workflows",
+    "prompts",
+    "runs",
+    "checkpoints",
+    "events",
+    "agent_turns",
+    "webhook_deliveries",
+}
 
 
 async def _state(url: str) -> tuple[set[str], list[Any], str | None]:
