@@ -16,7 +16,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.engine import webhooks
-from tests.conftest import AppFactory
+from app.steps.registry import StepRegistry, builtin_steps
+from tests.conftest import AppFactory, until_status
+from tests.engine.test_poison_runs import FLOW as POISON_FLOW
+from tests.engine.test_poison_runs import BrokenPlugin
 from tests.engine.test_runner import wf
 
 ASK_THEN_END = wf(
@@ -223,3 +226,19 @@ async def test_shutdown_hands_back_an_attempt_under_way_and_a_restart_delivers_i
             break
         await asyncio.sleep(0.025)
     assert await owed(database_url) == []
+
+
+async def test_a_run_failed_by_the_service_owes_its_webhook(
+    make_client: AppFactory, receiver: Receiver
+) -> None:
+    """An execution that keeps raising inside the service fails the run (``internal_error``)
+    outside the runner's own writes; that failure owes its delivery too."""
+    registry = StepRegistry({**builtin_steps(), "broken": BrokenPlugin()})
+    client = await make_client(registry=registry)
+    body = {"definition": POISON_FLOW, "inputs": {}, "webhook": receiver.url}
+    run_id = (await client.post("/runs", json=body)).json()["id"]
+    run = await until_status(client, run_id, "failed", within_s=30)
+    await receiver.wait(lambda: len(receiver.delivered()) == 1, "the failure delivered")
+    (delivered,) = receiver.delivered()
+    assert delivered["error"]["code"] == "internal_error"
+    assert delivered == run

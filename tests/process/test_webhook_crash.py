@@ -34,6 +34,6 @@ async def test_a_delivery_cut_off_by_sigkill_is_made_by_another_process(
     assert hits[0].body == hits[1].body == run
 
     async def delivered() -> bool:
-        return await scalar(db, "SELECT count(*) FROM webhook_deliveries") == 0
+        return bool(await scalar(db, "SELECT count(*) FROM webhook_deliveries") == 0)
 
     await wait_until(delivered, 30, "the delivery marked done")
