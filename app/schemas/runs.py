@@ -23,7 +23,15 @@ class RunCreate(_Action):
     start_at: AwareDatetime | None = Field(
         default=None, description="RFC 3339; the run stays queued until then"
     )
-    webhook: str | None = Field(default=None, max_length=2048, pattern=r"^https?://")
+    webhook: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://",
+        description=(
+            "receives a POST of the run resource whenever the run pauses or ends, with an "
+            "Idempotency-Key; durable, at least once, in order for the run"
+        ),
+    )
 
     @field_validator("start_at")
     @classmethod
