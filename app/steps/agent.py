@@ -15,6 +15,7 @@ Journal entries, in order: ``start`` ``{system, messages, prompts}``, then ``mod
 
 from __future__ import annotations
 
+import json
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -71,6 +72,8 @@ class _Loop:
     async def run(self, start: dict[str, Any]) -> StepResult:
         self.messages = list(start["messages"])
         self.system = start["system"]
+        # the session message the opening took as its user turn, by its time
+        self.opened_with = start.get("user_ts", _NONE)
         calls = 0  # model calls since the last user turn
         user_turns = sum(1 for m in self.messages if m["role"] == "user")
         while True:
@@ -311,15 +314,29 @@ class _Loop:
         entry = self.journal.next()
         if entry is not None:
             return str(entry["data"]["content"])
-        message = self.ctx.context.get("user_message")
-        if not isinstance(message, str):
+        sent = session_message(self.ctx)
+        if sent is None:
             return None
-        history = self.ctx.context.get("messages") or []
-        ts = history[-1].get("ts") if history else None
-        if self.journal.recorded("user", "ts", ts):
+        message, ts = sent
+        if ts == self.opened_with or self.journal.recorded("user", "ts", ts):
             return None  # that message was already taken
         await self.journal.record("user", {"content": message, "ts": ts})
         return message
+
+
+_NONE = object()  # (no session message opened the loop)
+
+
+def session_message(ctx: StepContext) -> tuple[str, Any] | None:
+    """The session message this execution was resumed with, as the text of a user turn
+    (a JSON value other than a string as JSON text), and its time; None if none was."""
+    if "user_message" not in ctx.context:
+        return None
+    message = ctx.context["user_message"]
+    if not isinstance(message, str):
+        message = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    history = ctx.context.get("messages") or []
+    return message, history[-1].get("ts") if history else None
 
 
 class AgentStep:
@@ -362,17 +379,14 @@ class AgentStep:
         except StepwiseError as exc:  # an unknown prompt
             return StepResult.failed(exc.code, exc.message)
         if not any(m["role"] == "user" for m in start["messages"]):
-            first = await self._first_message(ctx, setup)
-            if isinstance(first, StepResult):
-                return first
-            start["messages"].append({"role": "user", "content": first})
+            sent = session_message(ctx)
+            if sent is None:
+                if setup.options.session:  # the first message opens the conversation
+                    return StepResult.awaiting_input(None)
+                return config_error(
+                    "agent", "no user turn: give `with.prompt` or `with.prompt_ref`"
+                )
+            start["messages"].append({"role": "user", "content": sent[0]})
+            start["user_ts"] = sent[1]
         # a secret in `with` or a prompt is never sent to a model
         return dict(ctx.services.redactor.json(start))
-
-    async def _first_message(self, ctx: StepContext, setup: AgentSetup) -> str | StepResult:
-        message = ctx.context.get("user_message")
-        if isinstance(message, str):
-            return message
-        if setup.options.session:
-            return StepResult.awaiting_input(None)
-        return config_error("agent", "no user turn: give `with.prompt` or `with.prompt_ref`")

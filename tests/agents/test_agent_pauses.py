@@ -231,3 +231,27 @@ async def test_a_session_without_a_prompt_resumes_an_answered_question_from_its_
     assert user_texts(fake, fake.model_requests[1].body) == ["my refund"]
     [result] = tool_results(fake, fake.model_requests[1].body)
     assert result["content"] == "A-1"
+
+
+async def test_a_session_without_a_prompt_opens_with_the_first_message_once(
+    client: httpx.AsyncClient, fake: FakeModel
+) -> None:
+    """The first message is the opening's user turn, sent once; a message that is another
+    JSON value than text is sent as JSON text."""
+    fake.push(Answer(text="first"), Answer(text="second"))
+    definition = agent_workflow(fake, node={"with": {"session": True}})
+    run = await run_and_wait(client, {"definition": definition, "inputs": {}})
+    assert run["status"] == "awaiting_input", run
+    assert fake.model_requests == []
+    run = await _say(client, run["id"], "hello")
+    assert run["status"] == "awaiting_input", run
+    assert run["awaiting_input"]["prompt"] == "first"
+    assert len(fake.model_requests) == 1
+    assert user_texts(fake, fake.model_requests[0].body) == ["hello"]
+
+    sent = await client.post(f"/runs/{run['id']}/messages", json={"message": {"order": 7}})
+    assert sent.status_code == 202, sent.text
+    run = await until_status(client, run["id"], "awaiting_input", "completed", "failed")
+    assert run["awaiting_input"]["prompt"] == "second", run
+    assert len(fake.model_requests) == 2
+    assert user_texts(fake, fake.model_requests[1].body) == ["hello", '{"order":7}']
