@@ -316,7 +316,7 @@ class BranchExecution(RunExecution):
             # a branch's pause is written at once (its answer may come while others run),
             # not kept back with the pure steps that share a commit
             root.pure = pure and status is RunStatus.RUNNING
-            await root._checkpoint(RunStatus.RUNNING, last)
+            await root._checkpoint(RunStatus.RUNNING, last, branch=self.branch_id)
 
         await write_locked(runtime, write)
         return self.runnable()

@@ -216,8 +216,10 @@ class RunRecorder:
         due_at: datetime | None = None,
         error: dict[str, Any] | None = None,
         output: Any = None,
+        branch: str | None = None,
     ) -> bool:
-        """``_commit`` with the last node's path given (parallel branches name theirs)."""
+        """``_commit`` with the last node's path given (parallel branches name theirs, and
+        themselves in its ``checkpoint.saved``)."""
         check_transition(RunStatus.RUNNING, status)
         checkpoint_id = new_id()
         next_node = branchdoc.current_node(self.doc)
@@ -256,7 +258,8 @@ class RunRecorder:
         }
         if not running:
             values["lease_owner"] = None
-        write = StepWrite(self.events, row, base_id, data, now)
+        saved = {"branch": branch} if branch is not None else None
+        write = StepWrite(self.events, row, base_id, data, now, saved)
         before = self.chain, self.head_id, self.attempt
         self.events = []
         self.chain = chain

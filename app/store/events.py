@@ -145,14 +145,16 @@ def stored_json(events: Sequence[NewEvent], at: int, checkpoint_id: str | None) 
             return encode_json(events[0].data or {}).decode(), ""
         return encode_json([[e.type, e.node, e.data or {}] for e in events]).decode(), ""
     saved = '{"checkpoint_id":' + encode_json(checkpoint_id).decode() + ',"seq":'
+    more = events[at].data  # the placeholder's data: more of the event's (its branch)
+    close = ("," + encode_json(more).decode()[1:-1] if more else "") + "}"
     if len(events) == 1:
-        return saved, "}"
+        return saved, close
     before = [[e.type, e.node, e.data or {}] for e in events[:at]]
     after = [[e.type, e.node, e.data or {}] for e in events[at + 1 :]]
     type_node = encode_json([events[at].type, events[at].node]).decode()[:-1]
     head = "[" + (encode_json(before).decode()[1:-1] + "," if before else "")
     head += type_node + "," + saved
-    tail = "}]" + ("," + encode_json(after).decode()[1:-1] if after else "") + "]"
+    tail = close + "]" + ("," + encode_json(after).decode()[1:-1] if after else "") + "]"
     return head, tail
 
 

@@ -48,13 +48,15 @@ STATUS_EVENT_TYPES = frozenset(
 class StepWrite:
     """One step's outcome: its events and, unless it only reports progress, its checkpoint
     (``data`` a full document, or a delta against ``base_id``). ``ts`` stamps its events
-    and checkpoint (default: the commit time)."""
+    and checkpoint (default: the commit time); ``saved`` is more data for the
+    checkpoint's ``checkpoint.saved`` event (the parallel branch that wrote it)."""
 
     events: list[NewEvent]
     checkpoint: CheckpointRow | None = None
     base_id: str | None = None
     data: Any = None
     ts: datetime | None = None
+    saved: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +77,7 @@ def _with_saved_event(write: StepWrite) -> tuple[list[NewEvent], int]:
         return events, -1
     while at > 0 and events[at - 1].type in STATUS_EVENT_TYPES:
         at -= 1
-    events.insert(at, NewEvent("checkpoint.saved", write.checkpoint.next_node))
+    events.insert(at, NewEvent("checkpoint.saved", write.checkpoint.next_node, write.saved))
     return events, at
 
 
@@ -192,7 +194,7 @@ def _numbered(
             seq += 1
             write.checkpoint.seq = seq
             write.checkpoint.created_at = write.ts or now
-            saved = {"checkpoint_id": write.checkpoint.id, "seq": seq}
+            saved = {"checkpoint_id": write.checkpoint.id, "seq": seq, **(write.saved or {})}
             evs[at] = NewEvent("checkpoint.saved", write.checkpoint.next_node, saved)
             rows.append((write.checkpoint, write.base_id, write.data))
     return rows

@@ -60,6 +60,13 @@ async def test_branches_meet_at_the_join_and_merge(client: httpx.AsyncClient) ->
         "review": "review",
         "merge": None,
     }
+    # a branch step's checkpoint.saved names its branch (its node may be another's)
+    saved = [e["data"].get("branch") for e in events if e["type"] == "checkpoint.saved"]
+    assert sorted(b for b in saved if b) == ["draft", "draft", "research", "review"]
+    for i, event in enumerate(events):
+        if event["type"] == "checkpoint.saved" and event["data"].get("branch"):
+            done = next(e for e in reversed(events[:i]) if e["type"] == "node.completed")
+            assert done["data"]["branch"] == event["data"]["branch"]
     assert types_of(events)[-1] == "run.completed"
 
 

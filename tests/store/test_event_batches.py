@@ -156,7 +156,8 @@ async def test_deleting_a_run_counts_its_events(
     ("count", "at"), [(n, at) for n in (1, 2, 5) for at in (None, 0, 1, 4) if at is None or at < n]
 )
 def test_a_rows_json_is_head_seq_tail(count: int, at: int | None) -> None:
-    """``at``: the event that is a checkpoint's ``checkpoint.saved`` (its seq unknown)."""
+    """``at``: the event that is a checkpoint's ``checkpoint.saved`` (its seq unknown;
+    its own data, the branch that wrote it, follows)."""
     events = [
         NewEvent(f"t.{i}", f"n{i}" if i % 2 else None, {"i": i, "s": '"}],['}) for i in range(count)
     ]
@@ -165,5 +166,6 @@ def test_a_rows_json_is_head_seq_tail(count: int, at: int | None) -> None:
     data = orjson.loads(head + "17" + tail if checkpoint else head)
     expected: list[list[Any]] = [[e.type, e.node, e.data] for e in events]
     if at is not None:
-        expected[at] = [events[at].type, events[at].node, {"checkpoint_id": "0b1c", "seq": 17}]
+        saved = {"checkpoint_id": "0b1c", "seq": 17, **events[at].data}
+        expected[at] = [events[at].type, events[at].node, saved]
     assert data == (expected[0][2] if count == 1 else expected)
