@@ -247,7 +247,10 @@ class _Loop:
             return await self._ask_human(call)
         await ctx.event("tool.called", node=ctx.node, tool=name, args=args, id=call_id)
         data = await self._outcome(name, args, call_id)
-        if isinstance(data, StepResult):
+        if isinstance(data, StepResult):  # the tool failed the node
+            if data.error is not None:
+                error = data.error.message
+                await ctx.event("tool.completed", node=ctx.node, id=call_id, error=error)
             return data
         data = {"id": call_id, **ctx.services.redactor.json(data)}
         await self.journal.record("tool", data)

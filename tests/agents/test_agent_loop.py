@@ -145,6 +145,9 @@ async def test_a_tool_failing_for_good_fails_the_node(
     assert run["status"] == "failed", run
     assert run["error"]["code"] == "tool_failed"
     assert "lookup_order" in run["error"]["message"]
+    events = await events_of(client, run["id"], types="tool.*")
+    assert [e["type"] for e in events] == ["tool.called", "tool.completed"]
+    assert events[1]["data"]["error"] == run["error"]["message"]
 
 
 async def test_max_turns_fails_a_loop_that_never_answers(
