@@ -4,7 +4,8 @@ A branch goes from a target of a fan-out edge along the edges that do not close 
 until it reaches a node with ``join: all`` (it *arrives* there) or a node without
 outgoing edges (it *ends*). A fan-out nested inside a branch is passed over as a whole:
 the branch goes on from the nested fan-out's own join. Validation refuses a fan-out
-whose branches can stop at more than one place; the runner asks where they meet.
+whose branches can stop at more than one place, or can both reach a node that is not a
+join (they would meet there without joining); the runner asks where they meet.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ END = None  # the place of a branch that ends without a join
 
 @dataclass(frozen=True, slots=True)
 class Meeting:
-    """Where a fan-out's branches stop: ``{join id}``, ``{END}``, or (invalid) several."""
+    """Where a fan-out's branches stop: ``{join id}``, ``{END}``, or (invalid) several;
+    ``shared``: nodes other than a join that two branches can both reach (invalid: the
+    branches would meet there, and run it and what follows once each)."""
 
     places: frozenset[str | None]
+    shared: frozenset[str] = frozenset()
 
     @property
     def join(self) -> str | None:
@@ -29,7 +33,7 @@ class Meeting:
 
     @property
     def valid(self) -> bool:
-        return len(self.places) == 1
+        return len(self.places) == 1 and not self.shared
 
 
 class JoinAnalysis:
@@ -48,16 +52,23 @@ class JoinAnalysis:
             return self._meetings[edge_index]
         edge = self._d.edges[edge_index]
         places: set[str | None] = set()
+        reached: set[str] = set()
+        shared: set[str] = set()
         for target in edge.targets:
             if target in self._d.nodes:
-                places |= self._stops(target, _active | {edge_index})
-        meeting = Meeting(frozenset(places))
+                stops, nodes = self._stops(target, _active | {edge_index})
+                places |= stops
+                shared |= reached & nodes
+                reached |= nodes
+        meeting = Meeting(frozenset(places), frozenset(shared))
         self._meetings[edge_index] = meeting
         return meeting
 
-    def _stops(self, start: str, active: frozenset[int]) -> set[str | None]:
-        """The joins (and END) a branch starting at ``start`` can stop at."""
+    def _stops(self, start: str, active: frozenset[int]) -> tuple[set[str | None], set[str]]:
+        """The joins (and END) a branch starting at ``start`` can stop at, and the nodes
+        it can run on the way (a nested fan-out's own branches and join excepted)."""
         stops: set[str | None] = set()
+        nodes: set[str] = set()
         seen: set[tuple[str, bool]] = set()
         todo: list[tuple[str, bool]] = [(start, False)]  # (node, passing through its join)
         while todo:
@@ -68,6 +79,8 @@ class JoinAnalysis:
             if not through and self._d.nodes[node_id].join == "all":
                 stops.add(node_id)
                 continue
+            if not through:
+                nodes.add(node_id)
             edges = self._outgoing[node_id]
             if not edges:
                 stops.add(END)
@@ -84,4 +97,4 @@ class JoinAnalysis:
                         stops.add(END)
                     else:
                         todo.append((place, True))
-        return stops
+        return stops, nodes

@@ -297,6 +297,9 @@ class DefinitionValidator:
                     f"the branches of fan-out {edge.from_!r} -> {edge.targets} must meet at "
                     f"one `join: all` node or all end; they stop at {', '.join(places)}"
                 )
+                if meeting.shared:
+                    met = ", ".join(repr(n) for n in sorted(meeting.shared))
+                    msg += f", and meet outside a join at {met}"
                 errors.append(error_item(["edges", i, "to"], msg, "unjoined_branches"))
         return errors
 

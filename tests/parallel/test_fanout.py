@@ -354,3 +354,28 @@ async def test_a_branch_may_start_at_the_join(client: httpx.AsyncClient) -> None
     run = await start(client, wf("at-join", nodes, edges))
     assert run["status"] == "completed", run
     assert run["state"] == {"w": 1, "seen": 1}
+
+
+async def test_branches_that_meet_outside_a_join_are_refused(client: httpx.AsyncClient) -> None:
+    """Two branches reaching one node that is not `join: all` would each run it (and all
+    after it): they meet there without joining, and validation says so."""
+    definition = wf(
+        "shared-tail",
+        {"s": {"step": "set"}, "a": {"step": "set"}, "b": {"step": "set"},
+         "j": {"step": "set"}, "k": {"step": "set"}},
+        [{"from": "s", "to": ["a", "b"]}, {"from": "a", "to": "j"}, {"from": "b", "to": "j"},
+         {"from": "j", "to": "k"}],
+    )  # fmt: skip
+    response = await client.post("/workflows/validate", json=definition)
+    [error] = response.json()["errors"]
+    assert error["loc"] == ["edges", 0, "to"]
+    assert error["type"] == "unjoined_branches"
+    assert "meet outside a join at 'j', 'k'" in error["msg"]
+    # a branch that runs into another's first node meets it there too
+    definition["edges"] = [{"from": "s", "to": ["a", "b"]}, {"from": "a", "to": "b"}]
+    errors = (await client.post("/workflows/validate", json=definition)).json()["errors"]
+    assert any("meet outside a join at 'b'" in e["msg"] for e in errors), errors
+    definition["nodes"]["j"]["join"] = "all"
+    definition["edges"] = [{"from": "s", "to": ["a", "b"]}, {"from": "a", "to": "j"},
+                           {"from": "b", "to": "j"}, {"from": "j", "to": "k"}]  # fmt: skip
+    assert (await client.post("/workflows/validate", json=definition)).json()["valid"] is True
