@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.engine import prompts
 from app.engine.memory import Handover
 from app.engine.templates import TemplateEngine
+from app.engine.templates.secrets import SecretValues
 from app.engine.validation import DefinitionLimits, DefinitionValidator
 from app.errors import NotFound
 from app.schemas.definition import WorkflowDefinition
@@ -37,11 +38,13 @@ SECRET_PREFIX = "STEPWISE_SECRET_"
 REDACTED = "***"
 
 
-def load_secrets(settings: Settings, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+def load_secrets(settings: Settings, environ: Mapping[str, str] = os.environ) -> SecretValues:
     """``STEPWISE_SECRET_<NAME>`` variables, then ``NAME=value`` lines of the secrets file."""
-    secrets = {
-        k[len(SECRET_PREFIX) :]: v for k, v in environ.items() if k.startswith(SECRET_PREFIX) and v
-    }
+    secrets = SecretValues(
+        (k[len(SECRET_PREFIX) :], v)
+        for k, v in environ.items()
+        if k.startswith(SECRET_PREFIX) and v
+    )
     if settings.secrets_file:
         for line in Path(settings.secrets_file).read_text().splitlines():
             name, sep, value = line.partition("=")
@@ -246,7 +249,7 @@ class Engine:
     http: OutboundClient
     outbound_policy: OutboundPolicy
     model_clients: ModelClients  # agent steps' model clients, kept across steps and runs
-    secrets: dict[str, str]
+    secrets: SecretValues
     redactor: Redactor
     on_events: EventsHook = _no_events
     # called after a runner's commit with the event rows it wrote: (run_id, rows, status)

@@ -306,7 +306,8 @@ class DefinitionValidator:
     def _template_errors(self, d: WorkflowDefinition) -> list[dict[str, Any]]:
         errors = []
 
-        def check(loc: Loc, value: Any) -> None:
+        def check(loc: Loc, value: Any, *, secrets: bool = False) -> None:
+            """``secrets``: whether the templates there have ``secrets`` in scope."""
             for path, source in self._templates.iter_templates(value, loc):
                 try:
                     self._templates.check(source)
@@ -314,17 +315,22 @@ class DefinitionValidator:
                     errors.append(
                         error_item(path, f"template does not parse: {exc.message}", "bad_template")
                     )
+                    continue
+                for msg in self._templates.secret_problems(source, allowed=secrets):
+                    errors.append(error_item(path, msg, "secret_not_allowed"))
 
         check(["state"], d.state)
         for name, tool in d.tools.items():
-            check(["tools", name, "http"], tool.http)
+            check(["tools", name, "http"], tool.http, secrets=True)
         for name, model in d.models.items():
-            check(["models", name, "api_key"], model.api_key)
+            check(["models", name, "api_key"], model.api_key, secrets=True)
         for agent_id, agent in d.agent_map.items():
             check(["agents", agent_id, "system_prompt"], agent.system_prompt)
         check(["output"], d.output)
         for node_id, node in d.nodes.items():
-            check(["nodes", node_id, "with"], node.with_)
+            # a subgraph's and a map's `with` become stored inputs: no secrets there
+            inputs = node.step in ("subgraph", "map")
+            check(["nodes", node_id, "with"], node.with_, secrets=not inputs)
             check(["nodes", node_id, "set"], node.set)
         for i, edge in enumerate(d.edges):
             if edge.when is not None:

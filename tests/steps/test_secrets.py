@@ -182,27 +182,68 @@ async def test_secret_in_the_query_and_in_a_failed_answer(
     await assert_no_canary(secret_client, database_url, caplog, [run["id"]])
 
 
-async def test_template_error_messages_do_not_show_the_value(
-    secret_client: httpx.AsyncClient,
-    server: LoopbackServer,
-    database_url: str,
-    caplog: pytest.LogCaptureFixture,
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ secrets.API_TOKEN | upper }}",
+        "{{ secrets.API_TOKEN[0:5] }}",
+        "x{{ 'a' ~ secrets.API_TOKEN }}",
+        "{{ secrets.API_TOKEN | list }}",
+        "{{ secrets.API_TOKEN == 'x' }}",
+        "{{ state.known[secrets.API_TOKEN] + 1 }}",
+        "{% set t = secrets.API_TOKEN %}{{ t }}",
+        "{{ secrets }}",
+        "{{ secrets.items() }}",
+    ],
+)
+async def test_a_transformed_secret_is_refused_when_stored(
+    template: str, secret_client: httpx.AsyncClient
 ) -> None:
-    caplog.set_level(logging.DEBUG)
-    server.route("/echo", echo(200))
-    # the secret's value becomes part of the failing expression's error message
-    definition = {
-        "name": "secret-template-error",
-        "state": {"known": {}},
-        "nodes": {"fetch": http_node("{{ state.known[secrets.API_TOKEN] + 1 }}")},
-    }
-    run = await run_and_wait(secret_client, {"definition": definition, "inputs": {}})
+    """Redaction recognises a secret's value (and its encoded forms), not what a template
+    makes of it: a template may only insert a secret as is (DESIGN §8)."""
+    definition = {"name": "secret-transformed", "nodes": {"fetch": http_node(template)}}
+    response = await secret_client.post("/workflows/validate", json=definition)
+    [error] = response.json()["errors"]
+    assert error["loc"] == ["nodes", "fetch", "with", "url"]
+    assert error["type"] == "secret_not_allowed"
+    assert "secret" in error["msg"]
+    started = await secret_client.post("/runs", json={"definition": definition, "inputs": {}})
+    assert started.status_code == 422, started.text
 
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ secrets.API_TOKEN }}",
+        "Bearer {{ secrets.API_TOKEN }}",
+        "{{ secrets['API_TOKEN'] }}",
+        "{{ [secrets.API_TOKEN, 1] }}",
+        "{{ {'token': secrets.API_TOKEN} }}",
+        "{{ secrets.API_TOKEN if state.x else 'none' }}",
+        "{{ state.t | default(secrets.API_TOKEN) }}",
+        "?t={{ secrets.API_TOKEN | urlencode }}",
+    ],
+)
+async def test_a_secret_inserted_as_is_is_accepted(
+    template: str, secret_client: httpx.AsyncClient
+) -> None:
+    definition = {"name": "secret-as-is", "nodes": {"fetch": http_node(template)}}
+    response = await secret_client.post("/workflows/validate", json=definition)
+    assert response.json() == {"valid": True, "errors": []}
+
+
+async def test_an_unknown_secret_fails_the_step_naming_it(
+    secret_client: httpx.AsyncClient, server: LoopbackServer
+) -> None:
+    """Not a missing key rendered as nothing (an empty credential sent on)."""
+    server.route("/echo", echo(200))
+    url = server.url("/echo") + "?t={{ secrets.NOPE }}"
+    definition = {"name": "secret-unknown", "nodes": {"fetch": http_node(url)}}
+    run = await run_and_wait(secret_client, {"definition": definition, "inputs": {}})
     assert run["status"] == "failed", run
     assert run["error"]["code"] == "expression_error"
-    assert "fetch" in run["error"]["message"]
+    assert "unknown secret 'NOPE'" in run["error"]["message"]
     assert server.hits == []
-    await assert_no_canary(secret_client, database_url, caplog, [run["id"]])
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,7 @@ from jinja2.runtime import Context
 from app.engine.templates.environment import _BoundedEnvironment
 from app.engine.templates.errors import TemplateError, _EvalError, _LimitError
 from app.engine.templates.scan import _is_template, has_template, iter_templates
+from app.engine.templates.secrets import secret_problems
 
 
 def _utf8_len(text: str) -> int:
@@ -112,6 +113,13 @@ class TemplateEngine:
                 self._compile_template(source)
             except Exception as exc:
                 raise _to_template_error(exc, source) from exc
+
+    def secret_problems(self, source: str, *, allowed: bool) -> list[str]:
+        """Why the template string may not use ``secrets`` as it does (:mod:`.secrets`);
+        call it on a string :meth:`check` accepted."""
+        if not _is_template(source):
+            return []
+        return secret_problems(self._env.parse(source), allowed=allowed)
 
     def check_expression(self, expr: str) -> None:
         """Raise :class:`TemplateError` if the bare expression does not compile."""

@@ -39,7 +39,7 @@ from itertools import chain
 from typing import Any, NoReturn
 
 from jinja2 import StrictUndefined, Undefined
-from jinja2.exceptions import SecurityError
+from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.filters import make_attrgetter
 from jinja2.utils import pass_environment
 
@@ -49,6 +49,7 @@ from app.engine.templates.errors import _LimitError
 from app.engine.templates.limits import _Deadline
 from app.engine.templates.missing import MissingKey, is_none
 from app.engine.templates.operators import _GuardedOperators
+from app.engine.templates.secrets import SecretValues
 
 _REMOVED_FILTERS = ("pprint",)
 
@@ -118,6 +119,8 @@ class _BoundedEnvironment(_GuardedCalls, _GuardedOperators):
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         self.tick()
+        if type(obj) is SecretValues:
+            return _secret(obj, attribute)
         if type(obj) is dict:
             try:
                 return obj[attribute]
@@ -127,6 +130,8 @@ class _BoundedEnvironment(_GuardedCalls, _GuardedOperators):
 
     def getitem(self, obj: Any, argument: Any) -> Any:
         self.tick()
+        if type(obj) is SecretValues:
+            return _secret(obj, argument)
         return self._missing(obj, argument, super().getitem(obj, argument))
 
     @staticmethod
@@ -140,3 +145,12 @@ class _BoundedEnvironment(_GuardedCalls, _GuardedOperators):
         raise SecurityError(
             f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe"
         )
+
+
+def _secret(secrets: SecretValues, name: Any) -> str:
+    try:
+        return secrets[name]
+    except (KeyError, TypeError):
+        raise UndefinedError(
+            f"unknown secret {name!r}: set STEPWISE_SECRET_{name} (or add it to the secrets file)"
+        ) from None
