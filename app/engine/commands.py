@@ -189,6 +189,7 @@ class RunCommands(HistoryCommands, ApprovalCommands):
                 code="invalid_inputs",
                 errors=[error_item(["body", "inputs"], exc.message)],
             ) from None
+        self._check_state_size(frame["state"], ["body", "inputs"], "the initial state")
         now = utcnow()
         run_id = new_id()
         checkpoint_id = new_id()

@@ -159,6 +159,7 @@ class HistoryCommands(CommandBase):
             checkpoint, doc, _ = await load_doc(session, source, body.checkpoint_id)
             # the patch reaches the branches of a fan-out too; pending pauses stay pending
             doc = branchdoc.patch_state(doc, body.state_patch)
+            self._check_state_size(memory.top_state(doc), ["body", "state_patch"], "the state")
             if branchdoc.section_index(doc) is None:
                 # its paused node runs again (an agent from its journal, copied below) and
                 # pauses anew; the model usage counted so far stays the fork's
@@ -269,6 +270,7 @@ class HistoryCommands(CommandBase):
                 )
             _, doc, _ = await load_doc(session, run)
             doc = branchdoc.patch_state(doc, body.state_patch)
+            self._check_state_size(memory.top_state(doc), ["body", "state_patch"], "the state")
             frames = list(doc["frames"])
             top = frames[0]
             if body.goto is not None:

@@ -18,9 +18,10 @@ from app.engine import memory
 from app.engine.lifecycle import PAUSED, TERMINAL, RunStatus
 from app.engine.services import Engine
 from app.engine.subgraphs import SubgraphFrames
-from app.errors import NotFound
+from app.errors import Invalid, NotFound, error_item
 from app.store import checkpoints as checkpoint_store
 from app.store import runs as run_store
+from app.store.database import encode_json
 from app.store.models import Checkpoint, Run, utcnow
 from app.store.progress import record_step, take_written
 from app.store.statements import Unchanged
@@ -59,6 +60,15 @@ class CommandBase:
     def _can_reserve(self) -> bool:
         """Whether this process's runners can take a run queued for them now."""
         return self.engine.runner_owner is not None and self.engine.can_adopt()
+
+    def _check_state_size(self, state: Any, loc: list[str | int], what: str) -> None:
+        """422 ``state_too_large`` for a state over ``STEPWISE_MAX_STATE_BYTES`` (the limit a
+        step's write is held to, as the run's ``state_too_large`` failure)."""
+        limit = self.engine.settings.max_state_bytes
+        size = len(encode_json(state))
+        if size > limit:
+            msg = f"{what} would be {size} bytes; the limit is {limit} (STEPWISE_MAX_STATE_BYTES)"
+            raise Invalid(msg, code="state_too_large", errors=[error_item(loc, msg)])
 
     def _reserved(self, run: Run) -> bool:
         return run.lease_owner is not None and run.lease_owner == self.engine.runner_owner
