@@ -321,6 +321,10 @@ async def list_checkpoints(
 async def get_checkpoint(run_id: str, checkpoint_id: str, engine: EngineDep) -> CheckpointDetail:
     async with transaction(engine.sessions) as session:
         loaded = await checkpoint_store.load(session, checkpoint_id)
+        if (loaded is None or loaded[0].run_id != run_id) and await run_store.get(
+            session, run_id
+        ) is None:
+            raise NotFound(f"run {run_id!r} not found", code="run_not_found")
     if loaded is None or loaded[0].run_id != run_id:
         raise NotFound(
             f"checkpoint {checkpoint_id!r} not found in run {run_id}", code="checkpoint_not_found"

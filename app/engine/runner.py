@@ -387,7 +387,8 @@ class RunExecution(RunRecorder):
             try:
                 output = self.engine.templates.render(definition.output, self._scope(0, {}))
             except TemplateError as exc:
-                return await self._fail(0, frame["last"], self._template_error(0, "output", exc))
+                error = self._template_error(0, frame["last"], exc, "the workflow's output")
+                return await self._fail(0, frame["last"], error)
         self.events.append(NewEvent("run.completed", None, {"output": output}))
         return await self._commit(RunStatus.COMPLETED, 0, frame["last"], output=output)
 
@@ -554,9 +555,11 @@ class RunExecution(RunRecorder):
             "context": context,
         }
 
-    def _template_error(self, i: int, node_id: str, exc: TemplateError) -> StepError:
-        path = memory.node_path(self.doc, i, node_id)
-        message = self.engine.redactor.text(f"node {path!r}: {exc.message} (in {exc.expression!r})")
+    def _template_error(
+        self, i: int, node_id: str, exc: TemplateError, where: str | None = None
+    ) -> StepError:
+        where = where or f"node {memory.node_path(self.doc, i, node_id)!r}"
+        message = self.engine.redactor.text(f"{where}: {exc.message} (in {exc.expression!r})")
         return _error("expression_error", message, expression=exc.expression)
 
     def _output_event(self, output: Any) -> dict[str, Any]:

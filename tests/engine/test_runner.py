@@ -83,6 +83,12 @@ async def test_initial_and_final_checkpoints(client: httpx.AsyncClient) -> None:
     )
     assert last["status"] == "completed" and last["next_node"] is None
     assert [c["parent_id"] for c in items[1:]] == [c["id"] for c in items[:-1]]
+    # an unknown checkpoint of the run, and any checkpoint of an unknown run
+    missing = await client.get(f"/runs/{run['id']}/checkpoints/nope")
+    assert (missing.status_code, missing.json()["code"]) == (404, "checkpoint_not_found")
+    for path in (f"/runs/nope/checkpoints/{first['id']}", "/runs/nope/checkpoints/nope"):
+        missing = await client.get(path)
+        assert (missing.status_code, missing.json()["code"]) == (404, "run_not_found")
 
 
 # -- edges --------------------------------------------------------------------------------------
@@ -611,3 +617,14 @@ async def test_restart_resumes_queued_and_running_runs(make_client: AppFactory) 
     assert done["state"] == {"done": True}
     started = [e["node"] for e in await events_of(after, running["id"], types="node.completed")]
     assert started.count("a") == 1
+
+
+async def test_a_failing_output_template_is_named_as_the_workflows_output(
+    client: httpx.AsyncClient,
+) -> None:
+    run = await start(client, wf("bad-output", {"a": {"step": "set"}}, output="{{ state.n + 1 }}"))
+    assert run["status"] == "failed", run
+    error = run["error"]
+    assert error["code"] == "expression_error"
+    assert error["message"].startswith("the workflow's output: "), error
+    assert error["node"] == "a"

@@ -94,6 +94,15 @@ def test_callable_result_is_an_error(engine: TemplateEngine) -> None:
     assert "callable" in error.message
 
 
+@pytest.mark.parametrize(
+    "source", ["{{ 1e308 * 10 }}", "{{ -1e308 * 10 }}", "{{ [1e308 * 10 - 1e308 * 10] }}",
+               "{{ {'a': (1e308 * 10) | float} }}"],
+)  # fmt: skip
+def test_a_result_json_cannot_hold_is_an_error(engine: TemplateEngine, source: str) -> None:
+    """Not stored as null behind the template's back."""
+    assert "JSON has no word for" in fails(engine, source).message
+
+
 def test_dict_attribute_prefers_keys_over_methods(engine: TemplateEngine) -> None:
     body = "nodes.fetch.output.body"
     assert engine.render("{{ " + body + ".items }}", SCOPE) == [{"id": 1}, {"id": 2}]

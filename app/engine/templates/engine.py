@@ -229,7 +229,7 @@ class TemplateEngine:
                     pass
                 rv = context.vars["result"]
                 kind = type(rv)
-                if kind is int or kind is bool or rv is None or kind is float:
+                if kind is int or kind is bool or rv is None:
                     return env._check_int(rv)
                 if kind is str and len(rv) <= self.max_output_bytes // 4:
                     return rv

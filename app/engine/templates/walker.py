@@ -9,6 +9,7 @@ results as read-only or copy them before mutating.
 
 from __future__ import annotations
 
+import math
 from collections import abc
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
@@ -67,6 +68,8 @@ class _Walker:
             return value
         if value is None or kind is bool or kind is float:
             self.add(8)
+            if self.convert and kind is float and not math.isfinite(value):
+                raise _EvalError(f"the result holds {value}, a number JSON has no word for")
             return value
         if depth >= _MAX_DEPTH:
             raise _LimitError(f"{self.what} is nested deeper than {_MAX_DEPTH} levels")
@@ -121,6 +124,8 @@ class _Walker:
             return value
         if isinstance(value, int | float | complex):
             self.add(24)
+            if self.convert and isinstance(value, float) and not math.isfinite(value):
+                raise _EvalError(f"the result holds {value}, a number JSON has no word for")
             return value
         if isinstance(value, Mapping):
             return self.visit_mapping(value, depth)
