@@ -14,6 +14,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -28,6 +29,7 @@ from app.engine.validation import canonical_json, definition_hash, instance_erro
 from app.errors import Conflict, Invalid, error_item
 from app.schemas.definition import WorkflowDefinition
 from app.schemas.runs import InterruptResponse, RunCreate
+from app.steps.destinations import AddressNotAllowed, check_without_lookup, parse_url
 from app.store import checkpoints as checkpoint_store
 from app.store import runs as run_store
 from app.store.checkpoints import CheckpointRow
@@ -181,6 +183,8 @@ class RunCommands(HistoryCommands, ApprovalCommands):
                     code="invalid_inputs",
                     errors=errors,
                 )
+        if body.webhook is not None:
+            self._check_webhook(body.webhook)
         try:
             frame = memory.new_frame(definition, body.inputs, self.engine.templates)
         except TemplateError as exc:
@@ -377,6 +381,18 @@ class RunCommands(HistoryCommands, ApprovalCommands):
         if executing:
             self.engine.signal_answer(run_id)
         return Answered(run, handover.doc if handover else None)
+
+    def _check_webhook(self, url: str) -> None:
+        """422 for a webhook the outbound guard refuses whatever it resolves to (its
+        scheme, an address or ``localhost`` it may not reach): it could never be
+        delivered. A name is checked when a delivery resolves it."""
+        try:
+            check_without_lookup(parse_url(url), self.engine.outbound_policy)
+        except (AddressNotAllowed, httpx.InvalidURL) as exc:
+            msg = f"the webhook cannot be delivered: {exc}"
+            raise Invalid(
+                msg, code="invalid_webhook", errors=[error_item(["body", "webhook"], str(exc))]
+            ) from None
 
     # -- ending ---------------------------------------------------------------------------
 

@@ -291,9 +291,27 @@ async def resolve_checked(url: httpx.URL, policy: OutboundPolicy) -> list[IPAddr
     """
     check_scheme(url)
     host = url.raw_host.decode("ascii")
-    name = _normalize_name(host)
     port = url.port or (443 if url.scheme == "https" else 80)
+    literal = _literal(url, host)
+    resolved = [literal] if literal is not None else await _resolve(host, port)
+    return _checked(url, host, literal, resolved, policy)
 
+
+def check_without_lookup(url: httpx.URL, policy: OutboundPolicy) -> None:
+    """``resolve_checked`` where it needs no resolver: the scheme, and a host written as
+    an address, or ``localhost``, against ``policy`` (other names are checked when
+    resolved). Raises :class:`AddressNotAllowed`."""
+    check_scheme(url)
+    host = url.raw_host.decode("ascii")
+    literal = _literal(url, host)
+    name = _normalize_name(host)
+    if literal is None and (name == "localhost" or name.endswith(".localhost")):
+        _checked(url, host, None, [ipaddress.IPv4Address("127.0.0.1")], policy)
+    elif literal is not None:
+        _checked(url, host, literal, [literal], policy)
+
+
+def _literal(url: httpx.URL, host: str) -> IPAddress | None:
     literal: IPAddress | str | None
     try:
         literal = ipaddress.ip_address(host)
@@ -301,8 +319,17 @@ async def resolve_checked(url: httpx.URL, policy: OutboundPolicy) -> list[IPAddr
         literal = _parse_ipv4_literal(host)
     if isinstance(literal, str):
         raise AddressNotAllowed(f"refused {display_url(url)}: {literal}")
-    resolved = [literal] if literal is not None else await _resolve(host, port)
+    return literal
 
+
+def _checked(
+    url: httpx.URL,
+    host: str,
+    literal: IPAddress | None,
+    resolved: list[IPAddress],
+    policy: OutboundPolicy,
+) -> list[IPAddress]:
+    name = _normalize_name(host)
     opened_names, opened_addresses = _opened(policy.allowed_hosts)
     host_opened = policy.allow_private_networks or name in opened_names
     addresses: list[IPAddress] = []

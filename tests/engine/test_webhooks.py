@@ -242,3 +242,26 @@ async def test_a_run_failed_by_the_service_owes_its_webhook(
     (delivered,) = receiver.delivered()
     assert delivered["error"]["code"] == "internal_error"
     assert delivered == run
+
+
+async def test_a_webhook_the_guard_refuses_whatever_it_resolves_to_is_a_422(
+    make_client: AppFactory,
+) -> None:
+    """It could never be delivered: an address (or localhost) the outbound guard refuses
+    is refused when the run starts; a name is checked when a delivery resolves it."""
+    client = await make_client(allow_private_networks=False)
+    definition = wf("ends", {"end": {"step": "set"}})
+    for url in ("http://127.0.0.1:9/hook", "http://localhost:9/hook", "https://10.0.0.7/h"):
+        body = {"definition": definition, "inputs": {}, "webhook": url}
+        response = await client.post("/runs", json=body)
+        assert response.status_code == 422, (url, response.text)
+        problem = response.json()
+        assert problem["code"] == "invalid_webhook"
+        assert problem["errors"][0]["loc"] == ["body", "webhook"]
+    assert (await client.get("/runs")).json()["items"] == []
+    body = {"definition": definition, "inputs": {}, "webhook": "https://hooks.example.invalid/h"}
+    assert (await client.post("/runs", json=body)).status_code == 202
+
+    opened = await make_client(allow_private_networks=False, http_allowed_hosts=["127.0.0.1"])
+    body = {"definition": definition, "inputs": {}, "webhook": "http://127.0.0.1:9/hook"}
+    assert (await opened.post("/runs", json=body)).status_code == 202
