@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from app.agents.providers import Message, ToolSpec
 from app.schemas.definition import Agent, ModelConfig, ToolDef, WorkflowDefinition
@@ -30,7 +30,7 @@ class AgentWith(BaseModel):
     prompt: str | None = None
     prompt_ref: str | None = None
     messages: list[ChatMessage] = Field(default_factory=list)
-    session: bool = False
+    session: StrictBool = False
     exit_commands: list[str] = Field(default_factory=lambda: ["/done"])
     max_turns: int | None = Field(default=None, ge=1)  # user turns of a session
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from jsonschema.validators import validator_for
 
-from app.engine import memory
+from app.engine import mapconfig, memory
 from app.engine.branchdoc import PARALLEL
 from app.engine.branches import pause_run, run_section
 from app.engine.branchexec import (
@@ -41,22 +41,12 @@ from app.steps.base import StepError
 from app.store.database import transaction
 from app.store.events import NewEvent
 
-MAX_ITEMS = 10_000
 CHUNK = 100
-DEFAULT_ITEM_CONCURRENCY = 8
-
-
-def _bad(message: str) -> StepError:
-    return StepError("invalid_step_config", f"map: {message}")
 
 
 async def _workflow(
-    execution: RunExecution, name: Any, version: Any
+    execution: RunExecution, name: str, version: int | None
 ) -> tuple[WorkflowDefinition, int] | StepError:
-    if not isinstance(name, str):
-        return _bad("`with.workflow` must name a stored workflow")
-    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
-        return _bad("`with.version` must be an integer")
     try:
         async with transaction(execution.engine.sessions) as session:
             definition, found, _ = await execution.engine.definitions.stored(session, name, version)
@@ -91,22 +81,14 @@ async def start_map(execution: RunExecution, i: int, node_id: str, node: Node) -
 async def _section(
     execution: RunExecution, node_id: str, node: Node, config: dict[str, Any]
 ) -> tuple[StepError | None, dict[str, Any]]:
-    items = config.get("items")
-    if not isinstance(items, list):
-        return _bad("`with.items` must be a list"), {}
-    if len(items) > MAX_ITEMS:
-        msg = f"map over {len(items)} items; at most {MAX_ITEMS} are allowed"
-        return StepError("too_many_items", msg), {}
     inputs = node.with_.get("inputs", {})
-    if not isinstance(inputs, dict | str):
-        return _bad("`with.inputs` must be an object (templates may use `item`, `index`)"), {}
-    limit = config.get("max_concurrency", DEFAULT_ITEM_CONCURRENCY)
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
-        return _bad("`with.max_concurrency` must be an integer from 1 to 1000"), {}
+    problem = mapconfig.config_problem({**config, "inputs": inputs})
+    if problem is not None:
+        return problem[1], {}
+    items = config["items"]
+    limit = config.get("max_concurrency", mapconfig.DEFAULT_ITEM_CONCURRENCY)
     on_failure = config.get("on_item_failure", "fail")
-    if on_failure not in ("fail", "collect"):
-        return _bad("`with.on_item_failure` is `fail` or `collect`"), {}
-    found = await _workflow(execution, config.get("workflow"), config.get("version"))
+    found = await _workflow(execution, config["workflow"], config.get("version"))
     if isinstance(found, StepError):
         return found, {}
     _, version = found

@@ -14,6 +14,7 @@ from jsonschema.validators import validator_for
 from pydantic import ValidationError
 
 from app.agents.setup import AgentWith
+from app.engine import mapconfig
 from app.engine.joins import END, JoinAnalysis
 from app.engine.templates import TemplateEngine, TemplateError
 from app.errors import Invalid, error_item
@@ -181,6 +182,8 @@ class DefinitionValidator:
                 )
                 errors.append(error_item(["tools", name], msg, "invalid_tool_name"))
             errors += schema_errors(tool.parameters, ["tools", name, "parameters"])
+            if tool.http is not None:  # the `with` of an http step
+                errors += self._config_key_errors(name, "http", tool.http, ["tools", name, "http"])
         agents = d.agent_map
         for agent_id, agent in agents.items():
             loc: Loc = ["agents", agent_id, "model"]
@@ -206,6 +209,15 @@ class DefinitionValidator:
                 if key not in AgentWith.model_fields:
                     msg = f"unknown setting {key!r}; known: {sorted(AgentWith.model_fields)}"
                     errors.append(error_item(["nodes", node_id, "with", key], msg, "unknown_field"))
+            # the settings written as they are (a template is checked once rendered)
+            literal = {k: v for k, v in node.with_.items()
+                       if k in AgentWith.model_fields and not self._templates.has_template(v)}  # fmt: skip
+            try:
+                AgentWith.model_validate(literal)
+            except ValidationError as exc:
+                for item in exc.errors():
+                    where: Loc = ["nodes", node_id, "with", *item["loc"]]
+                    errors.append(error_item(where, item["msg"], "invalid_step_config"))
             ref = node.with_.get("prompt_ref")
             if ref is not None and not (
                 isinstance(ref, str)
@@ -232,13 +244,30 @@ class DefinitionValidator:
                 errors.append(error_item(["nodes", node_id, "step"], msg, "unknown_step"))
             else:
                 errors += self._config_key_errors(node_id, node.step, node.with_)
+            if node.step == "map":
+                errors += self._map_errors(node_id, node.with_)
             schema = node.with_.get("schema") if node.step == "interrupt" else None
             if schema is not None and not self._templates.has_template(schema):
                 errors += schema_errors(schema, ["nodes", node_id, "with", "schema"])
         return errors
 
+    def _map_errors(self, node_id: str, config: dict[str, Any]) -> list[dict[str, Any]]:
+        """A map's unknown settings, and the first problem of those written as they are."""
+        loc: Loc = ["nodes", node_id, "with"]
+        errors = [
+            error_item([*loc, key], f"map takes no `{key}` (it takes {sorted(mapconfig.KEYS)})",
+                       "unknown_key")
+            for key in config if key not in mapconfig.KEYS
+        ]  # fmt: skip
+        templated = {k for k, v in config.items() if self._templates.has_template(v)}
+        problem = mapconfig.config_problem(config, templated)
+        if problem is not None:
+            key, error = problem
+            errors.append(error_item([*loc, key], error.message, error.code))
+        return errors
+
     def _config_key_errors(
-        self, node_id: str, step_name: str, config: dict[str, Any]
+        self, node_id: str, step_name: str, config: dict[str, Any], at: Loc | None = None
     ) -> list[dict[str, Any]]:
         """Keys of ``with`` the node's step does not take, for a step that says which it
         takes (``config_keys``): refused when stored rather than failing the run."""
@@ -250,7 +279,7 @@ class DefinitionValidator:
         known = ", ".join(sorted(keys))
         return [
             error_item(
-                ["nodes", node_id, "with", key],
+                [*(at or ["nodes", node_id, "with"]), key],
                 f"the {step_name} step takes no `{key}` (it takes {known})",
                 "unknown_key",
             )

@@ -78,7 +78,7 @@ class ModelConfig(_Strict):
     """A language model (DESIGN §9): a provider's wire format, where, which, and how."""
 
     provider: Literal["openai", "anthropic"]
-    base_url: str | None = Field(default=None, min_length=1)
+    base_url: str | None = Field(default=None, min_length=1, pattern=r"^https?://[^\s]+$")
     model: str = Field(min_length=1, max_length=200)
     api_key: str | None = None  # usually "{{ secrets.NAME }}", rendered at call time
     temperature: float | None = Field(default=None, ge=0, le=2)

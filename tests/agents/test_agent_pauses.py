@@ -255,3 +255,38 @@ async def test_a_session_without_a_prompt_opens_with_the_first_message_once(
     assert run["awaiting_input"]["prompt"] == "second", run
     assert len(fake.model_requests) == 2
     assert user_texts(fake, fake.model_requests[1].body) == ["hello", '{"order":7}']
+
+
+async def test_agent_settings_written_as_they_are_are_checked_when_stored(
+    client: httpx.AsyncClient,
+) -> None:
+    definition = {
+        "name": "agent-literals",
+        "models": {"m": {"provider": "openai", "model": "x", "base_url": "not a url"}},
+        "tools": {
+            "t": {"description": "d", "parameters": {"type": "object"},
+                  "http": {"url": "http://x", "timeout_sec": 3}},
+        },
+        "agents": {"a": {"model": "m", "tools": ["t"]}},
+        "nodes": {
+            "one": {"step": "agent", "agent": "a", "with": {
+                "session": "yes", "exit_commands": "/done",
+                "messages": [{"role": "boss", "content": "hi"}]}},
+        },
+    }  # fmt: skip
+    response = await client.post("/workflows", json=definition)
+    assert response.status_code == 422, response.text
+    locs = [e["loc"] for e in response.json()["errors"]]
+    assert ["models", "m", "base_url"] in locs
+    del definition["models"]["m"]["base_url"]
+    response = await client.post("/workflows", json=definition)
+    assert response.status_code == 422, response.text
+    errors = {tuple(e["loc"]): e["type"] for e in response.json()["errors"]}
+    assert errors[("tools", "t", "http", "timeout_sec")] == "unknown_key"
+    assert errors[("nodes", "one", "with", "session")] == "invalid_step_config"
+    assert errors[("nodes", "one", "with", "exit_commands")] == "invalid_step_config"
+    assert errors[("nodes", "one", "with", "messages", 0, "role")] == "invalid_step_config"
+    # a template is checked once rendered
+    definition["tools"]["t"]["http"] = {"url": "http://x"}
+    definition["nodes"]["one"]["with"] = {"session": "{{ inputs.chat }}", "prompt": "hi"}
+    assert (await client.post("/workflows/validate", json=definition)).json()["valid"] is True

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.api.test_validation import locs, refused
 
@@ -128,3 +129,35 @@ async def test_a_node_that_fans_out_cannot_pause_after_it(client: httpx.AsyncCli
     definition["nodes"]["plan"]["interrupt_after"] = "check the plan"
     errors = await refused(client, definition)
     assert locs(errors) == [["nodes", "plan", "interrupt_after"]]
+
+
+def one_map(**with_: Any) -> dict[str, Any]:
+    return {"name": "mapper", "nodes": {"each": {"step": "map", "with": with_}}}
+
+
+@pytest.mark.parametrize(
+    ("with_", "key", "type_"),
+    [
+        ({"items": [1]}, "workflow", "invalid_step_config"),
+        ({"workflow": "w"}, "items", "invalid_step_config"),
+        ({"workflow": "w", "items": "abc"}, "items", "invalid_step_config"),
+        ({"workflow": "w", "items": list(range(10_001))}, "items", "too_many_items"),
+        ({"workflow": "w", "items": [1], "on_item_failure": "ignore"}, "on_item_failure",
+         "invalid_step_config"),
+        ({"workflow": "w", "items": [1], "max_concurrency": 0}, "max_concurrency",
+         "invalid_step_config"),
+        ({"workflow": "w", "items": [1], "version": "1"}, "version", "invalid_step_config"),
+        ({"workflow": "w", "items": [1], "input": {}}, "input", "unknown_key"),
+    ],
+)  # fmt: skip
+async def test_a_maps_settings_written_as_they_are_are_checked_when_stored(
+    client: httpx.AsyncClient, with_: dict[str, Any], key: str, type_: str
+) -> None:
+    errors = await refused(client, one_map(**with_))
+    assert [(e["loc"], e["type"]) for e in errors] == [(["nodes", "each", "with", key], type_)]
+
+
+async def test_a_maps_templated_settings_wait_until_rendered(client: httpx.AsyncClient) -> None:
+    templated = one_map(workflow="{{ state.w }}", items="{{ state.items }}",
+                        max_concurrency="{{ state.n }}")  # fmt: skip
+    assert (await client.post("/workflows/validate", json=templated)).json()["valid"] is True
