@@ -42,13 +42,35 @@ def load_settings() -> Settings:
         raise typer.Exit(2) from None
 
 
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per record: ``ts``, ``level``, ``logger``, ``msg`` (and ``exc``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exc"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
 def _setup_logging(settings: Settings) -> None:
-    fmt = (
-        '{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}'
+    """The root logger's one handler, on stderr; uvicorn's own loggers (its start-up
+    lines, the access log) go through it too (``log_config=None`` below)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonLogFormatter()
         if settings.log_json
-        else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
-    logging.basicConfig(level=settings.log_level.upper(), format=fmt, stream=sys.stderr)
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
 
 
 def _is_loopback(host: str) -> bool:
@@ -120,6 +142,7 @@ def serve(
         host=bind,
         port=port or settings.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # its loggers reach the root handler (plain text or JSON lines)
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )
     sockets = [listen_shared(bind, config.port)] if shared_port else None
@@ -185,11 +208,17 @@ def migrate(
     down: Annotated[bool, typer.Option("--down", help="downgrade to REVISION instead")] = False,
 ) -> None:
     """Apply (or revert) database migrations."""
+    from alembic.util.exc import CommandError
+
     from app.store.database import migrate as run_migrations
 
     settings = load_settings()
     _setup_logging(settings)
-    asyncio.run(run_migrations(settings.database_url, revision, down=down))
+    try:
+        asyncio.run(run_migrations(settings.database_url, revision, down=down))
+    except CommandError as exc:  # an unknown revision, or one the other way
+        console.print(f"[red]migrate: {exc}[/red]", soft_wrap=True)
+        raise typer.Exit(1) from None
     console.print(f"[green]database at {'revision ' + revision if down else 'head'}[/green]")
 
 

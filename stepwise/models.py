@@ -35,6 +35,9 @@ class Workflow(Resource):
     description: str | None = None
     definition: dict[str, Any]
     created_at: datetime
+    # when just stored: what may fail a run later (a prompt not stored yet), each with
+    # ``loc``, ``msg`` and ``type``
+    warnings: list[dict[str, Any]] | None = None
 
 
 class WorkflowSummary(Resource):

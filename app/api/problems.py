@@ -53,7 +53,6 @@ _HTTP_CODES = {
     403: ("forbidden", "Forbidden"),
     404: ("not_found", "Not found"),
     405: ("method_not_allowed", "Method not allowed"),
-    406: ("not_acceptable", "Not acceptable"),
     409: ("conflict", "Conflict"),
     413: ("payload_too_large", "Payload too large"),
     415: ("unsupported_media_type", "Unsupported media type"),
@@ -140,6 +139,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        malformed = next((e for e in exc.errors() if e.get("type") == "json_invalid"), None)
+        if malformed is not None:  # as a document that does not parse (app.api.bodies)
+            reason = (malformed.get("ctx") or {}).get("error") or malformed.get("msg")
+            message = f"the body is not valid JSON: {reason}"
+            errors = [{"loc": ["body"], "msg": message, "type": "parse_error"}]
+            return problem(422, "invalid_body", message, errors=errors)
         errors = _jsonable_errors(exc.errors())
         first = errors[0] if errors else None
         detail = "the request is invalid"

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
+import httpx
 import typer
 from pydantic import BaseModel
 from rich.console import Console
@@ -43,6 +44,8 @@ def connected(server: str, api_key: str | None) -> Iterator[Client]:
     except StepwiseError as exc:
         err.print(escape(str(exc)), soft_wrap=True)
         raise typer.Exit(1) from None
+    except httpx.InvalidURL as exc:
+        fail(f"--server {server!r}: {exc}")
     except KeyboardInterrupt:
         err.print("stopped")
         raise typer.Exit(130) from None

@@ -184,6 +184,8 @@ def register(cli: typer.Typer) -> None:
             run = client.resume(run_id, checkpoint_id=checkpoint)
             run = _then(client, run, before if follow_ else None, as_json, server)
         show_run(run, server, as_json)
+        if follow_:  # (a followed run ended as it did: the exit status says so)
+            _exit_for(run)
 
     @cli.command("fork")
     def fork(
@@ -211,6 +213,8 @@ def register(cli: typer.Typer) -> None:
             run = client.fork(run_id, checkpoint, state_patch=state, inputs_patch=new_inputs)
             run = _then(client, run, 0 if follow_ else None, as_json, server)
         show_run(run, server, as_json)
+        if follow_:  # (a followed run ended as it did: the exit status says so)
+            _exit_for(run)
 
     @cli.command("cancel")
     def cancel(
@@ -262,6 +266,8 @@ def register(cli: typer.Typer) -> None:
             )
             run = _then(client, run, before if follow_ else None, as_json, server)
         show_run(run, server, as_json)
+        if follow_:  # (a followed run ended as it did: the exit status says so)
+            _exit_for(run)
 
     @cli.command("approve", hidden=True)
     def approve(
@@ -293,6 +299,8 @@ def register(cli: typer.Typer) -> None:
             run = client.send_message(run_id, sent)
             run = _then(client, run, before if follow_ else None, as_json, server)
         show_run(run, server, as_json)
+        if follow_:  # (a followed run ended as it did: the exit status says so)
+            _exit_for(run)
 
 
 def _latest_checkpoint(client: Client, run_id: str) -> str:

@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from app.terminal.common import (
     JsonOpt,
     KeyOpt,
     ServerOpt,
     connected,
+    err,
     fail,
     json_arg,
     out,
@@ -43,8 +45,11 @@ def register(cli: typer.Typer) -> None:
             stored = client.store_workflow(definition)
         if as_json:
             print_json(stored)
-        else:
-            out.print(f"stored {stored.name} v{stored.version}")
+            return
+        out.print(f"stored {stored.name} v{stored.version}")
+        for warning in stored.warnings or []:  # e.g. a prompt not stored yet
+            where = ".".join(str(part) for part in warning.get("loc", []))
+            err.print(escape(f"warning: {where}: {warning.get('msg', '')}"), soft_wrap=True)
 
     @cli.command("workflows")
     def list_workflows(

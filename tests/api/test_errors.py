@@ -134,6 +134,18 @@ async def test_unstorable_json_values_are_422_everywhere(client: httpx.AsyncClie
     assert response.status_code == 201, response.text
 
 
+async def test_a_body_that_does_not_parse_is_invalid_body_everywhere(
+    client: httpx.AsyncClient,
+) -> None:
+    for path in ("/runs", "/runs/wait", "/runs/some-run/response", "/runs/some-run/fork"):
+        response = await client.post(
+            path, content=b'{"workflow": ', headers={"Content-Type": "application/json"}
+        )
+        problem = assert_problem(response, 422, "invalid_body")
+        assert problem["errors"][0]["loc"] == ["body"], path
+        assert problem["detail"].startswith("the body is not valid JSON"), path
+
+
 async def test_duplicate_keys_are_422_in_every_json_body(client: httpx.AsyncClient) -> None:
     await client.post("/workflows", json={"name": "dup", "nodes": {"a": {"step": "input"}}})
     started = await client.post("/runs", json={"workflow": "dup", "inputs": {}})

@@ -77,6 +77,12 @@ async def test_every_client_verb_against_no_server_is_one_line(tmp_path: Path) -
     # STEPWISE_URL is the default server, as for the client
     code, _, err = await cli("runs", STEPWISE_URL=url)
     assert (code, err) == (1, f"cannot reach {url}: connection refused\n")
+    # a server URL that does not parse, and a migration to no such revision
+    code, _, err = await cli("runs", "--server", "http://[::1")
+    assert code == 1 and err.count("\n") == 1 and "--server 'http://[::1'" in err, err
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    code, out, err = await cli("migrate", "nosuchrev", "--down", STEPWISE_DATABASE_URL=db)
+    assert code == 1 and "Traceback" not in out + err and "nosuchrev" in out + err, (out, err)
 
 
 async def test_server_errors_are_one_line_with_code_and_detail(live_server: str) -> None:
@@ -168,6 +174,14 @@ async def test_events_resume_fork_cancel_message(live_server: str) -> None:
         "run", "approval", "--inputs", '{"n": 1}', "--json", "--server", live_server
     )
     paused = json.loads(out)
+    # a verb that follows the run it set going exits 1 when that run fails
+    rejected = json.loads(
+        (await cli("run", "approval", "--inputs", '{"n": 2}', "--json", "--server", live_server))[1]
+    )
+    code, out, _ = await cli(
+        "respond", rejected["id"], "--reject", "--follow", "--server", live_server
+    )
+    assert code == 1 and "interrupt_rejected" in out
     code, out, _ = await cli(
         "fork", paused["id"], "--state-patch", '{"n": 9}', "--json", "--server", live_server
     )
@@ -286,3 +300,12 @@ async def test_prune_by_hand(live_server: str, database_url: str) -> None:
         assert code == 0 and "nothing to prune" in out
         code, _, err = await cli("prune", "--older-than", "soon", **env)
         assert code == 2 and "30d" in err
+
+
+async def test_apply_shows_the_warnings_of_what_it_stored(live_server: str) -> None:
+    """A workflow naming a prompt not stored yet is stored, with a warning said aloud."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "workflows" / "agent-triage.yaml"
+    code, out, err = await cli("apply", str(example), "--server", live_server)
+    assert code == 0, err
+    assert out.startswith("stored agent-triage v")
+    assert "warning: " in err and "prompt" in err, err
