@@ -45,6 +45,7 @@ from app.schemas.definition import WorkflowDefinition
 from app.steps.base import StepError
 from app.store.database import encode_json
 from app.store.events import NewEvent
+from app.store.models import rfc3339
 
 # -- fan-out ------------------------------------------------------------------------------------
 
@@ -200,7 +201,7 @@ async def pause_run(runtime: ParallelRuntime) -> bool:
     elif status == "awaiting_input":
         data = dict(branchdoc.first_awaiting(root.doc) or {})
     else:
-        data = {"resume_at": due.isoformat() if due else None}
+        data = {"resume_at": rfc3339(due) if due else None}
 
     async def write() -> bool:
         root.events.append(NewEvent(f"run.{status}", node, data))

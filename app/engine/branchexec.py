@@ -23,6 +23,7 @@ from app.engine.subgraphs import SubgraphFrames
 from app.schemas.definition import WorkflowDefinition
 from app.store.database import transaction
 from app.store.events import NewEvent
+from app.store.models import rfc3339
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -297,7 +298,7 @@ class BranchExecution(RunExecution):
             assert error is not None
             raise BranchFailed(self, last, error, self._tagged())
         if status is RunStatus.SUSPENDED:
-            self.doc = {**self.doc, "suspended": {"due_at": due_at.isoformat() if due_at else None}}
+            self.doc = {**self.doc, "suspended": {"due_at": rfc3339(due_at) if due_at else None}}
         events = [
             NewEvent("branch.paused", e.node, {"status": e.type[len("run.") :], **(e.data or {})})
             if e.type in BRANCH_PAUSE_EVENTS

@@ -36,7 +36,7 @@ from app.store.checkpoints import CheckpointRow
 from app.store.database import Executor, lone_statement, transaction
 from app.store.events import NewEvent, insert_events
 from app.store.ids import new_id
-from app.store.models import Run, detached, utcnow
+from app.store.models import Run, detached, rfc3339, utcnow
 from app.store.statements import insert_new_run
 
 # a run whose branches may be answered: paused, or executing with some branches paused
@@ -351,7 +351,7 @@ class RunCommands(HistoryCommands, ApprovalCommands):
             executing = branch is not None and current.status in EXECUTING
             if executing:  # other branches go on: the execution holding the run takes it
                 assert branch is not None
-                left = {"message": message, "ts": utcnow().isoformat(), "branch": branch}
+                left = {"message": message, "ts": rfc3339(utcnow()), "branch": branch}
                 awaiting = branchdoc.first_awaiting(doc, {*messaged, branch})
                 run = await self._leave_answer(
                     session, current, left, interrupt=current.interrupt, awaiting=awaiting
@@ -368,7 +368,7 @@ class RunCommands(HistoryCommands, ApprovalCommands):
                     values={
                         "resume_data": {
                             "message": message,
-                            "ts": utcnow().isoformat(),
+                            "ts": rfc3339(utcnow()),
                             **({"branch": branch} if branch is not None else {}),
                         },
                         "awaiting": None,

@@ -40,7 +40,7 @@ from app.store import runs as run_store
 from app.store.checkpoints import CheckpointChain
 from app.store.database import encode_json, transaction
 from app.store.events import NewEvent
-from app.store.models import Run, utcnow
+from app.store.models import Run, rfc3339, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class RunExecution(RunRecorder):
             self.inject = {"user_message": resume["message"]}
         elif status == "suspended":
             self.inject = {
-                "continuation": {"resumed_at": utcnow().isoformat(), **resume.get("info", {})}
+                "continuation": {"resumed_at": rfc3339(utcnow()), **resume.get("info", {})}
             }
 
     async def _ask_again(self, after: dict[str, Any]) -> None:
@@ -282,7 +282,7 @@ class RunExecution(RunRecorder):
             if result.output is not None:
                 self._record_output(i, node_id, redact(result.output))
             due = result.resume_at
-            info = {"resume_at": due.isoformat() if due else None}
+            info = {"resume_at": rfc3339(due) if due else None}
             self.events.append(
                 NewEvent("run.suspended", memory.node_path(self.doc, i, node_id), info)
             )
@@ -308,7 +308,7 @@ class RunExecution(RunRecorder):
             last = messages[-1] if messages else {}
             repeated = (last.get("role"), last.get("content")) == ("assistant", prompt)
             if prompt is not None and not repeated:
-                said = {"role": "assistant", "content": prompt, "ts": utcnow().isoformat()}
+                said = {"role": "assistant", "content": prompt, "ts": rfc3339(utcnow())}
                 self.doc = memory.replace_frame(self.doc, i, messages=[*messages, said])
             self.doc = {**self.doc, "awaiting": awaiting}
             self.events.append(NewEvent("run.awaiting_input", path, awaiting))
@@ -420,7 +420,7 @@ class RunExecution(RunRecorder):
             "node": path,
             "kind": kind,
             "payload": payload,
-            "created_at": utcnow().isoformat(),
+            "created_at": rfc3339(utcnow()),
         }
         self.doc = {**self.doc, "interrupt": interrupt, "interrupt_schema": schema}
         self.events.append(NewEvent("run.interrupted", path, {"interrupt": interrupt}))

@@ -65,6 +65,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def rfc3339(moment: datetime) -> str:
+    """A UTC time as the API writes every time: ``2026-12-07T06:40:00.123456Z``."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 

@@ -329,6 +329,8 @@ async def test_handoff_approval_pauses_then_routes(client: httpx.AsyncClient) ->
     interrupt = run["interrupt"]
     assert interrupt["kind"] == "handoff_approval"
     assert interrupt["node"] == "triage"
+    # every time the API writes is RFC 3339 in UTC with a Z, as the run's own
+    assert interrupt["created_at"].endswith("Z") and run["updated_at"].endswith("Z")
     assert interrupt["payload"] == {
         "from_agent": "triage",
         "to_agent": "billing",
