@@ -128,6 +128,10 @@ class HistoryCommands(CommandBase):
                 )
                 # run.resumed says the status the run was in, not the checkpoint's
                 info = {"checkpoint_id": checkpoint.id, "from": str(run.status)}
+                # the model calls of the timeline left stay counted (a run's usage, and
+                # its token_budget, count each call once, whatever timeline made it)
+                _, head, _ = await load_doc(session, run)
+                spent = {"usage": head["usage"]} if head.get("usage") else {}
                 run = await change_status(
                     session,
                     run_id,
@@ -136,7 +140,7 @@ class HistoryCommands(CommandBase):
                     values={
                         "head_checkpoint_id": checkpoint.id,
                         "step_count": checkpoint.steps_completed,
-                        "resume_data": {"info": info},
+                        "resume_data": {"info": info, **spent},
                         "due_at": None,
                         "error": None,
                         "output": None,

@@ -132,6 +132,8 @@ class RunExecution(RunRecorder):
 
     def _resume(self, status: str, resume: dict[str, Any]) -> None:
         """Turn how the run last stopped, and what the API left for it, into context."""
+        if "usage" in resume:  # time travel: the usage of the timeline left
+            self.doc = {**self.doc, "usage": resume["usage"]}
         if status == "queued":
             self.events.append(NewEvent("run.started", None, {}))
             return

@@ -323,6 +323,8 @@ async def test_time_travel_before_an_agent_with_an_edited_state_calls_the_model_
     done = await wait_run(client, run["id"])
     assert done["state"] == {"topic": "dogs", "answer": "About dogs"}, done
     assert user_texts(fake, fake.model_requests[1].body) == ["tell me about dogs"]
+    # both timelines' calls count: time travel does not give back what was spent
+    assert done["usage"]["model_calls"] == 2
 
 
 def _fan_out(fake: FakeModel) -> dict[str, Any]:
