@@ -262,6 +262,9 @@ class BranchExecution(RunExecution):
         """The branch ended (its first frame has no next node)."""
         return await self._commit(RunStatus.RUNNING, 0, self.doc["frames"][0]["last"])
 
+    def _whose(self) -> dict[str, Any]:
+        return {"branch": self.branch_id}  # two items of a map ask at one node
+
     def _tagged(self) -> list[NewEvent]:
         events = [
             NewEvent(e.type, e.node, {**(e.data or {}), "branch": self.branch_id})

@@ -413,6 +413,10 @@ class RunExecution(RunRecorder):
         self.events.append(NewEvent("run.failed", path, {"error": body}))
         return await self._commit(RunStatus.FAILED, 0, node_id, error=body)
 
+    def _whose(self) -> dict[str, Any]:
+        """What an interrupt says of the execution that asks (a branch names itself)."""
+        return {}
+
     async def _interrupt(
         self, i: int, node_id: str, kind: str, payload: Any, schema: dict[str, Any] | None
     ) -> bool:
@@ -423,6 +427,7 @@ class RunExecution(RunRecorder):
             "kind": kind,
             "payload": payload,
             "created_at": rfc3339(utcnow()),
+            **self._whose(),
         }
         self.doc = {**self.doc, "interrupt": interrupt, "interrupt_schema": schema}
         self.events.append(NewEvent("run.interrupted", path, {"interrupt": interrupt}))

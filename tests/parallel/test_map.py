@@ -125,6 +125,14 @@ async def test_items_pause_and_are_answered_one_by_one(client: httpx.AsyncClient
     assert run["status"] == "interrupted", run
     pending = run["interrupts"]
     assert [i["payload"]["n"] for i in pending] == [1, 2, 3]
+    # each names the item that asks (they all ask at one node)
+    assert [(i["node"], i["branch"]) for i in pending] == [
+        ("ask", "each[0]"), ("ask", "each[1]"), ("ask", "each[2]")
+    ]  # fmt: skip
+    paused = await events_of(client, run["id"], types="branch.paused")
+    assert sorted(e["data"]["interrupt"]["branch"] for e in paused) == [
+        "each[0]", "each[1]", "each[2]"
+    ]  # fmt: skip
     for interrupt in reversed(pending):
         response = await client.post(
             f"/runs/{run['id']}/response",
