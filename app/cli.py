@@ -7,6 +7,7 @@ import gc
 import ipaddress
 import json
 import logging
+import os
 import re
 import signal
 import socket
@@ -93,6 +94,9 @@ def serve(
     shared_port: Annotated[
         bool, typer.Option(hidden=True, help="one of --processes: listen with SO_REUSEPORT")
     ] = False,
+    ready_fd: Annotated[
+        int | None, typer.Option(hidden=True, help="one of --processes: say 'up' on this fd")
+    ] = None,
 ) -> None:
     """Run the HTTP API and a pool of runners (migrates the database first)."""
     import uvicorn
@@ -129,6 +133,9 @@ def serve(
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)  # the lifespan (the runtime) is up
             settle_heap()
+            if ready_fd is not None and self.started:  # tell the supervisor it serves
+                os.write(ready_fd, b"1")
+                os.close(ready_fd)
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             super().handle_exit(sig, frame)

@@ -6,6 +6,7 @@ nothing here exists at import time.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -45,6 +46,7 @@ class Runtime:
         self.listener: PostgresListener | None = None
         self.pool: RunnerPool | None = None
         self.retention: RetentionSweeper | None = None
+        self._closing_feeds: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -107,10 +109,13 @@ class Runtime:
         """Stop claiming and start draining the runs in flight, at once (SIGTERM).
 
         The HTTP server may still be finishing its requests; the runs are given back
-        meanwhile, so they continue on other processes without waiting for it.
+        meanwhile, so they continue on other processes without waiting for it. The event
+        streams end now too (their clients reconnect elsewhere with ``Last-Event-ID``):
+        the server waits for its open responses before the shutdown goes on.
         """
         if self.pool is not None:
             self.pool.begin_stop()
+        self._closing_feeds = asyncio.get_running_loop().create_task(self.feeds.close())
 
     async def stop(self) -> None:
         await self.feeds.close()  # end the streams first: they hold no runs, only clients

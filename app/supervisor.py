@@ -5,8 +5,9 @@ children; each listens on the port with ``SO_REUSEPORT``, so the kernel spreads 
 connections over them, and each child's runner pool claims runs from the same Postgres
 database (runs posted to a child are reserved for its runners). The parent serves nothing itself: it forwards
 SIGTERM/SIGINT to every child and waits for them (each drains as a single ``serve``
-does); a child that dies is started again, unless it dies during start-up or the parent
-is stopping.
+does); a child that dies once it served is started again, unless the parent is stopping;
+one that dies before it could serve (it writes a byte on a pipe once up) failed to start,
+and the parent stops the others.
 """
 
 from __future__ import annotations
@@ -27,8 +28,31 @@ from app.settings import Settings
 log = logging.getLogger("app.supervisor")
 
 PR_SET_PDEATHSIG = 1
-STARTUP_S = 10.0  # a child that exits sooner than this after its start failed to start
 POLL_S = 0.2
+
+
+class Child:
+    """A ``serve`` child, and whether it said it was up (on its pipe)."""
+
+    def __init__(self, process: subprocess.Popen[bytes], ready: int) -> None:
+        self.process = process
+        self.ready = ready  # the pipe's read end; -1 once it said so
+        self.up = False
+
+    def poll_up(self) -> bool:
+        if not self.up and self.ready >= 0:
+            try:
+                self.up = os.read(self.ready, 1) == b"1"
+            except BlockingIOError:
+                return False
+            if self.up:
+                self.close()
+        return self.up
+
+    def close(self) -> None:
+        if self.ready >= 0:
+            os.close(self.ready)
+            self.ready = -1
 
 
 class ProcessesRefused(Exception):
@@ -75,22 +99,29 @@ class Supervisor:
         self.host = host
         self.port = port
         self.processes = processes
-        self.children: list[tuple[subprocess.Popen[bytes], float]] = []
+        self.children: list[Child] = []
         self.stopping = False
 
-    def _spawn(self) -> tuple[subprocess.Popen[bytes], float]:
+    def _spawn(self) -> Child:
         env = {**os.environ, "STEPWISE_MIGRATE_ON_START": "false", "STEPWISE_PROCESSES": "1"}
+        ready, said = os.pipe()
+        os.set_blocking(ready, False)
         command = [sys.executable, "-m", "app", "serve", "--host", self.host]
-        command += ["--port", str(self.port), "--shared-port"]
-        child = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
-        log.info("started serve process %d", child.pid)
-        return child, time.monotonic()
+        command += ["--port", str(self.port), "--shared-port", "--ready-fd", str(said)]
+        try:
+            process = subprocess.Popen(
+                command, env=env, preexec_fn=_die_with_parent, pass_fds=(said,)
+            )
+        finally:
+            os.close(said)
+        log.info("started serve process %d", process.pid)
+        return Child(process, ready)
 
     def _stop(self, sig: int, frame: FrameType | None) -> None:
         self.stopping = True
-        for child, _ in self.children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+        for child in self.children:
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
 
     def run(self) -> int:
         """Run until a signal stops every child; the exit status."""
@@ -104,18 +135,23 @@ class Supervisor:
         log.info("serving http://%s:%d with %d processes", self.host, self.port, self.processes)
         self.children = [self._spawn() for _ in range(self.processes)]
         status = 0
-        while any(child.poll() is None for child, _ in self.children):
+        while any(child.process.poll() is None for child in self.children):
             time.sleep(POLL_S)
-            for k, (child, began) in enumerate(self.children):
-                code = child.poll()
+            for k, child in enumerate(self.children):
+                up = child.poll_up()
+                code = child.process.poll()
                 if code is None or self.stopping:
                     continue
-                if time.monotonic() - began < STARTUP_S:
-                    log.error("serve process %d failed to start (exit %d)", child.pid, code)
+                pid = child.process.pid
+                child.close()
+                if not up:
+                    log.error("serve process %d failed to start (exit %d)", pid, code)
                     status = 1
                     self._stop(signal.SIGTERM, None)
                     break
-                log.warning("serve process %d exited (%d); starting another", child.pid, code)
+                log.warning("serve process %d exited (%d); starting another", pid, code)
                 self.children[k] = self._spawn()
+        for child in self.children:
+            child.close()
         sock.close()
         return status

@@ -88,6 +88,32 @@ async def test_the_processes_die_with_a_killed_parent(procs: Procs) -> None:
     await wait_until(gone, 30, "the orphaned serve processes to stop")
 
 
+async def test_a_child_killed_soon_after_it_came_up_is_started_again(procs: Procs) -> None:
+    """A child that served (it said so on its pipe) and dies is replaced, however soon
+    after its start; only one that dies before it could serve stops the others."""
+    server = await procs.start("serve", processes="2")
+
+    async def both_up() -> bool:
+        return server.log().count("Application startup complete") >= 2
+
+    await wait_until(both_up, 30, "both children up")
+    children_file = Path(f"/proc/{server.pid}/task/{server.pid}/children")
+    first = [int(pid) for pid in children_file.read_text().split()]
+    os.kill(first[0], signal.SIGKILL)
+
+    async def replaced() -> bool:
+        now = [int(pid) for pid in children_file.read_text().split()]
+        return len(now) == 2 and first[0] not in now and first[1] in now
+
+    await wait_until(replaced, 30, "the killed child replaced")
+    assert server.popen.poll() is None
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        assert (await client.get("/readyz")).status_code == 200
+    assert "failed to start" not in server.log()
+    server.signal(signal.SIGTERM)
+    assert await server.wait_exit(30) == 0
+
+
 def test_sqlite_refuses_several_processes(tmp_path: Path) -> None:
     env = {
         **os.environ,
