@@ -138,11 +138,14 @@ class Supervisor:
         while any(child.process.poll() is None for child in self.children):
             time.sleep(POLL_S)
             for k, child in enumerate(self.children):
+                was_up = child.up
                 up = child.poll_up()
+                pid = child.process.pid
+                if up and not was_up:
+                    log.info("serve process %d is up", pid)
                 code = child.process.poll()
                 if code is None or self.stopping:
                     continue
-                pid = child.process.pid
                 child.close()
                 if not up:
                     log.error("serve process %d failed to start (exit %d)", pid, code)

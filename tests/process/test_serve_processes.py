@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -93,8 +94,8 @@ async def test_a_child_killed_soon_after_it_came_up_is_started_again(procs: Proc
     after its start; only one that dies before it could serve stops the others."""
     server = await procs.start("serve", processes="2")
 
-    async def both_up() -> bool:
-        return server.log().count("Application startup complete") >= 2
+    async def both_up() -> bool:  # as the supervisor sees it: each said so on its pipe
+        return len(re.findall(r"serve process \d+ is up", server.log())) >= 2
 
     await wait_until(both_up, 30, "both children up")
     children_file = Path(f"/proc/{server.pid}/task/{server.pid}/children")
