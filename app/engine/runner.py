@@ -208,6 +208,9 @@ class RunExecution(RunRecorder):
         if self.step_count >= self.max_steps:
             msg = f"the run passed max_steps ({self.max_steps})"
             return await self._fail(i, node_id, _error("max_steps_exceeded", msg))
+        limit = node.max_iterations or definition.max_node_iterations
+        if frame["visits"].get(node_id, 0) > limit:  # entered by a goto (POST /state)
+            return await self._too_many_visits(i, node_id, node_id)
         if node.interrupt_before and not inject.get("skip_before"):
             payload = {"reason": node.interrupt_before}
             return await self._interrupt(i, node_id, "interrupt_before", payload, None)

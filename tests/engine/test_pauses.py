@@ -425,6 +425,33 @@ async def test_state_edit_with_goto(client: httpx.AsyncClient) -> None:
     assert bad.status_code == 422
 
 
+async def test_a_goto_past_the_node_s_max_iterations_fails_the_run(
+    client: httpx.AsyncClient,
+) -> None:
+    """A goto is a visit (DESIGN §8): one beyond the node's max_iterations fails the run
+    with max_node_iterations_exceeded, naming the node, before the node runs again."""
+    definition = wf(
+        "goto-limit",
+        {
+            "once": {"step": "set", "set": {"n": "{{ (state.n or 0) + 1 }}"}, "max_iterations": 1},
+            "ask": {"step": "interrupt", "with": {}},
+        },
+        [{"from": "once", "to": "ask"}],
+    )
+    run = await start(client, definition)
+    assert run["status"] == "interrupted"
+    edited = await client.post(f"/runs/{run['id']}/state", json={"state_patch": {}, "goto": "once"})
+    assert edited.status_code == 200, edited.text
+    assert edited.json()["current_node"] == "once"
+    await answer(client, run)
+    done = await until_status(client, run["id"], "failed")
+    assert done["error"]["code"] == "max_node_iterations_exceeded"
+    assert done["error"]["node"] == "once"
+    assert done["state"]["n"] == 1  # it did not run a second time
+    started = [e for e in await events_of(client, run["id"]) if e["type"] == "node.started"]
+    assert [(e["node"], e["data"]["visit"]) for e in started] == [("once", 1), ("ask", 1)]
+
+
 async def test_state_edit_refused_on_running_or_completed(client: httpx.AsyncClient) -> None:
     run = await start(client, wf("fin", {"a": {"step": "set"}}))
     refused = await client.post(f"/runs/{run['id']}/state", json={"state_patch": {"x": 1}})
