@@ -14,6 +14,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import StepwiseError
+from app.store.checkpoints import CorruptCheckpoint
 
 log = logging.getLogger("app.api")
 
@@ -184,6 +185,18 @@ def install(app: FastAPI) -> None:
     # asyncpg raises a refused connection as the bare OSError
     for db_error in (DBAPIError, PoolTimeout, ConnectionError):
         app.add_exception_handler(db_error, _database_unavailable)
+
+    @app.exception_handler(CorruptCheckpoint)
+    async def _corrupt_checkpoint(request: Request, exc: CorruptCheckpoint) -> JSONResponse:
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        return problem(
+            409,
+            "checkpoint_unreadable",
+            f"{exc}; the run can be resumed from an earlier checkpoint "
+            "(POST /runs/{id}/resume with a checkpoint_id)",
+            title="Checkpoint cannot be read",
+            checkpoint_id=exc.checkpoint_id,
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

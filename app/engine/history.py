@@ -68,6 +68,16 @@ async def _write_snapshot(
 FRESH_COUNTERS = {"recoveries": 0, "error_attempts": 0}
 
 
+async def _usage(session: AsyncSession, run: Run) -> dict[str, Any]:
+    """The model usage of the run's head, to carry into the timeline it goes to (none
+    when the head cannot be read: time travel is how such a run is brought back)."""
+    try:
+        _, head, _ = await load_doc(session, run)
+    except checkpoint_store.CorruptCheckpoint:
+        return {}
+    return {"usage": head["usage"]} if head.get("usage") else {}
+
+
 def _marks_for_fork(doc: Any, source_id: str, fork_id: str) -> Any:
     """``doc`` with the model turns its usage counted (``usage_marks``, keyed by the step
     visit's idempotency key ``run:node:visit``) keyed by the fork's id: the fork replays
@@ -130,8 +140,7 @@ class HistoryCommands(CommandBase):
                 info = {"checkpoint_id": checkpoint.id, "from": str(run.status)}
                 # the model calls of the timeline left stay counted (a run's usage, and
                 # its token_budget, count each call once, whatever timeline made it)
-                _, head, _ = await load_doc(session, run)
-                spent = {"usage": head["usage"]} if head.get("usage") else {}
+                spent = await _usage(session, run)
                 run = await change_status(
                     session,
                     run_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -14,12 +15,18 @@ from app.store.database import lone_statement, transaction
 from app.store.models import Run
 from app.store.statements import run_and_head
 
+log = logging.getLogger(__name__)
+
 
 async def run_out(session: AsyncSession, run: Run) -> RunOut:
-    """The run resource; its state is read from the run's head checkpoint."""
+    """The run resource; its state is read from the run's head checkpoint (null, and
+    logged, when that checkpoint cannot be read: the run is still listed and shown)."""
     loaded = None
     if run.head_checkpoint_id is not None:
-        loaded = await checkpoint_store.load(session, run.head_checkpoint_id)
+        try:
+            loaded = await checkpoint_store.load(session, run.head_checkpoint_id)
+        except checkpoint_store.CorruptCheckpoint as exc:
+            log.error("run %s: %s", run.id, exc)
     return doc_resource(run, loaded[1] if loaded is not None else None)
 
 
@@ -29,16 +36,20 @@ async def read_resource(
     """The run and its resource as committed now, or None if there is no such run. On
     Postgres one statement outside any transaction (the run joined with its head
     checkpoint and that one's snapshot), where the ORM took a transaction and two reads."""
-    if not postgres:
-        async with transaction(sessions) as session:
-            run = await run_store.get(session, run_id)
-            return None if run is None else (run, await run_out(session, run))
-    async with lone_statement(sessions) as connection:
-        read = await run_and_head(connection, run_id)
-    if read is None:
-        return None
-    run, head = read
-    return run, doc_resource(run, head[1] if head is not None else None)
+    if postgres:
+        try:
+            async with lone_statement(sessions) as connection:
+                read = await run_and_head(connection, run_id)
+        except checkpoint_store.CorruptCheckpoint:
+            pass  # read again below, where run_out shows it without its state
+        else:
+            if read is None:
+                return None
+            run, head = read
+            return run, doc_resource(run, head[1] if head is not None else None)
+    async with transaction(sessions) as session:
+        found = await run_store.get(session, run_id)
+        return None if found is None else (found, await run_out(session, found))
 
 
 def doc_resource(run: Run, doc: memory.Doc | None) -> RunOut:

@@ -143,13 +143,32 @@ async def load(
     return with_doc(*found)
 
 
+class CorruptCheckpoint(Exception):
+    """A stored checkpoint whose document cannot be read (changed outside the service)."""
+
+    def __init__(self, checkpoint_id: str, why: str) -> None:
+        super().__init__(f"checkpoint {checkpoint_id} cannot be read: {why}")
+        self.checkpoint_id = checkpoint_id
+
+
 def with_doc(checkpoint: Checkpoint, base_data: Any) -> tuple[Checkpoint, Any, CheckpointChain]:
-    """A checkpoint read with its snapshot's data: its full document and its chain."""
+    """A checkpoint read with its snapshot's data: its full document and its chain;
+    ``CorruptCheckpoint`` if they do not make a run's document."""
     if checkpoint.base_id is None:
         doc = checkpoint.data
-        return checkpoint, doc, CheckpointChain.snapshot(checkpoint.id, doc)
-    doc = deltas.apply(base_data, checkpoint.data)
-    return checkpoint, doc, CheckpointChain.snapshot(checkpoint.base_id, base_data)
+        chain = CheckpointChain.snapshot(checkpoint.id, doc)
+    else:
+        try:
+            doc = deltas.apply(base_data, checkpoint.data)
+        except (TypeError, ValueError, LookupError, AttributeError) as exc:
+            raise CorruptCheckpoint(checkpoint.id, f"its delta does not apply ({exc!r})") from exc
+        chain = CheckpointChain.snapshot(checkpoint.base_id, base_data)
+    frames = doc.get("frames") if isinstance(doc, dict) else None
+    if not (frames and isinstance(frames, list) and isinstance(frames[0], dict)):
+        raise CorruptCheckpoint(checkpoint.id, "it holds no run frames")
+    if "state" not in frames[0]:
+        raise CorruptCheckpoint(checkpoint.id, "it holds no state")
+    return checkpoint, doc, chain
 
 
 async def list_for_run(
