@@ -2,11 +2,11 @@
 
 ``with``: ``method`` (default GET), ``url``, ``headers``, ``query``, ``json`` or ``body``,
 ``timeout_s`` (default 30), ``follow_redirects`` (default false), ``retry_on_4xx``
-(default false). Output: ``{status, headers, body}``, ``body`` being parsed JSON when
+(default true). Output: ``{status, headers, body}``, ``body`` being parsed JSON when
 the response is JSON and text otherwise.
 
-Failures (codes): ``http_error`` (a non-2xx answer; retryable for 5xx, 408 and 429, or
-any 4xx with ``retry_on_4xx``, honouring ``Retry-After``), ``timeout`` and
+Failures (codes): ``http_error`` (a non-2xx answer; retryable, as DESIGN §2 says, honouring
+``Retry-After``; with ``retry_on_4xx: false`` only 5xx, 408 and 429 are), ``timeout`` and
 ``network_error`` (retryable), ``address_not_allowed``, ``response_too_large``,
 ``too_many_redirects`` and ``invalid_step_config`` (not retryable).
 
@@ -87,7 +87,7 @@ class HttpConfig(OutboundConfig):
     json_body: Any = Field(default=None, alias="json")
     body: str | None = None
     follow_redirects: bool = False
-    retry_on_4xx: bool = False
+    retry_on_4xx: bool = True  # every non-2xx answer is retryable (DESIGN §2)
 
     @field_validator("method")
     @classmethod
@@ -237,7 +237,9 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 
 
 def is_retryable_status(status: int, *, retry_on_4xx: bool = False) -> bool:
-    return status >= 500 or status in _RETRYABLE_STATUSES or (retry_on_4xx and status >= 400)
+    """5xx, 408 and 429 always; with ``retry_on_4xx`` (an ``http`` step's default) any
+    status but 2xx (an unfollowed 3xx included)."""
+    return status >= 500 or status in _RETRYABLE_STATUSES or (retry_on_4xx and status >= 300)
 
 
 def http_error_result(

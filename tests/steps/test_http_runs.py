@@ -87,12 +87,29 @@ async def test_retries_until_exhaustion_fail_the_run_with_the_http_error(
     assert failed["data"]["error"]["code"] == "http_error"
 
 
-async def test_a_client_error_is_not_retried(
+async def test_a_client_error_is_retried_by_the_node_s_policy(
+    make_client: AppFactory, server: LoopbackServer
+) -> None:
+    """DESIGN §2: an `http` step's non-2xx answer is a retryable failure, 4xx included."""
+    client = await make_client()
+    server.route("/gone", Reply(404, body=b"nope"))
+    run = await start(client, one_node(server.url("/gone"), retry=TINY_RETRY))
+    assert run["status"] == "failed", run
+    assert run["error"]["details"] == {"status": 404, "body": "nope"}
+    attempts = TINY_RETRY["max_attempts"]
+    assert len(server.hits_for("/gone")) == attempts
+    assert len(await of_type(client, run["id"], "node.retrying")) == attempts - 1
+
+
+async def test_a_client_error_is_not_retried_with_retry_on_4xx_false(
     make_client: AppFactory, server: LoopbackServer
 ) -> None:
     client = await make_client()
     server.route("/missing", Reply(404, body=b"nope"))
-    run = await start(client, one_node(server.url("/missing"), retry=TINY_RETRY))
+    definition = one_node(
+        server.url("/missing"), retry=TINY_RETRY, **{"with": {"retry_on_4xx": False}}
+    )
+    run = await start(client, definition)
 
     assert run["status"] == "failed", run
     assert run["error"]["code"] == "http_error"

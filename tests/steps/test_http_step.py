@@ -139,6 +139,16 @@ async def test_without_a_shared_client(server: LoopbackServer) -> None:
 # --------------------------------------------------------------------------- failures
 
 
+async def test_a_non_2xx_answer_is_retryable_by_default(
+    server: LoopbackServer, http_client: httpx.AsyncClient
+) -> None:
+    """DESIGN §2: non-2xx and network errors fail (retryable)."""
+    server.route("/x", json_reply({"error": "nope"}, status=404))
+    result = await run({"url": server.url("/x")}, http_client)
+    assert failed_code(result) == "http_error"
+    assert result.error is not None and result.error.retryable is True
+
+
 @pytest.mark.parametrize(
     ("status", "retry_on_4xx", "retryable"),
     [
@@ -282,7 +292,7 @@ async def test_redirect_not_followed_by_default(
     result = await run({"url": server.url("/old")}, http_client)
     assert failed_code(result) == "http_error"
     assert result.error is not None
-    assert not result.error.retryable
+    assert result.error.retryable  # a non-2xx answer (DESIGN §2)
     assert result.error.details is not None
     assert result.error.details["location"] == "/new"
     assert server.hits_for("/new") == []
