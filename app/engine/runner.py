@@ -282,7 +282,8 @@ class RunExecution(RunRecorder):
                     details=redact(error.details),
                 ),
             )
-        self.step_count += 1
+        if result.status is not StepStatus.HANDOFF:  # a handoff counts once it is valid
+            self.step_count += 1
         if result.status is StepStatus.NEEDS_CONTINUATION:
             if result.output is not None:
                 self._record_output(i, node_id, redact(result.output))

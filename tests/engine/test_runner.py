@@ -271,6 +271,7 @@ async def test_handoff_routes_to_the_agents_node(client: httpx.AsyncClient) -> N
     assert run["state"]["seen"] == expected
     assert run["state"]["agent"] == "tech"
     assert "run.handoff" in types_of(await events_of(client, run["id"]))
+    assert run["step_count"] == 2  # the handoff is one step execution, tech the other
 
 
 async def test_agents_need_no_declaration(client: httpx.AsyncClient) -> None:
@@ -317,6 +318,7 @@ async def test_a_ping_pong_of_handoffs_is_bounded(client: httpx.AsyncClient) -> 
 async def test_handoff_to_unknown_or_not_allowed_agent_fails(client: httpx.AsyncClient) -> None:
     run = await start(client, handoff_wf("sales"))
     assert run["error"]["code"] == "unknown_agent"
+    assert run["step_count"] == 0  # as for any step that fails
     definition = handoff_wf("tech")
     definition["agents"] = {**AGENTS, "triage": {"handoff_targets": ["billing"]}}
     run = await start(client, definition)
