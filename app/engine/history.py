@@ -116,16 +116,25 @@ class HistoryCommands(CommandBase):
                 run = await self._leave_answer(session, run, wake)
                 waking = True
             elif checkpoint_id is None:
+                if run.status in (RunStatus.INTERRUPTED, RunStatus.AWAITING_INPUT):
+                    await self._check_asks_again(session, run)
                 run = await change_status(
                     session,
                     run_id,
                     RunStatus.QUEUED,
                     code="run_not_resumable",
-                    expect=[RunStatus.SUSPENDED, RunStatus.FAILED],
+                    expect=[
+                        RunStatus.SUSPENDED,
+                        RunStatus.FAILED,
+                        RunStatus.INTERRUPTED,
+                        RunStatus.AWAITING_INPUT,
+                    ],
                     values={
                         "resume_data": {"info": {"requested": True}},
                         "due_at": None,
                         "error": None,
+                        "interrupt": None,
+                        "awaiting": None,
                         **FRESH_COUNTERS,
                     },
                 )
@@ -272,6 +281,18 @@ class HistoryCommands(CommandBase):
         self.engine.on_events(source.id, recorded.last_event_seq, recorded.status)
         self._after_commit(run, work=True)
         return run
+
+    async def _check_asks_again(self, session: AsyncSession, run: Run) -> None:
+        """A resume of a run waiting for a person goes on from its latest checkpoint: the
+        node there runs again (and asks anew, with a new interrupt id), or the node a
+        ``goto`` moved it to runs. Parallel branches are answered one by one instead."""
+        _, doc, _ = await load_doc(session, run)
+        if any(branchdoc.PARALLEL in frame for frame in doc["frames"]):
+            raise Conflict(
+                f"run {run.id} is {run.status} in parallel branches; answer them "
+                "(POST /response, /messages) or resume it from a checkpoint",
+                code="run_not_resumable",
+            )
 
     async def edit_state(self, run_id: str, body: StateEdit) -> Run:
         async with transaction(self.engine.sessions) as session:

@@ -452,6 +452,55 @@ async def test_a_goto_past_the_node_s_max_iterations_fails_the_run(
     assert [(e["node"], e["data"]["visit"]) for e in started] == [("once", 1), ("ask", 1)]
 
 
+async def test_a_run_waiting_for_a_person_resumes_from_its_latest_checkpoint(
+    client: httpx.AsyncClient,
+) -> None:
+    """POST /resume on an interrupted run asks again (a new interrupt id); after a goto,
+    it goes on at the goto node, and an awaiting_input run moved by a goto too."""
+    definition = wf(
+        "resume-asking",
+        {
+            "ask": {"step": "interrupt", "with": {"question": "ok?"}},
+            "other": {"step": "set", "set": {"went": "other"}},
+        },
+        [{"from": "ask", "to": "other", "when": "false"}],
+    )
+    run = await start(client, definition)
+    first = run["interrupt"]["id"]
+    resumed = await client.post(f"/runs/{run['id']}/resume", json={})
+    assert resumed.status_code == 202, resumed.text
+    again = await until_status(client, run["id"], "interrupted")
+    assert again["interrupt"]["id"] != first
+    assert again["interrupt"]["payload"] == {"question": "ok?"}
+    stale = await client.post(f"/runs/{run['id']}/response", json={"interrupt_id": first})
+    assert stale.status_code == 409, stale.text
+
+    moved = await client.post(f"/runs/{run['id']}/state", json={"state_patch": {}, "goto": "other"})
+    assert moved.status_code == 200, moved.text
+    assert (await client.post(f"/runs/{run['id']}/resume", json={})).status_code == 202
+    done = await wait_run(client, run["id"])
+    assert done["status"] == "completed", done
+    assert done["state"] == {"went": "other"}
+    assert done["interrupt"] is None
+
+    listening = wf(
+        "resume-listening",
+        {
+            "listen": {"step": "input", "set": {"said": "{{ output }}"}},
+            "other": {"step": "set", "set": {"went": "other"}},
+        },
+        [{"from": "listen", "to": "other", "when": "false"}],
+    )
+    run = await start(client, listening)
+    assert run["status"] == "awaiting_input"
+    moved = await client.post(f"/runs/{run['id']}/state", json={"state_patch": {}, "goto": "other"})
+    assert moved.status_code == 200
+    assert (await client.post(f"/runs/{run['id']}/resume", json={})).status_code == 202
+    done = await wait_run(client, run["id"])
+    assert done["status"] == "completed", done
+    assert done["awaiting_input"] is None
+
+
 async def test_state_edit_refused_on_running_or_completed(client: httpx.AsyncClient) -> None:
     run = await start(client, wf("fin", {"a": {"step": "set"}}))
     refused = await client.post(f"/runs/{run['id']}/state", json={"state_patch": {"x": 1}})
