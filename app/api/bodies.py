@@ -38,21 +38,43 @@ class _Refused(ValueError):
     pass
 
 
-class _Duplicate(_Refused):
-    def __init__(self, key: str) -> None:
-        super().__init__(f"duplicate key {key!r}")
+class _Repeats(dict[str, Any]):
+    """An object that repeated a key: parsers see objects innermost first, with no path,
+    so the object is marked, and the document walked for its path once parsed."""
+
+    def __init__(self, pairs: list[tuple[str, Any]], key: str, line: int | None) -> None:
+        super().__init__(pairs)
         self.key = key
+        self.line = line
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def _mark_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result = dict(pairs)
     if len(result) < len(pairs):
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise _Duplicate(key)
+                return _Repeats(pairs, key, None)
             seen.add(key)
     return result
+
+
+def first_duplicate(value: Any, loc: Loc | None = None) -> tuple[Loc, str, int | None] | None:
+    """Where a parsed document first repeats a key: the key's path, the key, its line."""
+    loc = loc or []
+    if isinstance(value, dict):
+        if isinstance(value, _Repeats):
+            return [*loc, value.key], value.key, value.line
+        for key, item in value.items():
+            found = first_duplicate(item, [*loc, key])
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = first_duplicate(item, [*loc, index])
+            if found is not None:
+                return found
+    return None
 
 
 def _no_constants(name: str) -> Any:
@@ -79,7 +101,8 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[
         if not isinstance(key, str):
             raise _Refused(f"mapping key {key!r} is not a string; quote it (line {line})")
         if key in result:
-            raise _Refused(f"duplicate key {key!r} (line {line})")
+            pairs = [*result.items(), (key, None)]
+            return _Repeats(pairs, key, line)
         result[key] = loader.construct_object(value_node, deep=True)
     return result
 
@@ -163,23 +186,31 @@ def unstorable_json(body: bytes) -> list[dict[str, Any]]:
     return unstorable(value, ["body"])
 
 
-def duplicate_key(body: bytes) -> str | None:
-    """The first key a raw JSON body repeats within one object, if any: JSON parsers keep
-    the last value silently, so the sender's intent is unknown. A body that does not
-    parse is left to whoever reads it."""
+def duplicate_key(body: bytes) -> tuple[Loc, str] | None:
+    """The first key a raw JSON body repeats within one object, with its path, if any:
+    JSON parsers keep the last value silently, so the sender's intent is unknown. A body
+    that does not parse is left to whoever reads it."""
     if b"," not in body:  # (one member per object at most)
         return None
     try:
-        json.loads(body, object_pairs_hook=_no_duplicates)
-    except _Duplicate as exc:
-        return exc.key
+        found = first_duplicate(json.loads(body, object_pairs_hook=_mark_duplicates))
     except (ValueError, RecursionError):
         return None
-    return None
+    return None if found is None else (found[0], found[1])
 
 
 def parse_document(body: bytes, content_type: str | None, max_depth: int = 64) -> Any:
     document = _parse(body, content_type)
+    repeated = first_duplicate(document)
+    if repeated is not None:
+        loc, key, line = repeated
+        where = "" if line is None else f" (line {line})"
+        message = f"duplicate key {key!r}{where}"
+        raise Invalid(
+            f"the body is not a valid document: {message}",
+            code="invalid_body",
+            errors=[error_item(loc, message, "duplicate_key")],
+        )
     if depth(document) > max_depth:
         raise Invalid(
             f"the document nests deeper than {max_depth} levels",
@@ -208,7 +239,7 @@ def _parse(body: bytes, content_type: str | None) -> Any:
     try:
         if is_yaml:
             return yaml.load(body.decode("utf-8"), Loader=_StrictLoader)
-        return json.loads(body, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        return json.loads(body, object_pairs_hook=_mark_duplicates, parse_constant=_no_constants)
     except (ValueError, yaml.YAMLError, RecursionError) as exc:
         kind = "YAML" if is_yaml else "JSON"
         message = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)

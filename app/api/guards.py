@@ -229,9 +229,10 @@ class RequestGuards:
             documents = _DOCUMENT_PATH.match(get_route_path(scope)) is not None
             duplicate = None if documents else duplicate_key(body)
             if duplicate is not None:
-                message = f"the JSON body repeats the key {duplicate!r} within one object"
-                errors = [{"loc": ["body"], "msg": message, "type": "duplicate_key"}]
-                await _send_problem(send_with_id, 422, "invalid_body", message, errors=errors)
+                loc, key = duplicate
+                message = f"the JSON body repeats the key {key!r} within one object"
+                item = {"loc": ["body", *loc], "msg": message, "type": "duplicate_key"}
+                await _send_problem(send_with_id, 422, "invalid_body", message, errors=[item])
                 return
         await self.app(scope, replay(body, receive), send_with_id)
 

@@ -150,18 +150,23 @@ async def test_duplicate_keys_are_422_in_every_json_body(client: httpx.AsyncClie
     await client.post("/workflows", json={"name": "dup", "nodes": {"a": {"step": "input"}}})
     started = await client.post("/runs", json={"workflow": "dup", "inputs": {}})
     run_id = started.json()["id"]
-    for path, text, key in (
-        ("/runs", '{"workflow": "dup", "workflow": "other", "inputs": {}}', "workflow"),
-        ("/runs/wait", '{"workflow": "dup", "inputs": {"a": 1, "b": 2, "a": 3}}', "a"),
-        (f"/runs/{run_id}/messages", '{"message": "hi", "message": "bye"}', "message"),
-        (f"/runs/{run_id}/state", '{"state_patch": {"x": {"y": 1, "y": 2}}}', "y"),
+    for path, text, loc in (
+        ("/runs", '{"workflow": "dup", "workflow": "other", "inputs": {}}', ["workflow"]),
+        ("/runs/wait", '{"workflow": "dup", "inputs": {"a": 1, "b": 2, "a": 3}}', ["inputs", "a"]),
+        (f"/runs/{run_id}/messages", '{"message": "hi", "message": "bye"}', ["message"]),
+        (
+            f"/runs/{run_id}/state",
+            '{"state_patch": {"x": [{"y": 1, "y": 2}]}}',
+            ["state_patch", "x", 0, "y"],
+        ),
     ):
+        key = loc[-1]
         response = await client.post(
             path, content=text, headers={"Content-Type": "application/json"}
         )
         problem = assert_problem(response, 422, "invalid_body")
         assert problem["errors"] == [
-            {"loc": ["body"], "msg": problem["detail"], "type": "duplicate_key"}
+            {"loc": ["body", *loc], "msg": problem["detail"], "type": "duplicate_key"}
         ], path
         assert repr(key) in problem["detail"], path
     # nothing was changed or started by any of them

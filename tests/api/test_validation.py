@@ -278,6 +278,7 @@ async def test_duplicate_agent_ids(client: httpx.AsyncClient) -> None:
             response = await client.post(path, content=body, headers={"Content-Type": media})
             errors = response.json()["errors"]
             assert any("duplicate key 'a'" in e["msg"] for e in errors), response.text
+            assert [e["loc"] for e in errors] == [["agents", "a"]], response.text
             if path == "/workflows":
                 assert response.status_code == 422
                 assert response.json()["code"] == "invalid_body"
