@@ -130,7 +130,8 @@ class HistoryCommands(CommandBase):
                         RunStatus.AWAITING_INPUT,
                     ],
                     values={
-                        "resume_data": {"info": {"requested": True}},
+                        # run.resumed says the status the run was in, not the checkpoint's
+                        "resume_data": {"info": {"requested": True}, "from": str(run.status)},
                         "due_at": None,
                         "error": None,
                         "interrupt": None,

@@ -140,7 +140,11 @@ class RunExecution(RunRecorder):
         if status not in PAUSE_STATUSES and not resume:
             return  # a lapsed lease or a released run: carry on
         self.events.append(
-            NewEvent("run.resumed", None, {"from": status, **resume.get("info", {})})
+            NewEvent(
+                "run.resumed",
+                None,
+                {"from": resume.get("from", status), **resume.get("info", {})},
+            )
         )
         if branchdoc.section_index(self.doc) is not None:  # for a branch: it takes it
             from app.engine import branchanswers

@@ -130,6 +130,22 @@ async def test_interrupt_before_and_after(make_client: AppFactory) -> None:
     assert steps["count"].calls == {"a": 1, "b": 1, "c": 1}
 
 
+async def test_run_resumed_says_the_status_the_run_was_in(client: httpx.AsyncClient) -> None:
+    """A run failed by a rejected interrupt_after: its checkpoint's status is interrupted,
+    the run's failed; a resume says failed (and asks again)."""
+    definition = wf("after", {"b": {"step": "set", "interrupt_after": "look", "set": {"b": 1}}})
+    run = await start(client, definition)
+    assert run["interrupt"]["kind"] == "interrupt_after"
+    await answer(client, run, status="rejected")
+    failed = await until_status(client, run["id"], "failed")
+    assert failed["error"]["code"] == "interrupt_rejected"
+    assert (await client.post(f"/runs/{run['id']}/resume", json={})).status_code == 202
+    again = await until_status(client, run["id"], "interrupted")
+    assert again["interrupt"]["kind"] == "interrupt_after"
+    resumed = await events_of(client, run["id"], types="run.resumed")
+    assert [e["data"] for e in resumed] == [{"from": "failed", "requested": True}]
+
+
 async def test_multi_turn_session(client: httpx.AsyncClient) -> None:
     await client.post(
         "/workflows",
