@@ -201,6 +201,12 @@ def duplicate_key(body: bytes) -> tuple[Loc, str] | None:
 
 def parse_document(body: bytes, content_type: str | None, max_depth: int = 64) -> Any:
     document = _parse(body, content_type)
+    if depth(document) > max_depth:
+        raise Invalid(
+            f"the document nests deeper than {max_depth} levels",
+            code="json_too_deep",
+            errors=[error_item([], f"nested deeper than {max_depth} levels", "too_deep")],
+        )
     repeated = first_duplicate(document)
     if repeated is not None:
         loc, key, line = repeated
@@ -210,12 +216,6 @@ def parse_document(body: bytes, content_type: str | None, max_depth: int = 64) -
             f"the body is not a valid document: {message}",
             code="invalid_body",
             errors=[error_item(loc, message, "duplicate_key")],
-        )
-    if depth(document) > max_depth:
-        raise Invalid(
-            f"the document nests deeper than {max_depth} levels",
-            code="json_too_deep",
-            errors=[error_item([], f"nested deeper than {max_depth} levels", "too_deep")],
         )
     errors = unstorable(document)
     if errors:
