@@ -165,10 +165,19 @@ async def test_a_wait_for_a_run_settled_here_reads_nothing(client: httpx.AsyncCl
         )
     assert response.json()["status"] == "completed"
     reads_of_runs = [
-        s for s in statements if s.lstrip().upper().startswith("SELECT") and "FROM runs" in s
+        s
+        for s in statements
+        if s.lstrip().upper().startswith("SELECT") and "FROM runs" in s and not _claims(s)
     ]
     # the answer reads the run once; nothing reads it after the runner's commit
     assert len(reads_of_runs) == 1, "\n".join(" ".join(s.split())[:90] for s in statements)
+
+
+def _claims(statement: str) -> bool:
+    """A read of the claim loop's, which may poll at any time (ids of due runs, the next
+    due time, the next lease to lapse): not a read of the run's row."""
+    flat = " ".join(statement.split())
+    return flat.startswith(("SELECT runs.id FROM runs", "SELECT min("))
 
 
 @pytest.mark.postgres_only
