@@ -63,8 +63,7 @@ async def fan_out(execution: RunExecution, i: int, node_id: str, choice: EdgeCho
     entries = []
     for target in choice.branches:
         visits = frame["visits"].get(target, 0) + 1
-        limit = definition.nodes[target].max_iterations or definition.max_node_iterations
-        if visits > limit:
+        if visits > definition.visit_limit(target):
             return await execution._too_many_visits(i, node_id, target)
         branch_frame = {
             **plain,

@@ -212,8 +212,7 @@ class RunExecution(RunRecorder):
         if self.step_count >= self.max_steps:
             msg = f"the run passed max_steps ({self.max_steps})"
             return await self._fail(i, node_id, _error("max_steps_exceeded", msg))
-        limit = node.max_iterations or definition.max_node_iterations
-        if frame["visits"].get(node_id, 0) > limit:  # entered by a goto (POST /state)
+        if frame["visits"].get(node_id, 0) > definition.visit_limit(node_id):  # by a goto
             return await self._too_many_visits(i, node_id, node_id)
         if node.interrupt_before and not inject.get("skip_before"):
             payload = {"reason": node.interrupt_before}
@@ -523,12 +522,11 @@ class RunExecution(RunRecorder):
         definition = self.frames.definition(i)
         visits = frame["visits"].get(node_id, 0) + 1
         self.doc = memory.replace_frame(self.doc, i, visits={**frame["visits"], node_id: visits})
-        limit = definition.nodes[node_id].max_iterations or definition.max_node_iterations
-        return bool(visits <= limit)
+        return bool(visits <= definition.visit_limit(node_id))
 
     async def _too_many_visits(self, i: int, node_id: str, target: str) -> bool:
         definition = self.frames.definition(i)
-        limit = definition.nodes[target].max_iterations or definition.max_node_iterations
+        limit = definition.visit_limit(target)
         path = memory.node_path(self.doc, i, target)
         msg = f"node {path!r} was entered more than {limit} times"
         self.doc = memory.replace_frame(self.doc, i, node=node_id)  # (retried by a resume)

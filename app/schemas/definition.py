@@ -168,6 +168,11 @@ class WorkflowDefinition(_Strict):
     def entry_node(self) -> str:
         return self.entry if self.entry is not None else next(iter(self.nodes))
 
+    def visit_limit(self, node_id: str) -> int:
+        """How many times the node may be entered: its ``max_iterations``, or the
+        workflow's ``max_node_iterations``."""
+        return self.nodes[node_id].max_iterations or self.max_node_iterations
+
     @property
     def agent_map(self) -> dict[str, Agent]:
         if isinstance(self.agents, dict):
