@@ -59,6 +59,20 @@ def _mark_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _load_json(body: bytes, **options: Any) -> tuple[Any, bool]:
+    """Parsed JSON, its objects that repeat a key marked, and whether there is one (so
+    that a body with none, the common case, is not walked)."""
+    repeats = False
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal repeats
+        result = _mark_duplicates(pairs)
+        repeats = repeats or isinstance(result, _Repeats)
+        return result
+
+    return json.loads(body, object_pairs_hook=hook, **options), repeats
+
+
 def first_duplicate(value: Any, loc: Loc | None = None) -> tuple[Loc, str, int | None] | None:
     """Where a parsed document first repeats a key: the key's path, the key, its line."""
     loc = loc or []
@@ -193,7 +207,8 @@ def duplicate_key(body: bytes) -> tuple[Loc, str] | None:
     if b"," not in body:  # (one member per object at most)
         return None
     try:
-        found = first_duplicate(json.loads(body, object_pairs_hook=_mark_duplicates))
+        document, repeats = _load_json(body)
+        found = first_duplicate(document) if repeats else None
     except (ValueError, RecursionError):
         return None
     return None if found is None else (found[0], found[1])
