@@ -468,20 +468,32 @@ async def test_a_goto_past_the_node_s_max_iterations_fails_the_run(
     assert [(e["node"], e["data"]["visit"]) for e in started] == [("once", 1), ("ask", 1)]
 
 
+def _pause_then_other(name: str, pause: dict[str, Any]) -> dict[str, Any]:
+    """A node that pauses (``pause``), and a node no edge reaches but a goto."""
+    return wf(
+        name,
+        {"pause": pause, "other": {"step": "set", "set": {"went": "other"}}},
+        [{"from": "pause", "to": "other", "when": "false"}],
+    )
+
+
+async def _goto_other_and_resume(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
+    moved = await client.post(f"/runs/{run_id}/state", json={"state_patch": {}, "goto": "other"})
+    assert moved.status_code == 200, moved.text
+    assert (await client.post(f"/runs/{run_id}/resume", json={})).status_code == 202
+    done = await wait_run(client, run_id)
+    assert done["status"] == "completed", done
+    assert done["state"] == {"went": "other"}
+    return done
+
+
 async def test_a_run_waiting_for_a_person_resumes_from_its_latest_checkpoint(
     client: httpx.AsyncClient,
 ) -> None:
     """POST /resume on an interrupted run asks again (a new interrupt id); after a goto,
     it goes on at the goto node, and an awaiting_input run moved by a goto too."""
-    definition = wf(
-        "resume-asking",
-        {
-            "ask": {"step": "interrupt", "with": {"question": "ok?"}},
-            "other": {"step": "set", "set": {"went": "other"}},
-        },
-        [{"from": "ask", "to": "other", "when": "false"}],
-    )
-    run = await start(client, definition)
+    asking = {"step": "interrupt", "with": {"question": "ok?"}}
+    run = await start(client, _pause_then_other("resume-asking", asking))
     first = run["interrupt"]["id"]
     resumed = await client.post(f"/runs/{run['id']}/resume", json={})
     assert resumed.status_code == 202, resumed.text
@@ -490,30 +502,13 @@ async def test_a_run_waiting_for_a_person_resumes_from_its_latest_checkpoint(
     assert again["interrupt"]["payload"] == {"question": "ok?"}
     stale = await client.post(f"/runs/{run['id']}/response", json={"interrupt_id": first})
     assert stale.status_code == 409, stale.text
-
-    moved = await client.post(f"/runs/{run['id']}/state", json={"state_patch": {}, "goto": "other"})
-    assert moved.status_code == 200, moved.text
-    assert (await client.post(f"/runs/{run['id']}/resume", json={})).status_code == 202
-    done = await wait_run(client, run["id"])
-    assert done["status"] == "completed", done
-    assert done["state"] == {"went": "other"}
+    done = await _goto_other_and_resume(client, run["id"])
     assert done["interrupt"] is None
 
-    listening = wf(
-        "resume-listening",
-        {
-            "listen": {"step": "input", "set": {"said": "{{ output }}"}},
-            "other": {"step": "set", "set": {"went": "other"}},
-        },
-        [{"from": "listen", "to": "other", "when": "false"}],
-    )
-    run = await start(client, listening)
+    listening = {"step": "input", "set": {"said": "{{ output }}"}}
+    run = await start(client, _pause_then_other("resume-listening", listening))
     assert run["status"] == "awaiting_input"
-    moved = await client.post(f"/runs/{run['id']}/state", json={"state_patch": {}, "goto": "other"})
-    assert moved.status_code == 200
-    assert (await client.post(f"/runs/{run['id']}/resume", json={})).status_code == 202
-    done = await wait_run(client, run["id"])
-    assert done["status"] == "completed", done
+    done = await _goto_other_and_resume(client, run["id"])
     assert done["awaiting_input"] is None
 
 
