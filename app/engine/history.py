@@ -117,7 +117,7 @@ class HistoryCommands(CommandBase):
                 waking = True
             elif checkpoint_id is None:
                 if run.status in (RunStatus.INTERRUPTED, RunStatus.AWAITING_INPUT):
-                    await self._check_asks_again(session, run)
+                    await self._refuse_paused_branches(session, run)
                 run = await change_status(
                     session,
                     run_id,
@@ -283,7 +283,7 @@ class HistoryCommands(CommandBase):
         self._after_commit(run, work=True)
         return run
 
-    async def _check_asks_again(self, session: AsyncSession, run: Run) -> None:
+    async def _refuse_paused_branches(self, session: AsyncSession, run: Run) -> None:
         """A resume of a run waiting for a person goes on from its latest checkpoint: the
         node there runs again (and asks anew, with a new interrupt id), or the node a
         ``goto`` moved it to runs. Parallel branches are answered one by one instead."""
