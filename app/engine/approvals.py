@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.engine import branchdoc, memory
 from app.engine.lifecycle import RunStatus
 from app.engine.queueing import CommandBase
-from app.engine.validation import instance_errors
+from app.engine.schema_checks import instance_errors
 from app.errors import Invalid, NotFound
 from app.schemas.runs import InterruptResponse
 from app.store.database import lone_statement

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.engine import branchdoc, memory
 from app.engine.lifecycle import PAUSED, RunStatus, change_status
 from app.engine.queueing import CommandBase, load_doc
-from app.engine.validation import instance_errors
+from app.engine.schema_checks import instance_errors
 from app.errors import Conflict, Invalid, error_item
 from app.schemas.runs import ForkRequest, StateEdit
 from app.store import agent_turns as agent_turn_store

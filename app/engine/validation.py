@@ -9,23 +9,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jsonschema import SchemaError
-from jsonschema.validators import validator_for
 from pydantic import ValidationError
 
-from app.agents.setup import AgentWith
-from app.engine import mapconfig
+from app.engine import agent_checks, mapconfig
 from app.engine.joins import END, JoinAnalysis
+from app.engine.schema_checks import schema_errors
 from app.engine.templates import TemplateEngine, TemplateError
 from app.errors import Invalid, error_item
-from app.schemas.definition import (
-    AGENT_LIST,
-    AGENT_MAPPING,
-    NODE_ID_PATTERN,
-    PROMPT_REF_PATTERN,
-    TOOL_NAME_PATTERN,
-    WorkflowDefinition,
-)
+from app.schemas.definition import AGENT_LIST, AGENT_MAPPING, NODE_ID_PATTERN, WorkflowDefinition
 from app.steps.registry import StepRegistry
 
 Loc = list[str | int]
@@ -57,31 +48,7 @@ def pydantic_errors(exc: ValidationError, prefix: Sequence[str | int] = ()) -> l
     return errors
 
 
-def schema_errors(schema: Any, loc: Loc) -> list[dict[str, Any]]:
-    if not isinstance(schema, dict):
-        return [error_item(loc, "a JSON Schema must be an object", "invalid_schema")]
-    try:
-        validator_for(schema).check_schema(schema)
-    except SchemaError as exc:
-        path = [*loc, *exc.path]
-        return [error_item(path, f"invalid JSON Schema: {exc.message}", "invalid_schema")]
-    return []
-
-
-def instance_errors(schema: dict[str, Any], value: Any, loc: Loc) -> list[dict[str, Any]]:
-    """Where ``value`` does not match the (already checked) JSON Schema ``schema``."""
-    validator = validator_for(schema)(schema)
-    return [
-        error_item([*loc, *err.absolute_path], err.message, "schema")
-        for err in sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
-    ]
-
-
 _NODE_ID = re.compile(NODE_ID_PATTERN)
-_PROMPT_REF = re.compile(PROMPT_REF_PATTERN)
-_TOOL_NAME = re.compile(TOOL_NAME_PATTERN)
-# tools the agent step itself gives a model (DESIGN §9); no declared tool may take their names
-BUILTIN_TOOLS = frozenset({"transfer_to_agent", "ask_human", "end_session"})
 
 
 class DefinitionValidator:
@@ -117,8 +84,9 @@ class DefinitionValidator:
         except ValidationError as exc:
             return None, pydantic_errors(exc)
         errors = [
-            *self._agent_errors(definition),
-            *self._agent_model_errors(definition),
+            *agent_checks.binding_errors(definition),
+            *agent_checks.model_errors(definition, self._templates),
+            *self._tool_errors(definition),
             *self._node_errors(definition),
             *self._edge_errors(definition),
             *self._template_errors(definition),
@@ -138,96 +106,14 @@ class DefinitionValidator:
             )
         return definition
 
-    def _agent_errors(self, d: WorkflowDefinition) -> list[dict[str, Any]]:
-        errors = []
-        if isinstance(d.agents, list):
-            seen: set[str] = set()
-            for i, item in enumerate(d.agents):
-                if item.id in seen:
-                    errors.append(
-                        error_item(
-                            ["agents", i, "id"], f"duplicate agent id {item.id!r}", "duplicate"
-                        )
-                    )
-                seen.add(item.id)
-        # A node's `agent: X` binds X whether or not `agents:` declares it; a declaration
-        # only adds options (handoff targets, approval).
-        agents = d.agent_map
-        bound: dict[str, str] = {}
-        for node_id, node in d.nodes.items():
-            if node.agent is None:
-                continue
-            if node.agent in bound:
-                loc: Loc = ["nodes", node_id, "agent"]
-                msg = f"agent {node.agent!r} is already bound to node {bound[node.agent]!r}"
-                errors.append(error_item(loc, msg, "duplicate"))
-            else:
-                bound[node.agent] = node_id
-        for agent_id, agent in agents.items():
-            for i, target in enumerate(agent.handoff_targets or []):
-                if target not in agents and target not in bound:
-                    loc = ["agents", agent_id, "handoff_targets", i]
-                    msg = f"unknown agent {target!r}: neither declared in `agents` nor bound by a node"
-                    errors.append(error_item(loc, msg, "unknown_agent"))
-        return errors
-
-    def _agent_model_errors(self, d: WorkflowDefinition) -> list[dict[str, Any]]:
-        """Models, tools and agent settings of agent workflows (DESIGN §9)."""
-        errors = []
-        for name, tool in d.tools.items():
-            if not _TOOL_NAME.match(name) or name in BUILTIN_TOOLS:
-                msg = (
-                    "a tool name is 1-64 letters, digits, '_' or '-', and not one of "
-                    f"{sorted(BUILTIN_TOOLS)}"
-                )
-                errors.append(error_item(["tools", name], msg, "invalid_tool_name"))
-            errors += schema_errors(tool.parameters, ["tools", name, "parameters"])
-            if tool.http is not None:  # the `with` of an http step
-                errors += self._config_key_errors(name, "http", tool.http, ["tools", name, "http"])
-        agents = d.agent_map
-        for agent_id, agent in agents.items():
-            loc: Loc = ["agents", agent_id, "model"]
-            if isinstance(agent.model, str) and agent.model not in d.models:
-                msg = f"unknown model {agent.model!r}; declared: {sorted(d.models)}"
-                errors.append(error_item(loc, msg, "unknown_model"))
-            for i, tool_name in enumerate(agent.tools):
-                if tool_name not in d.tools:
-                    msg = f"unknown tool {tool_name!r}; declared: {sorted(d.tools)}"
-                    errors.append(error_item(["agents", agent_id, "tools", i], msg, "unknown_tool"))
-        for node_id, node in d.nodes.items():
-            if node.step != "agent":
-                continue
-            loc = ["nodes", node_id, "agent"]
-            if node.agent is None:
-                msg = "a `step: agent` node must be bound to an agent (`agent:`)"
-                errors.append(error_item(loc, msg, "agent_required"))
-            elif node.agent not in agents or agents[node.agent].model is None:
-                # also when `agents` does not declare it: the model comes from there
-                msg = f"agent {node.agent!r} has no `model`: a `step: agent` node needs one"
-                errors.append(error_item(loc, msg, "model_required"))
-            for key in node.with_:
-                if key not in AgentWith.model_fields:
-                    msg = f"unknown setting {key!r}; known: {sorted(AgentWith.model_fields)}"
-                    errors.append(error_item(["nodes", node_id, "with", key], msg, "unknown_field"))
-            # the settings written as they are (a template is checked once rendered)
-            literal = {k: v for k, v in node.with_.items()
-                       if k in AgentWith.model_fields and not self._templates.has_template(v)}  # fmt: skip
-            try:
-                AgentWith.model_validate(literal)
-            except ValidationError as exc:
-                for item in exc.errors():
-                    where: Loc = ["nodes", node_id, "with", *item["loc"]]
-                    errors.append(error_item(where, item["msg"], "invalid_step_config"))
-            ref = node.with_.get("prompt_ref")
-            if ref is not None and not (
-                isinstance(ref, str)
-                and (_PROMPT_REF.match(ref) or self._templates.has_template(ref))
-            ):
-                msg = "a prompt reference is `name` or `name@<version>`"
-                errors.append(
-                    error_item(["nodes", node_id, "with", "prompt_ref"], msg, "invalid_prompt_ref")
-                )
-        return errors
+    def _tool_errors(self, d: WorkflowDefinition) -> list[dict[str, Any]]:
+        """Keys of a tool's ``http`` (the ``with`` of an http step) it does not take."""
+        return [
+            error
+            for name, tool in d.tools.items()
+            if tool.http is not None
+            for error in self._config_key_errors(name, "http", tool.http, ["tools", name, "http"])
+        ]
 
     def _node_errors(self, d: WorkflowDefinition) -> list[dict[str, Any]]:
         errors = []
