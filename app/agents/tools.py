@@ -50,6 +50,11 @@ def result_text(result: Any) -> str:
     return result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
 
 
+def plugin_installed(name: str) -> bool:
+    """Whether an installed distribution registers the tool plugin ``name``."""
+    return bool(entry_points(group=TOOL_ENTRY_POINT_GROUP, name=name))
+
+
 def load_plugin(name: str) -> Any | None:
     for ep in entry_points(group=TOOL_ENTRY_POINT_GROUP, name=name):
         obj = ep.load()

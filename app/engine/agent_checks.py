@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from app.agents.setup import AgentWith
+from app.agents.tools import TOOL_ENTRY_POINT_GROUP, plugin_installed
 from app.engine.schema_checks import schema_errors
 from app.engine.templates import TemplateEngine
 from app.errors import error_item
@@ -60,7 +61,7 @@ def binding_errors(d: WorkflowDefinition) -> list[dict[str, Any]]:
 
 
 def model_errors(d: WorkflowDefinition, templates: TemplateEngine) -> list[dict[str, Any]]:
-    """Tool names and schemas, agents' models and tools, agent nodes' settings."""
+    """Tool names, schemas and plugins, agents' models and tools, agent nodes' settings."""
     errors = []
     for name, tool in d.tools.items():
         if not _TOOL_NAME.match(name) or name in BUILTIN_TOOLS:
@@ -70,6 +71,9 @@ def model_errors(d: WorkflowDefinition, templates: TemplateEngine) -> list[dict[
             )
             errors.append(error_item(["tools", name], msg, "invalid_tool_name"))
         errors += schema_errors(tool.parameters, ["tools", name, "parameters"])
+        if tool.plugin is not None and not plugin_installed(tool.plugin):
+            msg = f"no tool plugin {tool.plugin!r} is installed (entry-point group {TOOL_ENTRY_POINT_GROUP})"
+            errors.append(error_item(["tools", name, "plugin"], msg, "unknown_plugin"))
     agents = d.agent_map
     for agent_id, agent in agents.items():
         loc: Loc = ["agents", agent_id, "model"]

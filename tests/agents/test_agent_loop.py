@@ -242,6 +242,21 @@ async def test_plugin_tools_run_through_their_entry_point(
     assert "the plugin broke" in run["error"]["message"]
 
 
+async def test_a_tool_plugin_that_is_not_installed_is_refused_when_stored(
+    client: httpx.AsyncClient, fake: FakeModel, tool_plugins: None
+) -> None:
+    tools = {"count": {"description": "Count", "plugin": "word_count"},
+             "ghost": {"description": "Nowhere", "plugin": "no_such_tool"}}  # fmt: skip
+    definition = agent_workflow(fake, agent={"tools": ["count", "ghost"]}, tools=tools)
+    response = await client.post("/runs", json={"definition": definition, "inputs": {}})
+    assert response.status_code == 422
+    [error] = response.json()["errors"]
+    assert error["loc"] == ["body", "definition", "tools", "ghost", "plugin"]
+    assert error["type"] == "unknown_plugin"
+    assert "no_such_tool" in error["msg"]
+    assert (await client.get("/runs")).json()["items"] == []
+
+
 async def test_model_requests_do_not_follow_redirects(
     client: httpx.AsyncClient, fake: FakeModel
 ) -> None:
