@@ -4,6 +4,7 @@ conversation (system prompt, earlier messages, the user turn)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,20 +36,31 @@ class AgentWith(BaseModel):
     max_turns: int | None = Field(default=None, ge=1)  # user turns of a session
 
 
+def transfer_parameters(targets: list[str] | None = None) -> dict[str, Any]:
+    """``transfer_to_agent``'s arguments. The model is offered the ``targets`` as an enum;
+    a call is checked without it, so that a transfer to another agent is a handoff the
+    runner refuses (``handoff_not_allowed`` or ``unknown_agent``: DESIGN §2), not a bad
+    argument the model is asked to mend."""
+    agent: dict[str, Any] = {"type": "string"}
+    if targets is not None:
+        agent["enum"] = targets
+    return {
+        "type": "object",
+        "required": ["agent", "reason"],
+        "properties": {
+            "agent": agent,
+            "reason": {"type": "string", "description": "why, for the next agent"},
+        },
+        "additionalProperties": False,
+    }
+
+
 def transfer_spec(targets: list[str]) -> ToolSpec:
     return ToolSpec(
         "transfer_to_agent",
         "Hand the conversation over to another agent. Use when another agent is better "
         "placed to help.",
-        {
-            "type": "object",
-            "required": ["agent", "reason"],
-            "properties": {
-                "agent": {"type": "string", "enum": targets},
-                "reason": {"type": "string", "description": "why, for the next agent"},
-            },
-            "additionalProperties": False,
-        },
+        transfer_parameters(targets),
     )
 
 
@@ -122,6 +134,21 @@ def handoff_messages(messages: list[Message]) -> list[Message]:
     return said[-HANDOFF_MESSAGES:]
 
 
+def handoff_note(handoff: dict[str, Any]) -> str:
+    """The user turn that opens a conversation handed over with no prompt: who handed it
+    over (a ``handoff`` step of a node bound to no agent names none), and the payload."""
+    source, payload = handoff.get("from_agent"), handoff.get("payload")
+    note = "The conversation was handed over to you"
+    if source is not None:
+        note += f" by agent {source!r}"
+    if isinstance(payload, dict) and set(payload) <= {"reason"}:
+        reason = payload.get("reason")
+        return f"{note}. Reason: {reason}" if reason else note
+    if payload is None:
+        return note
+    return f"{note}, with: {json.dumps(payload, ensure_ascii=False)}"
+
+
 def render_text(ctx: StepContext, template: str) -> str:
     """A prompt rendered with the run's scope (no secrets: prompts go to a model)."""
     rendered = ctx.services.templates.render(template, dict(ctx.scope or {}))
@@ -155,13 +182,5 @@ async def opening(ctx: StepContext, setup: AgentSetup) -> dict[str, Any]:
         used.append({"ref": options.prompt_ref, "name": prompt.name, "version": prompt.version})
         messages.append({"role": "user", "content": render_text(ctx, prompt.template)})
     elif isinstance(handoff, dict) and handoff.get("to_agent") == setup.agent_id:
-        reason = (
-            (handoff.get("payload") or {}).get("reason")
-            if isinstance(handoff.get("payload"), dict)
-            else None
-        )
-        note = f"The conversation was handed over to you by agent {handoff.get('from_agent')!r}"
-        messages.append(
-            {"role": "user", "content": f"{note}. Reason: {reason}" if reason else note}
-        )
+        messages.append({"role": "user", "content": handoff_note(handoff)})
     return {"system": system, "messages": messages, "prompts": used}

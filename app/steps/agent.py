@@ -21,7 +21,13 @@ from typing import Any
 
 from app.agents.clients import ClientKey, ModelClients
 from app.agents.providers import ModelAnswer, ModelError, ModelRequest, Provider
-from app.agents.setup import AgentSetup, handoff_messages, load_setup, opening, transfer_spec
+from app.agents.setup import (
+    AgentSetup,
+    handoff_messages,
+    load_setup,
+    opening,
+    transfer_parameters,
+)
 from app.agents.stream import DeltaCoalescer
 from app.agents.tools import argument_errors, result_text, run_http_tool, run_plugin_tool
 from app.errors import StepwiseError
@@ -196,7 +202,7 @@ class _Loop:
         )
 
         async def delta(text: str) -> None:
-            await ctx.event("message.delta", node=ctx.node, text=text)
+            await ctx.event("message.delta", node=ctx.node, text=text, attempt=ctx.attempt)
 
         coalescer = DeltaCoalescer(delta)
         try:
@@ -263,7 +269,7 @@ class _Loop:
         if name == "end_session" and setup.options.session:
             return {"result": "the session ends", "effect": "end_session"}
         if name == "transfer_to_agent" and setup.handoff_targets:
-            problem = argument_errors(transfer_spec(setup.handoff_targets).parameters, args)
+            problem = argument_errors(transfer_parameters(), args)
             if problem is not None:
                 return {"error": problem}
             return {"result": f"transferred to {args['agent']}", "effect": "handoff"}
@@ -381,6 +387,17 @@ class AgentStep:
             start = await opening(ctx, setup)
         except StepwiseError as exc:  # an unknown prompt
             return StepResult.failed(exc.code, exc.message)
+        except Exception as exc:  # a prompt's TemplateError, reported as the runner's are
+            expression = getattr(exc, "expression", None)
+            if expression is None:
+                raise
+            where = f"node {ctx.node!r} (agent {setup.agent_id!r}'s prompt)"
+            message = f"{where}: {getattr(exc, 'message', exc)} (in {expression!r})"
+            return StepResult.failed(
+                "expression_error",
+                ctx.services.redactor.text(message),
+                details={"expression": expression},
+            )
         if not any(m["role"] == "user" for m in start["messages"]):
             sent = session_message(ctx)
             if sent is None:

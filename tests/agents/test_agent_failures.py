@@ -58,15 +58,51 @@ async def test_a_malformed_chunk_fails_retryably(
     assert retrying["data"]["error"]["code"] == "model_bad_response"
 
 
-async def test_a_stream_cut_in_the_middle_fails_retryably(
+async def test_a_stream_cut_in_the_middle_is_a_retryable_network_error(
     client: httpx.AsyncClient, fake: FakeModel
 ) -> None:
-    fake.push(Answer(text="a long answer cut short", pieces=8, cut=True))
-    run = await run_and_wait(
-        client, {"definition": agent_workflow(fake), "inputs": {"question": "q"}}
+    fake.push(
+        Answer(text="a long answer cut short", pieces=8, chunk_delay_s=0.06, cut=True),
+        Answer(text="the whole answer"),
     )
-    assert run["status"] == "failed"
-    assert run["error"]["code"] in ("network_error", "model_bad_response")
+    definition = agent_workflow(fake, node={"retry": RETRY})
+    run = await run_and_wait(client, {"definition": definition, "inputs": {"question": "q"}})
+    assert run["status"] == "completed", run["error"]
+    assert run["state"]["answer"] == "the whole answer"
+    [retrying] = await events_of(client, run["id"], types="node.retrying")
+    assert retrying["data"]["error"]["code"] == "network_error"
+    # the cut attempt's text stays in the log, told apart by its attempt
+    deltas = await events_of(client, run["id"], types="message.delta")
+    by_attempt: dict[int, str] = {}
+    for event in deltas:
+        attempt = event["data"]["attempt"]
+        by_attempt[attempt] = by_attempt.get(attempt, "") + event["data"]["text"]
+    assert by_attempt[2] == "the whole answer"
+    assert by_attempt[1] and "a long answer cut short".startswith(by_attempt[1])
+
+
+def _unreadable_answers(provider: str) -> list[object]:
+    if provider == "openai":
+        choice = {"index": 0, "message": {"role": "assistant", "content": "x"},
+                  "finish_reason": "stop"}  # fmt: skip
+        usage = {"prompt_tokens": 1, "completion_tokens": "a", "total_tokens": 1}
+        return [[1, 2], {"id": "c", "object": "chat.completion", "created": 1, "model": "f",
+                         "choices": [choice], "usage": usage}]  # fmt: skip
+    usage = {"input_tokens": 1, "output_tokens": 1}
+    return [[1, 2], {"id": "m", "type": "message", "role": "assistant", "model": "f",
+                     "content": "hi", "stop_reason": "end_turn", "usage": usage}]  # fmt: skip
+
+
+async def test_an_answer_that_cannot_be_read_is_a_retryable_bad_response(
+    client: httpx.AsyncClient, fake: FakeModel
+) -> None:
+    definition = agent_workflow(fake, agent={"stream": False}, node={"retry": RETRY})
+    for body in _unreadable_answers(fake.provider):
+        fake.push(Error(200, body=body), Answer(text="fine"))
+        run = await run_and_wait(client, {"definition": definition, "inputs": {"question": "q"}})
+        assert run["status"] == "completed", (body, run["error"])
+        [retrying] = await events_of(client, run["id"], types="node.retrying")
+        assert retrying["data"]["error"]["code"] == "model_bad_response", body
 
 
 async def test_the_outbound_guard_holds_for_model_requests(
@@ -193,3 +229,17 @@ async def test_resuming_a_failed_agent_continues_from_the_last_recorded_turn(
     assert len(fake.model_requests) == 3  # the answered first call was not made again
     assert len([r for r in fake.requests if r.path == "/stock"]) == 1
     assert done["usage"]["model_calls"] == 2
+
+
+async def test_a_system_prompt_that_fails_to_render_is_an_expression_error(
+    client: httpx.AsyncClient, fake: FakeModel
+) -> None:
+    definition = agent_workflow(fake, agent={"system_prompt": "You help {{ 1 / 0 }}."})
+    run = await run_and_wait(client, {"definition": definition, "inputs": {"question": "q"}})
+    assert run["status"] == "failed"
+    error = run["error"]
+    assert error["code"] == "expression_error"
+    assert error["node"] == "ask"
+    assert "'ask'" in error["message"] and "{{ 1 / 0 }}" in error["message"]
+    assert error["details"]["expression"] == "You help {{ 1 / 0 }}."
+    assert fake.model_requests == []

@@ -98,11 +98,34 @@ async def test_transfer_to_agent_hands_the_conversation_over_after_approval(
     ] == ["billing"]
 
 
-async def test_a_transfer_to_an_agent_not_in_the_targets_goes_back_as_an_error(
+async def test_a_transfer_to_an_agent_not_in_the_targets_fails_the_node(
+    client: httpx.AsyncClient, fake: FakeModel
+) -> None:
+    """DESIGN §2: a handoff to an agent that is not allowed, or that no node is bound to,
+    fails the node (the targets are offered to the model as an enum, not enforced as one)."""
+    definition = _triage_and_billing(fake)
+    definition["agents"]["sales"] = {"model": "m"}
+    definition["nodes"]["sales"] = {"step": "agent", "agent": "sales"}
+    for target, code in (("sales", "handoff_not_allowed"), ("nobody", "unknown_agent")):
+        fake.push(
+            Answer(tool_calls=[("c1", "transfer_to_agent", {"agent": target, "reason": "x"})])
+        )
+        run = await run_and_wait(client, {"definition": definition, "inputs": {"question": "?"}})
+        assert run["status"] == "failed", run
+        assert run["error"]["code"] == code
+        assert run["error"]["node"] == "triage"
+        assert target in run["error"]["message"]
+    assert len(fake.model_requests) == 2  # no second turn: the node failed at the transfer
+    tools = fake.model_requests[0].body["tools"]
+    [spec] = [t.get("input_schema") or t["function"]["parameters"] for t in tools]
+    assert spec["properties"]["agent"]["enum"] == ["billing"]
+
+
+async def test_a_transfer_without_its_reason_goes_back_to_the_model_as_an_error(
     client: httpx.AsyncClient, fake: FakeModel
 ) -> None:
     fake.push(
-        Answer(tool_calls=[("c1", "transfer_to_agent", {"agent": "sales", "reason": "x"})]),
+        Answer(tool_calls=[("c1", "transfer_to_agent", {"agent": "billing"})]),
         Answer(text="I will handle it myself."),
     )
     run = await run_and_wait(
@@ -110,7 +133,22 @@ async def test_a_transfer_to_an_agent_not_in_the_targets_goes_back_as_an_error(
     )
     assert run["status"] == "completed", run
     [result] = tool_results(fake, fake.model_requests[1].body)
-    assert "sales" in result["content"] or "enum" in result["content"]
+    assert "reason" in result["content"]
+
+
+async def test_a_handoff_step_into_an_agent_with_no_prompt_gives_the_model_its_payload(
+    client: httpx.AsyncClient, fake: FakeModel
+) -> None:
+    fake.push(Answer(text="Looking at ticket 42."))
+    definition = _triage_and_billing(fake)
+    definition["nodes"]["start"] = {"step": "handoff",
+                                    "with": {"to": "billing", "payload": {"ticket": 42}}}  # fmt: skip
+    definition["entry"] = "start"
+    run = await run_and_wait(client, {"definition": definition, "inputs": {"question": "?"}})
+    assert run["status"] == "completed", run
+    [opening] = user_texts(fake, fake.model_requests[0].body)
+    assert "None" not in opening
+    assert '{"ticket": 42}' in opening
 
 
 def _session(fake: FakeModel, **with_: Any) -> dict[str, Any]:

@@ -53,6 +53,13 @@ class ModelAnswer:
     output_tokens: int
     finish_reason: str  # stop, tool_calls, length, content_filter or the provider's own
 
+    def __post_init__(self) -> None:
+        """The SDKs build answers without checking field types: one that is wrong is
+        refused here (``model_bad_response``), not later in the loop or the usage sums."""
+        problem = _answer_problem(self)
+        if problem is not None:
+            raise BadAnswer(problem)
+
     def as_record(self) -> dict[str, Any]:
         return {
             "text": self.text,
@@ -60,6 +67,27 @@ class ModelAnswer:
             "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
             "finish_reason": self.finish_reason,
         }
+
+
+class BadAnswer(ValueError):
+    """An answer whose fields are not what the protocol says (read as ``model_bad_response``)."""
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _answer_problem(answer: ModelAnswer) -> str | None:
+    if not isinstance(answer.text, str):
+        return "the answer's text is not a string"
+    if not isinstance(answer.finish_reason, str):
+        return "the answer's finish reason is not a string"
+    if not (_is_count(answer.input_tokens) and _is_count(answer.output_tokens)):
+        return "the answer's token counts are not whole numbers"
+    for call in answer.tool_calls:
+        if not (isinstance(call.get("id"), str) and isinstance(call.get("name"), str)):
+            return "a tool call of the answer has no id or name"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +163,16 @@ def status_error(status: int, headers: Any, body: Any, where: str) -> ModelError
 
 def malformed(where: str, what: str) -> ModelError:
     return ModelError("model_bad_response", f"{where}: {what}", retryable=True)
+
+
+def unusable(where: str, exc: Exception) -> ModelError | None:
+    """``model_bad_response`` for what reading an answer raised, or None for an exception
+    that is no reading error."""
+    if isinstance(exc, BadAnswer):
+        return malformed(where, str(exc))
+    if isinstance(exc, ValueError | KeyError | TypeError | AttributeError | IndexError):
+        return malformed(where, f"unusable answer ({type(exc).__name__})")
+    return None
 
 
 def make_provider(

@@ -19,6 +19,7 @@ from app.agents.providers import (
     malformed,
     status_error,
     transport_error,
+    unusable,
 )
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -116,8 +117,11 @@ class AnthropicProvider:
             error = transport_error(exc, self.where)
             if error is not None:
                 raise error from None
-            if isinstance(exc, anthropic.APIError | ValueError | KeyError | TypeError):
+            if isinstance(exc, anthropic.APIError):
                 raise malformed(self.where, f"unusable answer ({type(exc).__name__})") from None
+            error = unusable(self.where, exc)
+            if error is not None:
+                raise error from None
             raise
 
     def _whole(self, message: Any) -> ModelAnswer:

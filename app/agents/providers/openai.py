@@ -20,6 +20,7 @@ from app.agents.providers import (
     malformed,
     status_error,
     transport_error,
+    unusable,
 )
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -123,8 +124,11 @@ class OpenAIProvider:
             error = transport_error(exc, self.where)
             if error is not None:
                 raise error from None
-            if isinstance(exc, openai.APIError | ValueError | KeyError | TypeError):
+            if isinstance(exc, openai.APIError):
                 raise malformed(self.where, f"unusable answer ({type(exc).__name__})") from None
+            error = unusable(self.where, exc)
+            if error is not None:
+                raise error from None
             raise
 
     def _whole(self, completion: Any) -> ModelAnswer:
@@ -139,8 +143,8 @@ class OpenAIProvider:
         return ModelAnswer(
             text=choice.message.content or "",
             tool_calls=calls,
-            input_tokens=usage.prompt_tokens if usage else 0,
-            output_tokens=usage.completion_tokens if usage else 0,
+            input_tokens=(usage.prompt_tokens or 0) if usage else 0,
+            output_tokens=(usage.completion_tokens or 0) if usage else 0,
             finish_reason=choice.finish_reason or ("tool_calls" if calls else "stop"),
         )
 
