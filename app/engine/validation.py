@@ -16,7 +16,14 @@ from app.engine.joins import END, JoinAnalysis
 from app.engine.schema_checks import schema_errors
 from app.engine.templates import TemplateEngine, TemplateError
 from app.errors import Invalid, error_item
-from app.schemas.definition import AGENT_LIST, AGENT_MAPPING, NODE_ID_PATTERN, WorkflowDefinition
+from app.schemas.definition import (
+    AGENT_LIST,
+    AGENT_MAPPING,
+    MODEL_INLINE,
+    MODEL_NAME,
+    NODE_ID_PATTERN,
+    WorkflowDefinition,
+)
 from app.steps.registry import StepRegistry
 
 Loc = list[str | int]
@@ -41,9 +48,14 @@ def pydantic_errors(exc: ValidationError, prefix: Sequence[str | int] = ()) -> l
     errors = []
     for err in exc.errors(include_url=False):
         loc = list(err["loc"])
-        # the tag of the form ``agents`` took is no part of the document's path
+        # the tags of the forms ``agents`` and an agent's ``model`` took are no part of the
+        # document's path
         if len(loc) > 1 and loc[0] == "agents" and loc[1] in (AGENT_MAPPING, AGENT_LIST):
             del loc[1]
+        loc = [
+            part for i, part in enumerate(loc)
+            if not (part in (MODEL_NAME, MODEL_INLINE) and i > 0 and loc[i - 1] == "model")
+        ]  # fmt: skip
         errors.append(error_item([*prefix, *loc], err["msg"], err["type"]))
     return errors
 

@@ -102,13 +102,26 @@ class ToolDef(_Strict):
         return self
 
 
+def _model_form(value: Any) -> str:
+    return MODEL_INLINE if isinstance(value, dict) else MODEL_NAME
+
+
+# an agent's ``model`` is a name under ``models`` or an inline object; as with ``agents``,
+# the tags name the forms in validation errors, and are dropped from error paths
+MODEL_NAME, MODEL_INLINE = "model-name", "model-object"
+AgentModel = Annotated[
+    Annotated[str, Tag(MODEL_NAME)] | Annotated[ModelConfig, Tag(MODEL_INLINE)],
+    Discriminator(_model_form),
+]
+
+
 class Agent(_Strict):
     description: str | None = None
     # None: may hand off to any agent a node is bound to
     handoff_targets: list[str] | None = None
     handoff_approval: bool = False
     # the language model settings of `step: agent` nodes bound to this agent (DESIGN §9)
-    model: str | ModelConfig | None = None
+    model: AgentModel | None = None
     system_prompt: str | None = None
     system_prompt_ref: str | None = Field(default=None, pattern=PROMPT_REF_PATTERN)
     temperature: float | None = Field(default=None, ge=0, le=2)

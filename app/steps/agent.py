@@ -91,7 +91,7 @@ class _Loop:
                         f"final answer (max_turns {self.setup.agent.max_turns})"
                     )
                     return StepResult.failed("max_turns_exceeded", msg)
-                over = self._over_budget(self.ctx.usage(None), before=True)
+                over = self._over_budget(self.ctx.usage(None))
                 if over is not None:
                     return over
                 try:
@@ -105,7 +105,7 @@ class _Loop:
                 await self.journal.record("model", record)
                 total = self._count(record, len(self.journal.entries) - 1)
                 self._answered(record)
-                over = self._over_budget(total, before=False)
+                over = self._over_budget(total)
                 if over is not None:
                     return over
             else:
@@ -159,10 +159,12 @@ class _Loop:
             "finish_reason": self.finish_reason,
         }
 
-    def _over_budget(self, total: dict[str, int], *, before: bool) -> StepResult | None:
+    def _over_budget(self, total: dict[str, int]) -> StepResult | None:
+        """``token_budget_exceeded`` once the run's tokens passed its budget (DESIGN §9):
+        after the call that passed it, or before a call when another step did."""
         budget = self.setup.token_budget
         used = total["input_tokens"] + total["output_tokens"]
-        if budget is None or (used < budget if before else used <= budget):
+        if budget is None or used <= budget:
             return None
         msg = f"the run used {used} tokens; its token_budget is {budget}"
         return StepResult.failed("token_budget_exceeded", msg, details={"used": used})

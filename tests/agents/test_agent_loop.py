@@ -184,6 +184,24 @@ async def test_token_budget_fails_the_run_once_passed(
     assert run["usage"] == {"input_tokens": 100, "output_tokens": 20, "model_calls": 2}
 
 
+async def test_a_token_budget_used_exactly_is_not_passed(
+    client: httpx.AsyncClient, fake: FakeModel
+) -> None:
+    tools = _orders(fake)
+    fake.push(
+        Answer(tool_calls=[("c1", "lookup_order", {"order_id": "A-1"})], input_tokens=10,
+               output_tokens=5),
+        Answer(text="done", input_tokens=1, output_tokens=1),
+    )  # fmt: skip
+    definition = agent_workflow(fake, agent={"tools": ["lookup_order"]}, tools=tools,
+                                token_budget=15)  # fmt: skip
+    run = await run_and_wait(client, {"definition": definition, "inputs": {"question": "?"}})
+    assert run["status"] == "failed", run
+    assert run["error"]["code"] == "token_budget_exceeded"
+    assert run["error"]["details"]["used"] == 17
+    assert len(fake.model_requests) == 2  # 15 of 15 was not past the budget: asked again
+
+
 async def test_deltas_are_coalesced_but_not_held_back(
     client: httpx.AsyncClient, fake: FakeModel
 ) -> None:

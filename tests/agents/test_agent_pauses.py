@@ -328,3 +328,19 @@ async def test_agent_settings_written_as_they_are_are_checked_when_stored(
     definition["tools"]["t"]["http"] = {"url": "http://x"}
     definition["nodes"]["one"]["with"] = {"session": "{{ inputs.chat }}", "prompt": "hi"}
     assert (await client.post("/workflows/validate", json=definition)).json()["valid"] is True
+
+
+async def test_an_inline_model_s_errors_name_their_place_in_the_document(
+    client: httpx.AsyncClient,
+) -> None:
+    model = {"provider": "openai", "model": "x", "bogus": 1}
+    nodes = {"one": {"step": "agent", "agent": "a", "with": {"prompt": "hi"}}}
+    for agents, loc in (
+        ({"a": {"model": model}}, ["agents", "a", "model", "bogus"]),
+        ([{"id": "a", "model": model}], ["agents", 0, "model", "bogus"]),
+        ({"a": {"model": 5}}, ["agents", "a", "model"]),
+    ):
+        definition = {"name": "inline-model", "agents": agents, "nodes": nodes}
+        checked = (await client.post("/workflows/validate", json=definition)).json()
+        assert checked["valid"] is False
+        assert [e["loc"] for e in checked["errors"]] == [loc]
