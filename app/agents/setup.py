@@ -158,12 +158,14 @@ def render_text(ctx: StepContext, template: str) -> str:
 async def opening(ctx: StepContext, setup: AgentSetup) -> dict[str, Any]:
     """The journal's first entry: ``{system, messages, prompts}``.
 
-    Stored prompts are resolved here once; the entry keeps their rendered text and the
-    versions used, so a resume or replay of the visit uses the same text."""
+    Stored prompts are resolved here once, a reference without a version to the run's
+    version of the prompt (the latest when the run first used it); the entry keeps their
+    rendered text and the versions used, so a resume or replay of the visit uses the
+    same text."""
     used: list[dict[str, Any]] = []
     system: str | None = None
     if setup.agent.system_prompt_ref is not None:
-        prompt = await ctx.services.resolve_prompt(setup.agent.system_prompt_ref)
+        prompt = await ctx.services.resolve_prompt(setup.agent.system_prompt_ref, ctx.run_id)
         used.append({"ref": setup.agent.system_prompt_ref, "name": prompt.name,
                      "version": prompt.version})  # fmt: skip
         system = render_text(ctx, prompt.template)
@@ -178,7 +180,7 @@ async def opening(ctx: StepContext, setup: AgentSetup) -> dict[str, Any]:
     if options.prompt is not None:
         messages.append({"role": "user", "content": options.prompt})
     elif options.prompt_ref is not None:
-        prompt = await ctx.services.resolve_prompt(options.prompt_ref)
+        prompt = await ctx.services.resolve_prompt(options.prompt_ref, ctx.run_id)
         used.append({"ref": options.prompt_ref, "name": prompt.name, "version": prompt.version})
         messages.append({"role": "user", "content": render_text(ctx, prompt.template)})
     elif isinstance(handoff, dict) and handoff.get("to_agent") == setup.agent_id:

@@ -15,6 +15,7 @@ from app.errors import Conflict, Invalid, error_item
 from app.schemas.runs import ForkRequest, StateEdit
 from app.store import agent_turns as agent_turn_store
 from app.store import checkpoints as checkpoint_store
+from app.store import run_prompts as run_prompt_store
 from app.store import runs as run_store
 from app.store.checkpoints import CheckpointRow
 from app.store.database import transaction
@@ -269,6 +270,7 @@ class HistoryCommands(CommandBase):
             await agent_turn_store.copy_to_fork(
                 session, source.id, fork_id, checkpoint.seq, checkpoint.created_at
             )
+            await run_prompt_store.copy_to_fork(session, source.id, fork_id)
             await insert_events(session, fork_id, len(events), events, now, groups=[len(events)])
             recorded = await record_step(
                 session,

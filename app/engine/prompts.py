@@ -23,6 +23,7 @@ from app.engine.validation import canonical_json
 from app.errors import NotFound, error_item
 from app.schemas.definition import NAME_PATTERN
 from app.store import prompts as prompt_store
+from app.store import run_prompts as run_prompt_store
 from app.store import versions
 from app.store.database import Executor, transaction
 from app.store.models import Prompt
@@ -83,16 +84,25 @@ def _unknown(name: str, version: int | None, latest: int | None) -> str:
     return f"prompt {name!r} has no version {version} (the latest is {latest})"
 
 
-async def resolve_prompt(sessions: async_sessionmaker[AsyncSession], ref: str) -> ResolvedPrompt:
-    """The prompt a reference names: its latest version, or the one pinned by ``@N``.
+async def resolve_prompt(
+    sessions: async_sessionmaker[AsyncSession], ref: str, run_id: str | None = None
+) -> ResolvedPrompt:
+    """The prompt a reference names: the version pinned by ``@N``, or else the run's
+    version of it (``run_prompts``: the latest when ``run_id`` first used the name).
     A malformed reference or an unknown prompt or version raises ``unknown_prompt``."""
     try:
         name, version = parse_prompt_ref(ref)
     except ValueError as exc:
         raise NotFound(str(exc), code="unknown_prompt") from None
     async with transaction(sessions) as session:
+        if version is None and run_id is not None:
+            version = await run_prompt_store.pinned(session, run_id, name)
         if version is None:
             row = await versions.latest(session, Prompt, name)
+            if row is not None and run_id is not None:
+                kept = await run_prompt_store.pin(session, run_id, name, row.version)
+                if kept != row.version:  # another branch of the run pinned it first
+                    row = await versions.get_version(session, Prompt, name, kept)
         else:
             row = await versions.get_version(session, Prompt, name, version)
             if row is None:

@@ -282,8 +282,8 @@ class Engine:
 
     # -- for agent steps (DESIGN §9): stored prompts and the loop's journal -----------------
 
-    async def resolve_prompt(self, ref: str) -> prompts.ResolvedPrompt:
-        return await prompts.resolve_prompt(self.sessions, ref)
+    async def resolve_prompt(self, ref: str, run_id: str) -> prompts.ResolvedPrompt:
+        return await prompts.resolve_prompt(self.sessions, ref, run_id)
 
     # perf (issue 17): Core transactions, without an ORM session's upkeep
     async def agent_turns(

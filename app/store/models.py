@@ -1,5 +1,5 @@
-"""ORM models: workflows, prompts, runs, checkpoints, events, agent turns, webhook
-deliveries.
+"""ORM models: workflows, prompts, runs, checkpoints, events, agent turns, the prompt
+versions runs use, webhook deliveries.
 
 These classes are the storage shape only; API schemas live in ``app.schemas``.
 """
@@ -256,6 +256,21 @@ class AgentTurn(Base):
     # checkpoint by this, not by clocks); 0 in a fork for the turns copied into it, NULL
     # for turns recorded before the column existed
     checkpoint_seq: Mapped[int | None] = mapped_column(Integer)
+
+
+class RunPrompt(Base):
+    """The version of a stored prompt a run uses where it names the prompt without one:
+    the latest when the run first used it (DESIGN §9: a resume or a replay, time travel
+    included, uses the same text). Kept by forks."""
+
+    __tablename__ = "run_prompts"
+
+    run_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class WebhookDelivery(Base):

@@ -309,17 +309,18 @@ async def next_due_at(session: AsyncSession) -> datetime | None:
 
 
 async def delete_runs(session: AsyncSession, run_ids: Sequence[str]) -> tuple[int, int]:
-    """Delete these runs with their events, checkpoints and agent turns; forks of them
+    """Delete these runs with their events, checkpoints, agent turns and prompt versions; forks of them
     lose their ``parent_run_id``. Returns (events, checkpoints) deleted with them.
 
     The foreign keys cascade (SQLite enforces it with foreign_keys=ON); explicit deletes
     keep it true whatever the backend's settings."""
     from app.store.events import events_held
-    from app.store.models import AgentTurn, Checkpoint, Event
+    from app.store.models import AgentTurn, Checkpoint, Event, RunPrompt
 
     if not run_ids:
         return 0, 0
     await session.execute(delete(AgentTurn).where(AgentTurn.run_id.in_(run_ids)))
+    await session.execute(delete(RunPrompt).where(RunPrompt.run_id.in_(run_ids)))
     # counted as events, not rows (a batch row holds several)
     held = delete(Event).where(Event.run_id.in_(run_ids))
     events = sum(

@@ -73,3 +73,41 @@ async def test_a_run_naming_a_prompt_that_is_not_stored_is_refused(
     assert refused.status_code == 422, refused.text
     assert refused.json()["code"] == "unknown_prompt"
     assert fake.model_requests == []
+
+
+async def test_a_run_keeps_the_prompt_version_it_first_used_across_time_travel_and_forks(
+    client: httpx.AsyncClient, fake: FakeModel
+) -> None:
+    """DESIGN §9: a run records the version it used, so a replay uses the same text: a
+    resume from the checkpoint before the agent ran, after a newer version was stored,
+    and a fork from there, both ask the model with the first version."""
+    await store_prompt(client, "helper-system", "First {{ inputs.company }}.")
+    definition = agent_workflow(fake, agent={"system_prompt_ref": "helper-system"})
+    del definition["agents"]["helper"]["system_prompt"]
+    assert (await client.post("/workflows", json=definition)).status_code == 201
+    fake.push(Answer(text="one"))
+    run = await run_and_wait(client, {"workflow": "agent-test",
+                                      "inputs": {"company": "Acme", "question": "q"}})  # fmt: skip
+    assert run["status"] == "completed", run
+    assert system_of(fake, fake.model_requests[0].body) == "First Acme."
+    assert await store_prompt(client, "helper-system", "Second {{ inputs.company }}.") == 2
+
+    checkpoints = (await client.get(f"/runs/{run['id']}/checkpoints")).json()["items"]
+    start = checkpoints[0]["id"]
+    fake.push(Answer(text="two"), Answer(text="three"))
+    resumed = await client.post(f"/runs/{run['id']}/resume", json={"checkpoint_id": start})
+    assert resumed.status_code == 202, resumed.text
+    assert (await wait_run(client, run["id"]))["status"] == "completed"
+    assert system_of(fake, fake.model_requests[1].body) == "First Acme."
+
+    forked = await client.post(f"/runs/{run['id']}/fork", json={"checkpoint_id": start})
+    assert forked.status_code == 201, forked.text
+    assert (await wait_run(client, forked.json()["id"]))["status"] == "completed"
+    assert system_of(fake, fake.model_requests[2].body) == "First Acme."
+
+    # a new run takes the latest version
+    fake.push(Answer(text="four"))
+    again = await run_and_wait(client, {"workflow": "agent-test",
+                                        "inputs": {"company": "Acme", "question": "q"}})  # fmt: skip
+    assert again["status"] == "completed", again
+    assert system_of(fake, fake.model_requests[3].body) == "Second Acme."
