@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from app.engine import branchdoc, memory
-from app.engine.branchdoc import ENDED, PARALLEL, RUNNING
+from app.engine.branchdoc import ARRIVED, ENDED, PARALLEL, RUNNING
 from app.engine.lifecycle import RunStatus
 from app.engine.recording import counted
 from app.engine.runner import RunExecution
@@ -204,8 +204,12 @@ class BranchExecution(RunExecution):
             self.doc.pop("suspended", None)
             self._resume(resume["status"], {k: v for k, v in resume.items() if k != "status"})
             self.events = [e for e in self.events if e.type != "run.resumed"]
-        # an answer to the interrupt_after of its last node: it ends, with a commit, once run
-        self.ends_answered = resume is not None and branchdoc.branch_status(self.doc, join) == ENDED
+        # an answer to the interrupt_after of its last node (before the join, or of all):
+        # it has arrived, or ended, with a commit once run
+        self.ends_answered = resume is not None and branchdoc.branch_status(self.doc, join) in (
+            ARRIVED,
+            ENDED,
+        )
 
     # the run's step counter is shared by all its branches
     @property
@@ -235,7 +239,7 @@ class BranchExecution(RunExecution):
 
     def runnable(self) -> bool:
         status = branchdoc.branch_status(self.doc, self.join)
-        return status == RUNNING or (status == ENDED and self.ends_answered)
+        return status == RUNNING or (status in (ARRIVED, ENDED) and self.ends_answered)
 
     async def run(self, runtime: ParallelRuntime) -> None:
         while not self.root.stopping():  # a draining process: stop at a step boundary
@@ -252,6 +256,8 @@ class BranchExecution(RunExecution):
     async def _step(self) -> bool:
         if not self.runnable():
             return False
+        if self.ends_answered and branchdoc.branch_status(self.doc, self.join) == ARRIVED:
+            return await self._complete()  # the answer committed; the join is not its to run
         return await super()._step()
 
     def _wrote(self, i: int, keys: list[str]) -> None:
@@ -259,7 +265,8 @@ class BranchExecution(RunExecution):
             self.doc = {**self.doc, "written": sorted({*self.doc.get("written", []), *keys})}
 
     async def _complete(self) -> bool:
-        """The branch ended (its first frame has no next node)."""
+        """The branch ended (its first frame has no next node), or an answer to its last
+        node's interrupt_after is committed as it waits at the join."""
         return await self._commit(RunStatus.RUNNING, 0, self.doc["frames"][0]["last"])
 
     def _whose(self) -> dict[str, Any]:

@@ -301,3 +301,24 @@ async def test_a_branch_timer_comes_due_while_the_run_waits_for_a_person(
     done = await wait_run(client, run_id)
     assert done["status"] == "completed", done
     assert done["state"]["woke"] is True and done["state"]["after"] == "yes"
+
+
+async def test_an_interrupt_after_before_the_join_answered_while_a_sibling_works(
+    make_client: AppFactory,
+) -> None:
+    """The answered branch has arrived at the join: it waits there for ``work``."""
+    definition = ask_then_work(
+        ask={"step": "set", "interrupt_after": "check", "set": {"ask": "done"}},
+    )
+    del definition["nodes"]["after"]
+    definition["edges"] = [e for e in definition["edges"] if e["from"] != "after"]
+    next(e for e in definition["edges"] if e["from"] == "ask")["to"] = "join"
+    client, run_id = await started(make_client, definition)
+    run = await listed(client, run_id)
+    assert run["status"] == "running", run
+    assert [(i["node"], i["kind"]) for i in run["interrupts"]] == [("ask", "interrupt_after")]
+    accepted = await answer(client, run_id, run["interrupt"]["id"])
+    assert accepted.status_code == 202, accepted.text
+    done = await wait_run(client, run_id)
+    assert done["status"] == "completed", done
+    assert done["state"] == {"ask": "done", "worked": True}

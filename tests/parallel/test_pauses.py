@@ -178,3 +178,25 @@ async def test_interrupt_after_on_a_branchs_last_node_pauses_that_branch(
     done = await wait_run(client, run["id"])
     assert done["status"] == "completed", done
     assert done["state"] == {"a": 1, "b": 2}
+
+
+async def test_interrupt_after_on_the_last_node_before_a_join_goes_on_to_the_join(
+    client: httpx.AsyncClient,
+) -> None:
+    nodes = {
+        "start": {"step": "set"},
+        "a": {"step": "set", "set": {"l": "a"}},
+        "b": {"step": "set", "interrupt_after": "check b", "set": {"l": "b"}},
+        "join": {"step": "set", "join": "all", "set": {"joined": True}},
+    }
+    edges = [{"from": "start", "to": ["a", "b"]}, {"from": "a", "to": "join"},
+             {"from": "b", "to": "join"}]  # fmt: skip
+    definition = wf("joins-after", nodes, edges, state={"l": []}, reducers={"l": "append"})
+    run = await start(client, definition)
+    assert run["status"] == "interrupted", run
+    assert [(i["node"], i["kind"]) for i in run["interrupts"]] == [("b", "interrupt_after")]
+    response = await answer(client, run["id"], run["interrupts"][0]["id"])
+    assert response.status_code == 202, response.text
+    done = await wait_run(client, run["id"])
+    assert done["status"] == "completed", done
+    assert done["state"] == {"l": ["a", "b"], "joined": True}
