@@ -16,14 +16,7 @@ from app.engine.joins import END, JoinAnalysis
 from app.engine.schema_checks import schema_errors
 from app.engine.templates import TemplateEngine, TemplateError
 from app.errors import Invalid, error_item
-from app.schemas.definition import (
-    AGENT_LIST,
-    AGENT_MAPPING,
-    MODEL_INLINE,
-    MODEL_NAME,
-    NODE_ID_PATTERN,
-    WorkflowDefinition,
-)
+from app.schemas.definition import FORM_TAGS, NODE_ID_PATTERN, WorkflowDefinition
 from app.steps.registry import StepRegistry
 
 Loc = list[str | int]
@@ -48,13 +41,9 @@ def pydantic_errors(exc: ValidationError, prefix: Sequence[str | int] = ()) -> l
     errors = []
     for err in exc.errors(include_url=False):
         loc = list(err["loc"])
-        # the tags of the forms ``agents`` and an agent's ``model`` took are no part of the
-        # document's path
-        if len(loc) > 1 and loc[0] == "agents" and loc[1] in (AGENT_MAPPING, AGENT_LIST):
-            del loc[1]
         loc = [
             part for i, part in enumerate(loc)
-            if not (part in (MODEL_NAME, MODEL_INLINE) and i > 0 and loc[i - 1] == "model")
+            if not (i > 0 and part in FORM_TAGS.get(str(loc[i - 1]), ()))
         ]  # fmt: skip
         errors.append(error_item([*prefix, *loc], err["msg"], err["type"]))
     return errors

@@ -52,13 +52,29 @@ class Node(_Strict):
     join: Literal["all"] | None = None
 
 
+def _target_form(value: Any) -> str:
+    return EDGE_FAN_OUT if isinstance(value, list) else EDGE_ONE
+
+
+# an edge's ``to`` is one node or a list that fans out; the tags name the forms in
+# validation errors, and are dropped from error paths (``FORM_TAGS``)
+EDGE_ONE, EDGE_FAN_OUT = "one-target", "fan-out"
+MAX_FAN_OUT = 100
+EdgeTarget = Annotated[
+    Annotated[str, Field(min_length=1), Tag(EDGE_ONE)]
+    | Annotated[
+        list[Annotated[str, Field(min_length=1)]],
+        Field(min_length=1, max_length=MAX_FAN_OUT),
+        Tag(EDGE_FAN_OUT),
+    ],
+    Discriminator(_target_form),
+]
+
+
 class Edge(_Strict):
     from_: str = Field(alias="from", min_length=1)
     # a list fans out: each target starts a branch, all run concurrently (DESIGN §10)
-    to: (
-        Annotated[str, Field(min_length=1)]
-        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=100)]
-    )
+    to: EdgeTarget
     when: str | None = None
     loop: bool = False
 
@@ -153,6 +169,14 @@ Agents = Annotated[
     Annotated[dict[str, Agent], Tag(AGENT_MAPPING)] | Annotated[list[AgentItem], Tag(AGENT_LIST)],
     Discriminator(_agents_form),
 ]
+
+# the tags of the tagged unions above, by the field they follow in an error's path: no
+# part of the document's path, so dropped from it
+FORM_TAGS = {
+    "agents": (AGENT_MAPPING, AGENT_LIST),
+    "model": (MODEL_NAME, MODEL_INLINE),
+    "to": (EDGE_ONE, EDGE_FAN_OUT),
+}
 
 
 class WorkflowDefinition(_Strict):

@@ -161,3 +161,23 @@ async def test_a_maps_templated_settings_wait_until_rendered(client: httpx.Async
     templated = one_map(workflow="{{ state.w }}", items="{{ state.items }}",
                         max_concurrency="{{ state.n }}")  # fmt: skip
     assert (await client.post("/workflows/validate", json=templated)).json()["valid"] is True
+
+
+@pytest.mark.parametrize(
+    ("to", "loc", "kind"),
+    [
+        ([], ["edges", 0, "to"], "too_short"),
+        (["a", 5], ["edges", 0, "to", 1], "string_type"),
+        ({"x": 1}, ["edges", 0, "to"], "string_type"),
+        ([f"n{i}" for i in range(101)], ["edges", 0, "to"], "too_long"),
+    ],
+)
+async def test_a_malformed_edge_target_is_refused_at_its_path(
+    client: httpx.AsyncClient, to: Any, loc: list[Any], kind: str
+) -> None:
+    definition = diamond()
+    definition["edges"][0]["to"] = to
+    response = await client.post("/workflows/validate", json=definition)
+    assert response.status_code == 200
+    errors = response.json()["errors"]
+    assert [(e["loc"], e["type"]) for e in errors] == [(loc, kind)]
