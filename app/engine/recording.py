@@ -148,6 +148,7 @@ class RunRecorder:
                 base_id=last.base_id,
                 data=last.data,
                 earlier=earlier,
+                saved=last.saved,
             )
             if hook and recorded is not None and recorded.run is not None:
                 await webhooks.owe(session, doc_resource(recorded.run, self.doc))

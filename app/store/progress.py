@@ -93,15 +93,17 @@ async def record_step(
     data: Any = None,
     earlier: Sequence[StepWrite] = (),
     whole_row: bool = False,
+    saved: dict[str, Any] | None = None,
 ) -> Recorded | None:
     """Write a step's outcome (after the ``earlier`` ones, oldest first); None when
-    ``guard`` (the lease) refused it. ``values`` is the run row after the last step.
+    ``guard`` (the lease) refused it. ``values`` is the run row after the last step;
+    ``saved`` is more data for the step's ``checkpoint.saved`` (as ``StepWrite.saved``).
     With ``whole_row`` (or when the write pauses or ends the run) ``Recorded.run`` is the
     whole row as written. On Postgres, a write fenced by a ``Fence`` whose ``values`` are
     plain (no SQL expressions) skips SQLAlchemy (``app.store.statements``); given a
     connection with no transaction begun, it is one statement that commits by itself."""
     now = utcnow()
-    writes = [*earlier, StepWrite(list(events), checkpoint, base_id, data)]
+    writes = [*earlier, StepWrite(list(events), checkpoint, base_id, data, saved=saved)]
     prepared = [_with_saved_event(w) for w in writes]
     checkpoints = [w.checkpoint for w in writes if w.checkpoint is not None]
     total = sum(len(evs) for evs, _ in prepared)

@@ -11,6 +11,7 @@ import httpx
 from app.steps.base import StepContext, StepResult
 from app.steps.registry import StepRegistry, builtin_steps
 from tests.conftest import AppFactory, events_of
+from tests.engine.steps_for_tests import make_registry
 from tests.engine.test_runner import start, types_of, wf
 
 PLAN = wf(
@@ -379,3 +380,29 @@ async def test_branches_that_meet_outside_a_join_are_refused(client: httpx.Async
     definition["edges"] = [{"from": "s", "to": ["a", "b"]}, {"from": "a", "to": "j"},
                            {"from": "b", "to": "j"}, {"from": "j", "to": "k"}]  # fmt: skip
     assert (await client.post("/workflows/validate", json=definition)).json()["valid"] is True
+
+
+async def test_a_checkpoint_after_a_branch_step_that_is_not_pure_names_its_branch(
+    make_client: AppFactory,
+) -> None:
+    """Steps with effects are written one by one, not grouped: their checkpoint.saved
+    carries the branch too."""
+    registry, _ = make_registry()
+    client = await make_client(registry=registry)
+    nodes = {
+        "plan": {"step": "set"},
+        "a": {"step": "sleep", "with": {"seconds": 0.01}},
+        "b": {"step": "sleep", "with": {"seconds": 0.2}},
+        "merge": {"step": "set", "join": "all"},
+    }
+    edges = [{"from": "plan", "to": ["a", "b"]}, {"from": "a", "to": "merge"},
+             {"from": "b", "to": "merge"}]  # fmt: skip
+    run = await start(client, wf("effects", nodes, edges))
+    assert run["status"] == "completed", run
+    events = await events_of(client, run["id"])
+    for i, event in enumerate(events):
+        if event["type"] == "node.completed" and event["data"].get("branch"):
+            saved = next(e for e in events[i:] if e["type"] == "checkpoint.saved")
+            assert saved["data"].get("branch") == event["data"]["branch"], saved
+    saved = [e["data"].get("branch") for e in events if e["type"] == "checkpoint.saved"]
+    assert sorted(b for b in saved if b) == ["a", "b"]
