@@ -175,10 +175,16 @@ async def fail_run(runtime: ParallelRuntime, failure: BranchFailed) -> bool:
             failure.branch.committed = failure.branch.doc  # it retries its node on a resume
         root.doc = root_doc(runtime)
         runtime.live = None
-        root.events.extend(failure.events)
-        root.pure = False
         details = {**(failure.error.get("details") or {}), "branch": failure.branch_id}
         error = {**failure.error, "details": details}
+        # run.failed says the error as the run resource does
+        root.events.extend(
+            NewEvent(e.type, e.node, {**(e.data or {}), "error": error})
+            if e.type == "run.failed"
+            else e
+            for e in failure.events
+        )
+        root.pure = False
         return bool(await root._checkpoint(RunStatus.FAILED, failure.last, error=error))
 
     return bool(await write_locked(runtime, write))

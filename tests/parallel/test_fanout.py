@@ -212,6 +212,7 @@ async def test_failing_branch_fails_the_run_and_cancels_its_siblings(
     assert gauge.finished == []
     events = await events_of(client, run["id"])
     assert types_of(events)[-1] == "run.failed"
+    assert events[-1]["data"]["error"] == run["error"]
     assert "join" not in [e["node"] for e in events if e["type"] == "node.started"]
 
 
