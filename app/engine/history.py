@@ -310,6 +310,7 @@ class HistoryCommands(CommandBase):
             self._check_state_size(memory.top_state(doc), ["body", "state_patch"], "the state")
             frames = list(doc["frames"])
             top = frames[0]
+            values: dict[str, Any] = {}
             if body.goto is not None:
                 definition = await self.engine.definitions.for_run(session, run)
                 if body.goto not in definition.nodes:
@@ -320,7 +321,11 @@ class HistoryCommands(CommandBase):
                     )
                 visits = {**top["visits"], body.goto: top["visits"].get(body.goto, 0) + 1}
                 top = {**top, "node": body.goto, "visits": visits}
-                top.pop(branchdoc.PARALLEL, None)  # a goto leaves a fan-out's branches
+                if top.pop(branchdoc.PARALLEL, None) is not None:  # it leaves the branches
+                    # as in a run with no branches, one pending interrupt (the first) goes
+                    # on with the run when answered; the others went with their branches
+                    values = {"interrupt": branchdoc.column_of(
+                        branchdoc.interrupts_of(run.interrupt)[:1])}  # fmt: skip
                 doc = {**doc, "frames": [top], "interrupt": None, "awaiting": None}
             info = {"keys": sorted(body.state_patch), "goto": body.goto, "by": "api"}
             await _write_snapshot(
@@ -330,6 +335,7 @@ class HistoryCommands(CommandBase):
                 status=run.status,
                 last_node=None,
                 events=[NewEvent("state.updated", None, info)],
+                values=values,
             )
             await session.refresh(run)
         self._after_commit(run)

@@ -200,3 +200,27 @@ async def test_interrupt_after_on_the_last_node_before_a_join_goes_on_to_the_joi
     done = await wait_run(client, run["id"])
     assert done["status"] == "completed", done
     assert done["state"] == {"l": ["a", "b"], "joined": True}
+
+
+async def test_a_goto_out_of_paused_branches_leaves_one_interrupt_that_goes_on(
+    client: httpx.AsyncClient,
+) -> None:
+    definition = parallel({"first": ask("first"), "second": ask("second")})
+    definition["nodes"]["after"] = {"step": "set", "set": {"after": True}}
+    definition["edges"].append({"from": "join", "to": "after"})
+    run = await start(client, definition)
+    pending = run["interrupts"]
+    assert [i["node"] for i in pending] == ["first", "second"]
+    moved = await client.post(
+        f"/runs/{run['id']}/state", json={"state_patch": {"moved": 1}, "goto": "after"}
+    )
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["status"] == "interrupted"
+    assert [i["id"] for i in moved.json()["interrupts"]] == [pending[0]["id"]]
+    stale = await answer(client, run["id"], pending[1]["id"], value={"ok": "two"})
+    assert stale.status_code == 409
+    response = await answer(client, run["id"], pending[0]["id"], value={"ok": "one"})
+    assert response.status_code == 202, response.text
+    done = await wait_run(client, run["id"])
+    assert done["status"] == "completed", done
+    assert done["state"] == {"moved": 1, "after": True}
