@@ -157,3 +157,30 @@ async def test_tokens_appear_while_the_step_runs(page: Page, serve: Serve) -> No
         await expect(tokens).to_have_text("Hello, world")
         await expect_status(page, "completed")
         await expect_node(page, "after", "done")
+
+
+class Stutter:
+    """Streams a model's answer; the first attempt breaks off mid-answer (retryable)."""
+
+    async def execute(self, ctx: StepContext) -> StepResult:
+        await ctx.event("message.delta", node=ctx.node, text="Hel", attempt=ctx.attempt)
+        if ctx.attempt == 1:
+            return StepResult.failed("network_error", "the stream broke", retryable=True)
+        await ctx.event("message.delta", node=ctx.node, text="Hello", attempt=ctx.attempt)
+        return StepResult.succeeded({"text": "HelHello"})
+
+
+async def test_a_retried_answer_is_marked_in_the_transcript(page: Page, serve: Serve) -> None:
+    base = await serve(registry=StepRegistry({**builtin_steps(), "stutter": Stutter()}))
+    definition = {
+        "name": "stutterer",
+        "nodes": {"speak": {"step": "stutter",
+                            "retry": {"max_attempts": 2, "initial_delay_s": 0.01}}},
+    }  # fmt: skip
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        await store(client, definition)
+        run_id = await start_run(client, "stutterer")
+        await page.goto(f"{base}/ui#/runs/{run_id}")
+        await expect_status(page, "completed")
+        tokens = page.locator('.transcript[data-node="speak"] pre.tokens')
+        await expect(tokens).to_have_text("Hel\n— attempt 2 —\nHelHello")

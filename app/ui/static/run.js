@@ -104,6 +104,7 @@ export function mountRun(root, runId, navigate) {
   let definition = null;
   const events = [];
   const transcriptText = new Map();
+  const transcriptAttempt = new Map();
   let timer = null;
   let closed = false;
   let following = () => {};
@@ -174,6 +175,13 @@ export function mountRun(root, runId, navigate) {
       pre = h("pre", { class: "tokens" });
       transcripts.append(h("div", { class: "transcript", "data-node": event.node || "", "data-branch": branch }, h("h3", {}, h("code", {}, event.node || "run"), branch ? [" ", h("span", { class: "branch" }, branch)] : null), pre));
       transcriptText.set(key, pre);
+    }
+    // a model's answer retried after a failure mid-answer starts again: say so, not run on
+    const attempt = event.type === "message.delta" ? event.data.attempt : undefined;
+    if (attempt !== undefined) {
+      const last = transcriptAttempt.get(key);
+      if (last !== undefined && last !== attempt) pre.append(document.createTextNode(`\n— attempt ${attempt} —\n`));
+      transcriptAttempt.set(key, attempt);
     }
     pre.append(document.createTextNode(text));
   }
