@@ -148,12 +148,19 @@ class RunCommands(StartCommands, HistoryCommands, ApprovalCommands):
                 )
                 handover = None
             else:
+                # a branch awaiting input takes its message while others wait for answers
+                # (the run is then `interrupted`: DESIGN §10's order of statuses)
+                paused = [RunStatus.AWAITING_INPUT]
+                awaiting = None
+                if branch is not None:
+                    paused.append(RunStatus.INTERRUPTED)
+                    awaiting = branchdoc.first_awaiting(doc, {*messaged, branch})
                 run = await change_status(
                     session,
                     run_id,
                     RunStatus.QUEUED,
                     locked=current,
-                    expect=[RunStatus.AWAITING_INPUT],
+                    expect=paused,
                     code="run_not_awaiting_input",
                     values={
                         "resume_data": {
@@ -161,7 +168,7 @@ class RunCommands(StartCommands, HistoryCommands, ApprovalCommands):
                             "ts": rfc3339(utcnow()),
                             **({"branch": branch} if branch is not None else {}),
                         },
-                        "awaiting": None,
+                        "awaiting": awaiting,
                         "due_at": None,
                         **self._reservation(current.lease_token + 1),
                     },

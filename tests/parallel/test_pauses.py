@@ -224,3 +224,32 @@ async def test_a_goto_out_of_paused_branches_leaves_one_interrupt_that_goes_on(
     done = await wait_run(client, run["id"])
     assert done["status"] == "completed", done
     assert done["state"] == {"moved": 1, "after": True}
+
+
+async def test_a_branch_awaiting_input_takes_its_message_while_another_waits_for_an_answer(
+    client: httpx.AsyncClient,
+) -> None:
+    definition = parallel(
+        {
+            "chat": {"step": "input", "set": {"said": "{{ output }}"}},
+            "approve": ask("approve"),
+        }
+    )
+    run = await start(client, definition)
+    assert run["status"] == "interrupted", run  # an interrupt wins over awaiting input
+    sent = await client.post(
+        f"/runs/{run['id']}/messages", json={"message": "hello", "branch": "chat"}
+    )
+    assert sent.status_code == 202, sent.text
+    again = await until_status(client, run["id"], "interrupted", "completed", "failed")
+    assert again["status"] == "interrupted", again
+    assert [i["id"] for i in again["interrupts"]] == [run["interrupt"]["id"]]
+    assert again["awaiting_input"] is None
+    twice = await client.post(
+        f"/runs/{run['id']}/messages", json={"message": "again", "branch": "chat"}
+    )
+    assert twice.status_code == 409
+    await answer(client, run["id"], run["interrupt"]["id"], value={"ok": True})
+    done = await wait_run(client, run["id"])
+    assert done["status"] == "completed", done
+    assert done["state"] == {"said": "hello", "approve": True}
