@@ -158,7 +158,9 @@ class RunExecution(RunRecorder):
             if kind == "handoff_approval":
                 self._route_handoff(len(self.doc["frames"]) - 1, self.doc["pending_handoff"])
                 self.doc = {**self.doc, "pending_handoff": None}
-            elif kind in ("interrupt", "interrupt_before", "agent_question"):
+            elif kind == "interrupt_before":  # approved: the step runs as if never paused
+                self.inject = {"skip_before": True}
+            elif kind in ("interrupt", "agent_question"):
                 self.inject = {"response": resume["response"], "skip_before": True}
         elif "message" in resume:
             i = len(self.doc["frames"]) - 1

@@ -130,6 +130,26 @@ async def test_interrupt_before_and_after(make_client: AppFactory) -> None:
     assert steps["count"].calls == {"a": 1, "b": 1, "c": 1}
 
 
+async def test_an_interrupt_step_with_interrupt_before_asks_its_own_question_once_approved(
+    client: httpx.AsyncClient,
+) -> None:
+    """The approval of an interrupt_before is no answer to the step: it runs as if it
+    had never paused (no `context.response`), and an interrupt step then asks."""
+    definition = wf("asks-twice", {"q": {"step": "interrupt", "interrupt_before": "pre",
+                                         "with": {"x": 1}, "set": {"v": "{{ output }}"}}})  # fmt: skip
+    run = await start(client, definition)
+    assert run["interrupt"]["kind"] == "interrupt_before"
+    assert (await answer(client, run, value="the approval")).status_code == 202
+    asked = await until_status(client, run["id"], "interrupted", "completed", "failed")
+    assert asked["status"] == "interrupted", asked
+    assert asked["interrupt"]["kind"] == "interrupt"
+    assert asked["interrupt"]["payload"] == {"x": 1}
+    assert (await answer(client, asked, value="the answer")).status_code == 202
+    done = await wait_run(client, run["id"])
+    assert done["status"] == "completed", done
+    assert done["state"] == {"v": "the answer"}
+
+
 async def test_run_resumed_says_the_status_the_run_was_in(client: httpx.AsyncClient) -> None:
     """A run failed by a rejected interrupt_after: its checkpoint's status is interrupted,
     the run's failed; a resume says failed (and asks again)."""
