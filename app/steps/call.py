@@ -41,6 +41,7 @@ from app.steps.http import (
     parse_json,
 )
 from app.steps.outbound import send_guarded
+from app.steps.schemas import schema_problem
 
 ANSWER_EXCERPT_BYTES: Final = 2048  # of a malformed answer, kept in the error's details
 
@@ -110,6 +111,10 @@ CallAnswer = Annotated[
 _ANSWER: Final = TypeAdapter[CallAnswer](CallAnswer)
 
 
+class _Unusable(ValueError):
+    """A step result of the right form that cannot be acted on (said in ``bad_step_result``)."""
+
+
 def _to_result(answer: CallAnswer, now: datetime) -> StepResult:
     match answer:
         case Succeeded():
@@ -128,6 +133,10 @@ def _to_result(answer: CallAnswer, now: datetime) -> StepResult:
                 resume_at = now + timedelta(seconds=answer.resume_after_s)
             return StepResult.needs_continuation(resume_at=resume_at, output=answer.output)
         case Interrupted(interrupt=interrupt):
+            if interrupt.json_schema is not None:
+                problem = schema_problem(interrupt.json_schema)
+                if problem is not None:
+                    raise _Unusable(f"the interrupt's schema: {problem}")
             return StepResult.interrupted(interrupt.payload, interrupt.json_schema)
         case AwaitingInput():
             return StepResult.awaiting_input(answer.prompt)
@@ -151,6 +160,8 @@ def parse_answer(raw: bytes, *, now: datetime | None = None) -> StepResult | str
         return _to_result(answer, now or datetime.now(UTC))
     except OverflowError:
         return "the answer's resume_after_s is too large"
+    except _Unusable as exc:
+        return str(exc)
 
 
 # --------------------------------------------------------------------------- the step

@@ -1,6 +1,8 @@
 """``interrupt``: pauses for an answer; on approval succeeds with the answer's value."""
 
 from app.steps.base import StepContext, StepResult
+from app.steps.http import config_error
+from app.steps.schemas import schema_problem
 
 
 class InterruptStep:
@@ -11,4 +13,8 @@ class InterruptStep:
         if response is not None:
             return StepResult.succeeded(response.get("value"))
         schema = ctx.config.get("schema")
-        return StepResult.interrupted(ctx.config, schema if isinstance(schema, dict) else None)
+        if schema is not None:  # (checked when stored unless it is a template)
+            problem = schema_problem(schema)
+            if problem is not None:
+                return config_error("interrupt", f"schema: {problem}")
+        return StepResult.interrupted(ctx.config, schema)

@@ -650,3 +650,27 @@ async def test_interrupt_after_on_a_subgraphs_last_node_pauses_inside_it(
     run = await wait_run(client, run["id"])
     assert run["status"] == "completed", run
     assert run["state"] == {"r": 20, "done": True}
+
+
+async def test_an_interrupt_schema_that_cannot_be_used_fails_the_node_not_the_answer(
+    client: httpx.AsyncClient,
+) -> None:
+    """A templated schema is checked when the step pauses (invalid_step_config); one whose
+    $ref only fails on some values makes such an answer a 422, never a 500."""
+    bad = wf("bad-schema", {"q": {"step": "interrupt",
+                                  "with": {"schema": "{{ {'type': 'nonsense'} }}"}}})  # fmt: skip
+    run = await start(client, bad)
+    assert run["status"] == "failed", run
+    assert run["error"]["code"] == "invalid_step_config"
+    assert "schema" in run["error"]["message"]
+
+    deep = {"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}
+    hidden = wf("hidden-ref", {"q": {"step": "interrupt", "with": {"schema": deep}}})
+    run = await start(client, hidden)
+    assert run["status"] == "interrupted", run
+    refused = await answer(client, run, value={"a": 1})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["errors"][0]["type"] == "schema_unusable"
+    assert (await client.get(f"/runs/{run['id']}")).json()["status"] == "interrupted"
+    assert (await answer(client, run, value={"b": 1})).status_code == 202
+    assert (await wait_run(client, run["id"]))["status"] == "completed"

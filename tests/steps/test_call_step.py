@@ -162,6 +162,18 @@ async def test_resume_after(server: LoopbackServer, http_client: httpx.AsyncClie
         (b'{"status": "interrupted"}', "interrupt: Field required"),
         (b'{"status": "interrupted", "interrupt": {"schema": {}}}', "interrupt.payload"),
         (b'{"status": "interrupted", "interrupt": {"payload": 1, "schema": []}}', "schema"),
+        (
+            b'{"status": "interrupted", "interrupt": {"payload": 1, "schema": {"type": "no"}}}',
+            "the interrupt's schema: invalid JSON Schema",
+        ),
+        (
+            b'{"status": "interrupted", "interrupt": {"payload": 1, "schema": {"$ref": "#/x"}}}',
+            "the interrupt's schema: unusable JSON Schema",
+        ),
+        (
+            b'{"status": "interrupted", "interrupt": {"payload": 1, "schema": {"pattern": "("}}}',
+            "is not a 'regex'",
+        ),
         (b'{"status": "awaiting_input", "prompt": 5}', "prompt"),
         (b'{"status": "handoff"}', "handoff: Field required"),
         (b'{"status": "handoff", "handoff": {"payload": 1}}', "handoff.to"),
