@@ -64,7 +64,7 @@ async def fan_out(execution: RunExecution, i: int, node_id: str, choice: EdgeCho
     for target in choice.branches:
         visits = frame["visits"].get(target, 0) + 1
         if visits > definition.visit_limit(target):
-            return await execution._too_many_visits(i, node_id, target)
+            return await execution._too_many_visits(i, node_id, target, routed=True)
         branch_frame = {
             **plain,
             "node": target,

@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 MAX_EVENT_OUTPUT_BYTES = 16 * 1024
 PAUSE_STATUSES = ("interrupted", "awaiting_input", "suspended", "failed")
+# in a frame: the node whose step completed but whose edge was not chosen (the run failed
+# choosing it); a resume chooses again instead of running the step again
+ROUTE_AGAIN = "route_again"
 
 
 def _error(code: str, message: str, **details: Any) -> StepError:
@@ -205,6 +208,11 @@ class RunExecution(RunRecorder):
             # answer to an interrupt_after of the frame's last node
             return await self._end_frame(i, frame["last"])
         self.at_node = memory.node_path(self.doc, i, node_id)
+        if frame.get(ROUTE_AGAIN) == node_id:  # its step completed before the run failed
+            frames = list(self.doc["frames"])
+            frames[i] = {k: v for k, v in frame.items() if k != ROUTE_AGAIN}
+            self.doc, self.inject = {**self.doc, "frames": frames}, {}
+            return await self._route(i, node_id)
         definition = self.frames.definition(i)
         node = definition.nodes[node_id]
         inject, self.inject = self.inject, {}
@@ -350,17 +358,25 @@ class RunExecution(RunRecorder):
         self.events.append(NewEvent("node.completed", path, self._output_event(output)))
         if count:
             self.step_count += 1
-        frame = self.doc["frames"][i]
+        return await self._route(i, node_id)
+
+    async def _route(self, i: int, node_id: str) -> bool:
+        """Go on from ``node_id``, whose step completed: choose its edge (DESIGN §2). A
+        failure here leaves the frame at the node with ``ROUTE_AGAIN``: a resume chooses
+        again, and never runs the completed step again (DESIGN §1)."""
+        definition = self.frames.definition(i)
+        node = definition.nodes[node_id]
+        path = memory.node_path(self.doc, i, node_id)
         try:
             choice = choose_next(
                 definition, node_id, self._scope(i, {}), self.engine.templates, path or node_id
             )
         except TemplateError as exc:
-            return await self._fail(i, node_id, self._template_error(i, node_id, exc))
+            return await self._unrouted(i, node_id, self._template_error(i, node_id, exc))
         self.events.extend(choice.events)
         if not choice.matched:
             msg = f"no outgoing edge of node {path!r} matched"
-            return await self._fail(i, node_id, _error("no_matching_edge", msg))
+            return await self._unrouted(i, node_id, _error("no_matching_edge", msg))
         if choice.branches is not None:  # a fan-out edge (app.engine.branches)
             from app.engine import branches
 
@@ -369,7 +385,7 @@ class RunExecution(RunRecorder):
             self.doc, i, last=node_id, node=choice.next_node, handoff=None
         )
         if choice.next_node is not None and not self._enter(i, choice.next_node):
-            return await self._too_many_visits(i, node_id, choice.next_node)
+            return await self._too_many_visits(i, node_id, choice.next_node, routed=True)
         if node.interrupt_after:  # the next node chosen (none: the frame ends once answered)
             return await self._interrupt(
                 i, node_id, "interrupt_after", {"reason": node.interrupt_after}, None
@@ -397,17 +413,30 @@ class RunExecution(RunRecorder):
         else:
             try:
                 output = self.engine.templates.render(definition.output, self._scope(0, {}))
-            except TemplateError as exc:
+            except TemplateError as exc:  # a resume renders it again (no step runs again)
                 error = self._template_error(0, frame["last"], exc, "the workflow's output")
-                return await self._fail(0, frame["last"], error)
+                return await self._fail(0, frame["last"], error, stay=True)
         self.events.append(NewEvent("run.completed", None, {"output": output}))
         return await self._commit(RunStatus.COMPLETED, 0, frame["last"], output=output)
 
+    async def _unrouted(self, i: int, node_id: str, error: StepError) -> bool:
+        """Fail the run at ``node_id``, whose step completed but whose edge could not be
+        chosen: a resume chooses again (``_route``)."""
+        self.doc = memory.replace_frame(self.doc, i, **{ROUTE_AGAIN: node_id})
+        return await self._fail(i, node_id, error)
+
     async def _fail(
-        self, i: int, node_id: str, error: StepError, *, names: str | None = None
+        self,
+        i: int,
+        node_id: str,
+        error: StepError,
+        *,
+        names: str | None = None,
+        stay: bool = False,
     ) -> bool:
-        """Fail the run at ``node_id`` (where a resume retries it); the error and its
-        events name ``names`` instead when given (a node that could not be entered)."""
+        """Fail the run at ``node_id`` (where a resume retries it; with ``stay``, the frame
+        keeps its position: the run's end, whose output a resume renders again); the error
+        and its events name ``names`` instead when given (a node that could not be entered)."""
         path = memory.node_path(self.doc, i, names or node_id)
         body: dict[str, Any] = {"code": error.code, "message": error.message, "node": path}
         if error.details:
@@ -418,7 +447,8 @@ class RunExecution(RunRecorder):
             parent = self.doc["frames"][i]["parent_node"]
             msg = f"subgraph of node {parent!r} failed at {path!r}: {error.message}"
             return await self._fail(i - 1, parent, _error("subgraph_failed", msg, error=body))
-        self.doc = memory.replace_frame(self.doc, 0, node=node_id)
+        if not stay:
+            self.doc = memory.replace_frame(self.doc, 0, node=node_id)
         self.events.append(NewEvent("run.failed", path, {"error": body}))
         return await self._commit(RunStatus.FAILED, 0, node_id, error=body)
 
@@ -526,12 +556,19 @@ class RunExecution(RunRecorder):
         self.doc = memory.replace_frame(self.doc, i, visits={**frame["visits"], node_id: visits})
         return bool(visits <= definition.visit_limit(node_id))
 
-    async def _too_many_visits(self, i: int, node_id: str, target: str) -> bool:
+    async def _too_many_visits(
+        self, i: int, node_id: str, target: str, *, routed: bool = False
+    ) -> bool:
+        """Fail the run: ``target`` would pass its visit limit. ``routed``: the edge from
+        ``node_id``, whose step completed, led there (a resume chooses again)."""
         definition = self.frames.definition(i)
         limit = definition.visit_limit(target)
         path = memory.node_path(self.doc, i, target)
         msg = f"node {path!r} was entered more than {limit} times"
-        self.doc = memory.replace_frame(self.doc, i, node=node_id)  # (retried by a resume)
+        # (retried by a resume)
+        self.doc = memory.replace_frame(
+            self.doc, i, node=node_id, **({ROUTE_AGAIN: node_id} if routed else {})
+        )
         error = _error("max_node_iterations_exceeded", msg, node=path)
         return await self._fail(i, node_id, error, names=target)
 

@@ -124,3 +124,41 @@ async def test_resuming_a_failure_inside_a_subgraph_retries_only_the_node_that_f
     assert steps["fails_once"].calls == {"s/f": 2}
     started = [e["node"] for e in await events_of(client, run["id"]) if e["type"] == "node.started"]
     assert started == ["s", "s/p", "s/f", "s/f"]
+
+
+async def _edit_and_resume(client: httpx.AsyncClient, run_id: str, patch: dict[str, Any]) -> Any:
+    edited = await client.post(f"/runs/{run_id}/state", json={"state_patch": patch})
+    assert edited.status_code == 200, edited.text
+    assert (await client.post(f"/runs/{run_id}/resume", json={})).status_code == 202
+    return await wait_run(client, run_id)
+
+
+async def test_a_run_that_failed_after_a_step_completed_goes_on_without_running_it_again(
+    make_client: AppFactory,
+) -> None:
+    """No edge matched, an edge's `when` failed, or the workflow's output failed: the
+    step had completed, so a resume (after a state edit) chooses again or ends again."""
+    registry, steps = make_registry()
+    client = await make_client(registry=registry)
+    cases = [
+        ("edges", {"a": {"step": "count"}, "b": {"step": "count"}},
+         [{"from": "a", "to": "b", "when": "state.go"}], {}, "no_matching_edge", {"go": True}),
+        ("when", {"a": {"step": "count"}, "b": {"step": "count"}},
+         [{"from": "a", "to": "b", "when": "state.x.y > 1"}], {}, "expression_error",
+         {"x": {"y": 2}}),
+        ("output", {"a": {"step": "count"}}, [], {"output": "{{ state.x.y + 1 }}"},
+         "expression_error", {"x": {"y": 2}}),
+    ]  # fmt: skip
+    for name, nodes, edges, extra, code, patch in cases:
+        steps["count"].calls.clear()
+        run = await start(client, wf(f"route-{name}", nodes, edges, **extra))
+        assert run["status"] == "failed", run
+        assert run["error"]["code"] == code, run["error"]
+        assert run["error"]["node"] == "a"
+        assert steps["count"].calls == {"a": 1}
+        done = await _edit_and_resume(client, run["id"], patch)
+        assert done["status"] == "completed", (name, done)
+        assert steps["count"].calls["a"] == 1, name  # not run again
+        completed = await events_of(client, run["id"], types="node.completed")
+        assert [e["node"] for e in completed].count("a") == 1
+    assert done["output"] == 3
