@@ -632,3 +632,13 @@ async def test_a_failing_output_template_is_named_as_the_workflows_output(
     assert error["code"] == "expression_error"
     assert error["message"].startswith("the workflow's output: "), error
     assert error["node"] == "a"
+
+
+async def test_a_template_result_that_is_no_json_value_fails_the_node_clearly(
+    client: httpx.AsyncClient,
+) -> None:
+    run = await start(client, wf("not-json", {"a": {"step": "set", "with": {"v": "{{ self }}"}}}))
+    assert run["status"] == "failed", run
+    assert run["error"]["code"] == "expression_error"
+    assert run["error"]["node"] == "a"
+    assert "not a JSON value" in run["error"]["message"]

@@ -94,6 +94,26 @@ def test_callable_result_is_an_error(engine: TemplateEngine) -> None:
     assert "callable" in error.message
 
 
+def test_object_keys_become_json_text_or_an_error(engine: TemplateEngine) -> None:
+    assert engine.render("{{ {2: 'a', true: 'b', none: 'c', 1.5: 'd'} }}", SCOPE) == {
+        "2": "a", "true": "b", "null": "c", "1.5": "d"}  # fmt: skip
+    assert engine.render("{{ [{2: {3: 4}}] }}", SCOPE) == [{"2": {"3": 4}}]
+    error = fails(engine, "{{ {(1, 2): 'pair'} }}")
+    assert "object key (1, 2)" in error.message
+
+
+@pytest.mark.parametrize(
+    ("source", "kind"),
+    [("{{ self }}", "TemplateReference"), ("{{ cycler(1, 2) }}", "Cycler"),
+     ("{{ [1, cycler(1)] }}", "Cycler")],
+)  # fmt: skip
+def test_an_object_that_is_no_json_value_is_an_error(
+    engine: TemplateEngine, source: str, kind: str
+) -> None:
+    error = fails(engine, source)
+    assert f"{kind!r}, which is not a JSON value" in error.message
+
+
 @pytest.mark.parametrize(
     "source", ["{{ 1e308 * 10 }}", "{{ -1e308 * 10 }}", "{{ [1e308 * 10 - 1e308 * 10] }}",
                "{{ {'a': (1e308 * 10) | float} }}"],

@@ -2,13 +2,15 @@
 
 Native results are made JSON-shaped: tuples, ranges, iterators/generators (e.g. the
 result of ``| map(...)``, ``| reverse``) and dict views become lists, ``namespace``
-objects become dicts, ``Markup`` becomes ``str``; a callable result (``{{ state.get }}``)
-is an error. Values taken from the scope are returned as-is, not copied: treat native
+objects become dicts, ``Markup`` becomes ``str``, object keys that are numbers, booleans
+or null become their JSON text; a callable result (``{{ state.get }}``), any other object
+key (a tuple) and any other object (``{{ self }}``, a ``cycler``) are errors. Values taken from the scope are returned as-is, not copied: treat native
 results as read-only or copy them before mutating.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import abc
 from collections.abc import Iterable, Iterator, Mapping
@@ -84,13 +86,14 @@ class _Walker:
         self.indent_units += (len(value) + 1) * (depth + 1)
         out: dict[Any, Any] | None = None
         for index, (key, item) in enumerate(value.items()):
-            self.visit(key, depth + 1)
+            name = key if isinstance(key, str) or not self.convert else _json_key(key)
+            self.visit(name, depth + 1)
             new = self.visit(item, depth + 1)
             if self.convert:
-                if out is None and new is not item:
+                if out is None and (new is not item or name is not key):
                     out = dict(islice(value.items(), index))
                 if out is not None:
-                    out[key] = new
+                    out[name] = new
         return value if out is None else out
 
     def visit_sequence(self, value: Iterable[Any], depth: int, kind: type) -> Any:
@@ -119,10 +122,12 @@ class _Walker:
         if isinstance(value, str):  # Markup and other str subclasses
             self.add(len(value) + 2)
             return "".join((value,)) if self.convert else value
-        if isinstance(value, bytes | bytearray):
-            self.add(len(value) + 3)
+        if isinstance(value, bytes | bytearray | complex):
+            self.add(len(value) + 3 if isinstance(value, bytes | bytearray) else 24)
+            if self.convert:
+                raise _not_json(value)
             return value
-        if isinstance(value, int | float | complex):
+        if isinstance(value, int | float):
             self.add(24)
             if self.convert and isinstance(value, float) and not math.isfinite(value):
                 raise _EvalError(f"the result holds {value}, a number JSON has no word for")
@@ -156,5 +161,21 @@ class _Walker:
                 f"expression evaluated to a callable ({name!r}), not a value; "
                 "did you forget the parentheses?"
             )
+        if self.convert:  # a template object, a cycler, a joiner…
+            raise _not_json(value)
         self.add(64)
         return value
+
+
+def _json_key(key: Any) -> str:
+    """An object key as JSON writes it: numbers, booleans and null become their text; any
+    other key (a tuple, say) is an error."""
+    if key is None or isinstance(key, bool | int | float):
+        return json.dumps(key)
+    raise _EvalError(
+        f"the result has an object key {key!r} ({type(key).__name__}); JSON object keys are strings"
+    )
+
+
+def _not_json(value: Any) -> _EvalError:
+    return _EvalError(f"the result holds a {type(value).__name__!r}, which is not a JSON value")
