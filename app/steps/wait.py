@@ -4,6 +4,8 @@ from datetime import UTC, datetime, timedelta
 
 from app.steps.base import StepContext, StepResult
 
+MAX_WAIT_S = 100 * 366 * 86400  # beyond it a time is no longer a date Python can write
+
 
 class WaitStep:
     pure = True  # instant, no I/O: its node.started need not be written before it runs
@@ -16,11 +18,17 @@ class WaitStep:
         if until is not None:
             try:
                 resume_at = datetime.fromisoformat(str(until))
-            except ValueError:
+                if resume_at.tzinfo is None:
+                    resume_at = resume_at.replace(tzinfo=UTC)
+                resume_at = resume_at.astimezone(UTC)
+            except (ValueError, OverflowError):
                 return StepResult.failed("invalid_step_config", f"wait: bad `until` {until!r}")
-            if resume_at.tzinfo is None:
-                resume_at = resume_at.replace(tzinfo=UTC)
         elif isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds >= 0:
+            if seconds > MAX_WAIT_S:
+                return StepResult.failed(
+                    "invalid_step_config",
+                    f"wait: `seconds` is at most {MAX_WAIT_S} (100 years); give `until` instead",
+                )
             resume_at = now + timedelta(seconds=float(seconds))
         else:
             return StepResult.failed(

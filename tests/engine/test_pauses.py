@@ -674,3 +674,13 @@ async def test_an_interrupt_schema_that_cannot_be_used_fails_the_node_not_the_an
     assert (await client.get(f"/runs/{run['id']}")).json()["status"] == "interrupted"
     assert (await answer(client, run, value={"b": 1})).status_code == 202
     assert (await wait_run(client, run["id"]))["status"] == "completed"
+
+
+async def test_a_wait_too_long_to_be_a_date_is_a_bad_configuration(
+    client: httpx.AsyncClient,
+) -> None:
+    for config in ({"seconds": 1e18}, {"seconds": "{{ 10 ** 30 }}"},
+                   {"until": "9999-12-31T23:59:59-23:59"}):  # fmt: skip
+        run = await start(client, wf("long-wait", {"w": {"step": "wait", "with": config}}))
+        assert run["status"] == "failed", (config, run)
+        assert run["error"]["code"] == "invalid_step_config", (config, run["error"])
