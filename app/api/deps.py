@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from datetime import datetime
 from typing import Any
 
 from fastapi import Request
@@ -85,6 +86,24 @@ def decode_version_cursor(cursor: str | None) -> int | None:
 
 
 MAX_SEQ = 2**31 - 1
+_RUN_ID = re.compile(r"^[0-9A-Za-z-]{1,64}$")
+
+
+def decode_run_cursor(cursor: str | None) -> tuple[datetime, str] | None:
+    """A cursor of the runs list: the ``created_at`` (with its zone) and id of the last
+    run of the page before."""
+    value = decode_cursor(cursor)
+    if value is None:
+        return None
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value):
+        created, run_id = value
+        try:
+            at = datetime.fromisoformat(created)
+        except ValueError:
+            raise bad_cursor() from None
+        if at.tzinfo is not None and _RUN_ID.match(run_id):
+            return at, run_id
+    raise bad_cursor()
 
 
 def decode_seq_cursor(cursor: str | None, default: int = 0) -> int:

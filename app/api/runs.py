@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Response
@@ -179,13 +178,7 @@ async def list_runs(
             code="validation_error",
             errors=[error_item(["query", "status"], f"must be one of {sorted(STATUSES)}")],
         )
-    position = deps.decode_cursor(cursor)
-    before = None
-    if position is not None:
-        try:
-            before = (datetime.fromisoformat(position[0]), str(position[1]))
-        except (TypeError, ValueError, IndexError, KeyError):
-            raise deps.bad_cursor() from None
+    before = deps.decode_run_cursor(cursor)
     async with transaction(engine.sessions) as session:
         rows = await run_store.list_runs(
             session, statuses=statuses, workflow=workflow, before=before, limit=limit + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 from pathlib import Path
@@ -234,6 +235,11 @@ async def test_unknown_workflows_are_404_problems(client: httpx.AsyncClient) -> 
         assert response.json()["code"] == "workflow_not_found"
 
 
+def encode_cursor(value: Any) -> str:
+    text = json.dumps(value, separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
 async def test_bad_version_and_cursor_parameters_are_422(client: httpx.AsyncClient) -> None:
     await client.post("/workflows", json=linear())
     for path, params in (
@@ -248,6 +254,16 @@ async def test_bad_version_and_cursor_parameters_are_422(client: httpx.AsyncClie
         ("/workflows/linear/versions", {"cursor": "OTk5OTk5OTk5OTk5OTk5OTk5OTk5"}),  # too big
         ("/workflows/linear/versions", {"cursor": "Mg==x"}),  # "Mg" (2) with a tail
         ("/workflows/linear/versions", {"cursor": "IDI"}),  # " 2": not as it is given out
+        *(("/runs", {"cursor": encode_cursor(value)}) for value in (
+            ["2026-12-07", ""],  # no zone, no id
+            ["2026-12-07T15:10:32.079499", "a"],  # no zone
+            ["2026-12-07T15:10:32.079499+00:00", "\ud800"],
+            ["2026-12-07T15:10:32.079499+00:00", "\u0000"],
+            ["2026-12-07T15:10:32.079499+00:00", 5],
+            ["2026-12-07T15:10:32.079499+00:00", None],
+            ["2026-12-07T15:10:32.079499+00:00"],
+            "2026-12-07T15:10:32.079499+00:00",
+        )),
     ):
         response = await client.get(path, params=params)
         assert response.status_code == 422, (path, params, response.text)
