@@ -40,7 +40,9 @@ router = APIRouter(tags=["runs"])
 EngineDep = Annotated[Engine, Depends(deps.engine)]
 CommandsDep = Annotated[RunCommands, Depends(deps.commands)]
 BusDep = Annotated[EventBus, Depends(deps.bus)]
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
+]
 TimeoutS = Annotated[float, Query(ge=0, description="seconds to wait at most")]
 
 STATUSES = {s.value for s in RunStatus}

@@ -75,11 +75,11 @@ class SessionMessage(_Action):
 
 
 class ResumeRequest(_Action):
-    checkpoint_id: str | None = None
+    checkpoint_id: str | None = Field(default=None, min_length=1)
 
 
 class ForkRequest(_Action):
-    checkpoint_id: str
+    checkpoint_id: str = Field(min_length=1)
     state_patch: dict[str, Any] | None = None
     inputs_patch: dict[str, Any] | None = None
 

@@ -185,6 +185,7 @@ ODD_STARTS: list[tuple[str, dict[str, Any], int]] = [
     ("/runs", {"json": {"workflow": "lean", "version": 0}}, 422),
     ("/runs", {"json": {"inputs": {}}}, 422),
     ("/runs", {"json": {"workflow": "lean"}, "headers": {"Idempotency-Key": "k" * 256}}, 422),
+    ("/runs", {"json": {"workflow": "lean"}, "headers": {"Idempotency-Key": ""}}, 422),
     # (a body that is not JSON gets a 415 from the guards, before any handler: see
     # tests/api/test_media_types.py)
     # served, by FastAPI: a +json type; a query parameter the route does not take

@@ -684,3 +684,15 @@ async def test_a_wait_too_long_to_be_a_date_is_a_bad_configuration(
         run = await start(client, wf("long-wait", {"w": {"step": "wait", "with": config}}))
         assert run["status"] == "failed", (config, run)
         assert run["error"]["code"] == "invalid_step_config", (config, run["error"])
+
+
+async def test_an_empty_checkpoint_id_is_refused_not_taken_for_the_latest(
+    client: httpx.AsyncClient,
+) -> None:
+    run = await start(client, wf("empty-id", {"a": {"step": "set"}}))
+    before = (await client.get("/runs")).json()["items"]
+    for action in ("fork", "resume"):
+        refused = await client.post(f"/runs/{run['id']}/{action}", json={"checkpoint_id": ""})
+        assert refused.status_code == 422, (action, refused.text)
+        assert refused.json()["errors"][0]["loc"] == ["body", "checkpoint_id"]
+    assert (await client.get("/runs")).json()["items"] == before
