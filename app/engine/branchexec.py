@@ -188,6 +188,8 @@ class BranchExecution(RunExecution):
         root = root_of(parent)
         super().__init__(root.engine, root.run_id, root.lease)
         self.root = root
+        # a branch goes on in its parent's frame ``i``: the frames before it enclose it
+        self.nesting = parent.nesting + i
         self.branch_id: str = entry["id"]
         self.join = join
         self.frames = SubgraphFrames(root.engine, definitions)

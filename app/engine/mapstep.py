@@ -68,6 +68,10 @@ async def start_map(execution: RunExecution, i: int, node_id: str, node: Node) -
     path = memory.node_path(execution.doc, i, node_id)
     visit = execution.doc["frames"][i]["visits"].get(node_id, 1)
     execution.events.append(NewEvent("node.started", path, {"step": "map", "visit": visit}))
+    limit = execution.engine.settings.max_subgraph_depth
+    if execution.nesting + len(execution.doc["frames"]) > limit:  # a map of itself, say
+        msg = f"maps and subgraphs nest deeper than {limit}"
+        return await execution._fail(i, node_id, StepError("subgraph_depth_exceeded", msg))
     error, section = await _section(execution, node_id, node, config)
     if error is not None:
         return await execution._fail(i, node_id, error)
@@ -129,6 +133,7 @@ class MapItem(BranchExecution):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.nesting += 1  # its workflow runs inside the map node's
         self.finished: dict[str, Any] | None = None  # {"output"} or {"error"}
 
     async def _complete(self) -> bool:

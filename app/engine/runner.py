@@ -56,6 +56,10 @@ def _error(code: str, message: str, **details: Any) -> StepError:
 
 
 class RunExecution(RunRecorder):
+    # the workflows this execution runs inside (a map item's, a branch's: its parents'
+    # frames); with its own frames, what STEPWISE_MAX_SUBGRAPH_DEPTH bounds
+    nesting = 0
+
     def __init__(
         self,
         engine: Engine,

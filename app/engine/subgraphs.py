@@ -63,11 +63,11 @@ class SubgraphFrames:
         self, execution: RunExecution, index: int, node_id: str, config: dict[str, Any], visit: int
     ) -> StepError | None:
         """Push the subgraph's frame; a StepError when it cannot start."""
-        depth = len(execution.doc["frames"])
+        depth = execution.nesting + len(execution.doc["frames"])
         if depth > self.engine.settings.max_subgraph_depth:
             return StepError(
                 "subgraph_depth_exceeded",
-                f"subgraphs nest deeper than {self.engine.settings.max_subgraph_depth}",
+                f"maps and subgraphs nest deeper than {self.engine.settings.max_subgraph_depth}",
             )
         name, version = config.get("workflow"), config.get("version")
         inputs = config.get("inputs") or {}

@@ -254,16 +254,19 @@ async def test_bad_version_and_cursor_parameters_are_422(client: httpx.AsyncClie
         ("/workflows/linear/versions", {"cursor": "OTk5OTk5OTk5OTk5OTk5OTk5OTk5"}),  # too big
         ("/workflows/linear/versions", {"cursor": "Mg==x"}),  # "Mg" (2) with a tail
         ("/workflows/linear/versions", {"cursor": "IDI"}),  # " 2": not as it is given out
-        *(("/runs", {"cursor": encode_cursor(value)}) for value in (
-            ["2026-12-07", ""],  # no zone, no id
-            ["2026-12-07T15:10:32.079499", "a"],  # no zone
-            ["2026-12-07T15:10:32.079499+00:00", "\ud800"],
-            ["2026-12-07T15:10:32.079499+00:00", "\u0000"],
-            ["2026-12-07T15:10:32.079499+00:00", 5],
-            ["2026-12-07T15:10:32.079499+00:00", None],
-            ["2026-12-07T15:10:32.079499+00:00"],
-            "2026-12-07T15:10:32.079499+00:00",
-        )),
+        *(
+            ("/runs", {"cursor": encode_cursor(value)})
+            for value in (
+                ["2026-12-07", ""],  # no zone, no id
+                ["2026-12-07T15:10:32.079499", "a"],  # no zone
+                ["2026-12-07T15:10:32.079499+00:00", "\ud800"],
+                ["2026-12-07T15:10:32.079499+00:00", "\u0000"],
+                ["2026-12-07T15:10:32.079499+00:00", 5],
+                ["2026-12-07T15:10:32.079499+00:00", None],
+                ["2026-12-07T15:10:32.079499+00:00"],
+                "2026-12-07T15:10:32.079499+00:00",
+            )
+        ),
     ):
         response = await client.get(path, params=params)
         assert response.status_code == 422, (path, params, response.text)

@@ -249,3 +249,27 @@ async def test_an_items_interrupt_after_on_its_last_node_ends_the_item_once_answ
         run = await until_status(client, run["id"], "interrupted", "completed", "failed")
     assert run["status"] == "completed", run
     assert run["state"]["doubled"] == [2, 4]
+
+
+def map_node(items: Any, workflow: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    return {"step": "map", "with": {"workflow": workflow, "items": items, "inputs": inputs}}
+
+
+async def test_maps_nest_as_deep_as_subgraphs_do_and_no_deeper(client: httpx.AsyncClient) -> None:
+    """A workflow that maps itself is stopped at the nesting limit (8), like a subgraph
+    of itself; a map of a map of a workflow runs."""
+    leaf = wf("leaf", {"v": {"step": "set", "set": {"v": "{{ inputs.n }}"}}},
+              output="{{ state.v }}")  # fmt: skip
+    await store(client, leaf)
+    inner = map_node("{{ inputs.ns }}", "leaf", {"n": "{{ item }}"})
+    await store(client, wf("inner", {"m": inner}, output="{{ nodes.m.output }}"))
+    outer = map_node([[1, 2], [3]], "inner", {"ns": "{{ item }}"})
+    run = await start(client, wf("outer", {"m": {**outer, "set": {"out": "{{ output }}"}}}))
+    assert run["status"] == "completed", run
+    assert run["state"]["out"] == [[1, 2], [3]]
+
+    await store(client, wf("selfmap", {"m": map_node([1], "selfmap", {})}))
+    run = await start(client, wf("starter", {"go": map_node([1], "selfmap", {})}))
+    assert run["status"] == "failed", run
+    assert run["error"]["code"] == "subgraph_depth_exceeded", run["error"]
+    assert "nest deeper than 8" in run["error"]["message"]
