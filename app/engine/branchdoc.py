@@ -143,11 +143,14 @@ def pause_status(doc: memory.Doc) -> str | None:
 
 def current_node(doc: memory.Doc) -> str | None:
     """The node the run is at: the innermost frame's next node, or, inside a fan-out,
-    the first active branch's (the first paused one when none is active)."""
+    the first active branch's (the first paused one when none is active); inside a map,
+    the map's node (its items run the nodes of another workflow)."""
     i = section_index(doc)
     if i is None:
         inner = len(doc["frames"]) - 1
         return memory.node_path(doc, inner, doc["frames"][inner]["node"])
+    if doc["frames"][i][PARALLEL].get("kind") == "map":
+        return memory.node_path(doc, i, doc["frames"][i]["node"])
     found = list(leaves(doc))
     for _, d, status in [*[x for x in found if x[2] == RUNNING], *found]:
         if status in (ARRIVED, ENDED):

@@ -10,6 +10,7 @@ document is composed from what each of its branches last committed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,8 @@ from app.schemas.definition import WorkflowDefinition
 from app.store.database import transaction
 from app.store.events import NewEvent
 from app.store.models import rfc3339
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -147,7 +150,18 @@ async def write_locked(runtime: ParallelRuntime, write: Callable[[], Any]) -> An
         async with runtime.lock:
             return await write()
 
-    return await asyncio.shield(asyncio.create_task(locked()))
+    task = asyncio.create_task(locked())
+    task.add_done_callback(_settled)
+    return await asyncio.shield(task)
+
+
+def _settled(task: asyncio.Task[Any]) -> None:
+    """Take a write's outcome, so that a write whose caller was cancelled meanwhile (a
+    run cancelled, a sibling failed) and then failed itself (``LeaseLost``: the run is no
+    longer this process's) is not reported as an exception never retrieved; a caller
+    still waiting gets it as ever."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("a parallel write ended with %r", task.exception())
 
 
 class BranchExecution(RunExecution):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 from typing import Any
 
 import httpx
@@ -125,6 +127,7 @@ async def test_items_pause_and_are_answered_one_by_one(client: httpx.AsyncClient
     assert run["status"] == "interrupted", run
     pending = run["interrupts"]
     assert [i["payload"]["n"] for i in pending] == [1, 2, 3]
+    assert run["current_node"] == "each"  # the map's node, not a node of its items' workflow
     # each names the item that asks (they all ask at one node)
     assert [(i["node"], i["branch"]) for i in pending] == [
         ("ask", "each[0]"), ("ask", "each[1]"), ("ask", "each[2]")
@@ -273,3 +276,32 @@ async def test_maps_nest_as_deep_as_subgraphs_do_and_no_deeper(client: httpx.Asy
     assert run["status"] == "failed", run
     assert run["error"]["code"] == "subgraph_depth_exceeded", run["error"]
     assert "nest deeper than 8" in run["error"]["message"]
+
+
+async def test_cancelling_a_map_midway_leaves_no_task_error_behind(
+    client: httpx.AsyncClient,
+) -> None:
+    """The writes of items cut short by the cancel fail (the run is no longer this
+    runner's): their errors are taken, not reported as never retrieved."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        await store(client, wf("w-set", {"s": {"step": "set", "set": {"n": "{{ inputs.n }}"}}}))
+        node = {"step": "map", "with": {"workflow": "w-set", "items": "{{ range(2000) | list }}",
+                                        "inputs": {"n": "{{ index }}"}}}  # fmt: skip
+        for pause in (0.3, 0.6, 0.9):
+            created = await client.post("/runs", json={"definition": wf("bigmap", {"m": node}),
+                                                       "inputs": {}})  # fmt: skip
+            run_id = created.json()["id"]
+            await asyncio.sleep(pause)
+            assert (await client.post(f"/runs/{run_id}/cancel")).status_code == 202
+            cancelled = await until_status(client, run_id, "cancelled")
+            assert cancelled["current_node"] == "m"
+        await asyncio.sleep(0.5)
+        gc.collect()
+        await asyncio.sleep(0.1)
+    finally:
+        loop.set_exception_handler(previous)
+    assert [c.get("message") for c in reported] == []
