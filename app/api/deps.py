@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Request
@@ -99,7 +99,9 @@ def decode_run_cursor(cursor: str | None) -> tuple[datetime, str] | None:
         created, run_id = value
         try:
             at = datetime.fromisoformat(created)
-        except ValueError:
+            if at.tzinfo is not None:
+                at = at.astimezone(UTC)  # as the column stores it (a year 9999 may overflow)
+        except (ValueError, OverflowError):
             raise bad_cursor() from None
         if at.tzinfo is not None and _RUN_ID.match(run_id):
             return at, run_id

@@ -149,14 +149,12 @@ def current_node(doc: memory.Doc) -> str | None:
     if i is None:
         inner = len(doc["frames"]) - 1
         return memory.node_path(doc, inner, doc["frames"][inner]["node"])
-    if doc["frames"][i][PARALLEL].get("kind") == "map":
-        return memory.node_path(doc, i, doc["frames"][i]["node"])
-    found = list(leaves(doc))
-    for _, d, status in [*[x for x in found if x[2] == RUNNING], *found]:
-        if status in (ARRIVED, ENDED):
-            continue
-        inner = len(d["frames"]) - 1
-        return memory.node_path(d, inner, d["frames"][inner]["node"])
+    section = doc["frames"][i][PARALLEL]
+    if section.get("kind") != "map":
+        found = [(e["doc"], branch_status(e["doc"], section["join"])) for e in section["branches"]]
+        for d, status in [*[x for x in found if x[1] == RUNNING], *found]:
+            if status not in (ARRIVED, ENDED):
+                return current_node(d)  # (a branch with branches, or a map, of its own)
     return memory.node_path(doc, i, doc["frames"][i]["node"])
 
 

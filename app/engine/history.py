@@ -320,6 +320,8 @@ class HistoryCommands(CommandBase):
                         errors=[error_item(["body", "goto"], f"no node {body.goto!r}")],
                     )
                 visits = {**top["visits"], body.goto: top["visits"].get(body.goto, 0) + 1}
+                # (a node whose edge was to be chosen again is left: the goto node runs)
+                top = {k: v for k, v in top.items() if k != memory.ROUTE_AGAIN}
                 top = {**top, "node": body.goto, "visits": visits}
                 if top.pop(branchdoc.PARALLEL, None) is not None:  # it leaves the branches
                     # as in a run with no branches, one pending interrupt (the first) goes

@@ -91,6 +91,11 @@ def pending_after(doc: Doc) -> dict[str, Any] | None:
     return None
 
 
+# in a frame: the node whose step completed but whose edge was not chosen (the run failed
+# choosing it); a resume chooses again instead of running the step again
+ROUTE_AGAIN = "route_again"
+
+
 def replace_frame(doc: Doc, index: int, **changes: Any) -> Doc:
     frames = list(doc["frames"])
     frames[index] = {**frames[index], **changes}

@@ -46,9 +46,6 @@ log = logging.getLogger(__name__)
 
 MAX_EVENT_OUTPUT_BYTES = 16 * 1024
 PAUSE_STATUSES = ("interrupted", "awaiting_input", "suspended", "failed")
-# in a frame: the node whose step completed but whose edge was not chosen (the run failed
-# choosing it); a resume chooses again instead of running the step again
-ROUTE_AGAIN = "route_again"
 
 
 def _error(code: str, message: str, **details: Any) -> StepError:
@@ -212,9 +209,9 @@ class RunExecution(RunRecorder):
             # answer to an interrupt_after of the frame's last node
             return await self._end_frame(i, frame["last"])
         self.at_node = memory.node_path(self.doc, i, node_id)
-        if frame.get(ROUTE_AGAIN) == node_id:  # its step completed before the run failed
+        if frame.get(memory.ROUTE_AGAIN) == node_id:  # its step completed before the run failed
             frames = list(self.doc["frames"])
-            frames[i] = {k: v for k, v in frame.items() if k != ROUTE_AGAIN}
+            frames[i] = {k: v for k, v in frame.items() if k != memory.ROUTE_AGAIN}
             self.doc, self.inject = {**self.doc, "frames": frames}, {}
             return await self._route(i, node_id)
         definition = self.frames.definition(i)
@@ -366,7 +363,7 @@ class RunExecution(RunRecorder):
 
     async def _route(self, i: int, node_id: str) -> bool:
         """Go on from ``node_id``, whose step completed: choose its edge (DESIGN §2). A
-        failure here leaves the frame at the node with ``ROUTE_AGAIN``: a resume chooses
+        failure here leaves the frame at the node with ``memory.ROUTE_AGAIN``: a resume chooses
         again, and never runs the completed step again (DESIGN §1)."""
         definition = self.frames.definition(i)
         node = definition.nodes[node_id]
@@ -426,7 +423,7 @@ class RunExecution(RunRecorder):
     async def _unrouted(self, i: int, node_id: str, error: StepError) -> bool:
         """Fail the run at ``node_id``, whose step completed but whose edge could not be
         chosen: a resume chooses again (``_route``)."""
-        self.doc = memory.replace_frame(self.doc, i, **{ROUTE_AGAIN: node_id})
+        self.doc = memory.replace_frame(self.doc, i, **{memory.ROUTE_AGAIN: node_id})
         return await self._fail(i, node_id, error)
 
     async def _fail(
@@ -571,7 +568,7 @@ class RunExecution(RunRecorder):
         msg = f"node {path!r} was entered more than {limit} times"
         # (retried by a resume)
         self.doc = memory.replace_frame(
-            self.doc, i, node=node_id, **({ROUTE_AGAIN: node_id} if routed else {})
+            self.doc, i, node=node_id, **({memory.ROUTE_AGAIN: node_id} if routed else {})
         )
         error = _error("max_node_iterations_exceeded", msg, node=path)
         return await self._fail(i, node_id, error, names=target)

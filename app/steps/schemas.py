@@ -26,8 +26,8 @@ def find_schema_problem(schema: Any) -> SchemaProblem | None:
     """What makes ``schema`` unusable to check values with, or None."""
     if not isinstance(schema, dict):
         return SchemaProblem("a JSON Schema must be an object")
-    cls = validator_for(schema)
     try:
+        cls = validator_for(schema)  # (a `$schema` that is no string raises)
         # the meta-schema with its formats asserted: a `pattern` must be a regex
         meta = cls(cls.META_SCHEMA, format_checker=cls.FORMAT_CHECKER)
         wrong = best_match(meta.iter_errors(schema))

@@ -243,3 +243,28 @@ async def test_a_system_prompt_that_fails_to_render_is_an_expression_error(
     assert "'ask'" in error["message"] and "{{ 1 / 0 }}" in error["message"]
     assert error["details"]["expression"] == "You help {{ 1 / 0 }}."
     assert fake.model_requests == []
+
+
+async def test_a_whole_answer_with_tool_calls_that_have_no_id_gets_ids(
+    client: httpx.AsyncClient,
+) -> None:
+    """Some OpenAI-compatible servers leave tool call ids out: the calls get ids of their
+    own (Anthropic's tool_use blocks always carry theirs)."""
+    fake = FakeModel("openai").start()
+    try:
+        call = {"type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        body = {"id": "c", "object": "chat.completion", "created": 1, "model": "f",
+                "choices": [{"index": 0, "message": message,
+                             "finish_reason": "tool_calls"}]}  # fmt: skip
+        fake.push(Error(200, body=body), Answer(text="done"))
+        fake.routes["/lookup"] = lambda request: (200, {"found": 1})
+        tools = {"lookup": {"description": "Look", "http": {"url": fake.url("/lookup")}}}
+        definition = agent_workflow(fake, agent={"stream": False, "tools": ["lookup"]},
+                                    tools=tools)  # fmt: skip
+        run = await run_and_wait(client, {"definition": definition, "inputs": {"question": "q"}})
+        assert run["status"] == "completed", run["error"]
+        [result] = tool_results(fake, fake.model_requests[1].body)
+        assert result["id"] == "call_0"
+    finally:
+        fake.stop()

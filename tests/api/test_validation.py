@@ -105,6 +105,8 @@ async def test_the_base_definition_is_valid(client: httpx.AsyncClient) -> None:
         (["entry"], "nowhere", ["entry"], "unknown_node"),
         (["inputs"], {"type": "objekt"}, ["inputs", "type"], "invalid_schema"),
         (["inputs", "required"], "amount", ["inputs", "required"], "invalid_schema"),
+        (["inputs", "$schema"], 5, ["inputs"], "invalid_schema"),
+        (["inputs", "pattern"], "(", ["inputs", "pattern"], "invalid_schema"),
         (
             ["nodes", "approve", "with", "schema"],
             {"type": "object", "properties": {"a": {"minimum": "x"}}},

@@ -264,6 +264,7 @@ async def test_bad_version_and_cursor_parameters_are_422(client: httpx.AsyncClie
                 ["2026-12-07T15:10:32.079499+00:00", 5],
                 ["2026-12-07T15:10:32.079499+00:00", None],
                 ["2026-12-07T15:10:32.079499+00:00"],
+                ["9999-12-31T23:59:59-01:00", "abc"],  # past the last date once in UTC
                 "2026-12-07T15:10:32.079499+00:00",
             )
         ),

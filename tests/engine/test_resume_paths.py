@@ -162,3 +162,24 @@ async def test_a_run_that_failed_after_a_step_completed_goes_on_without_running_
         completed = await events_of(client, run["id"], types="node.completed")
         assert [e["node"] for e in completed].count("a") == 1
     assert done["output"] == 3
+
+
+async def test_a_goto_after_a_failed_edge_choice_runs_the_goto_node(
+    make_client: AppFactory,
+) -> None:
+    """The node whose edge is to be chosen again is left by a goto: the goto node runs,
+    even when it is that very node."""
+    registry, steps = make_registry()
+    client = await make_client(registry=registry)
+    definition = wf("goto-after", {"a": {"step": "count"}, "b": {"step": "count"}},
+                    [{"from": "a", "to": "b", "when": "state.go"}])  # fmt: skip
+    run = await start(client, definition)
+    assert run["error"]["code"] == "no_matching_edge"
+    edited = await client.post(
+        f"/runs/{run['id']}/state", json={"state_patch": {"go": True}, "goto": "a"}
+    )
+    assert edited.status_code == 200, edited.text
+    assert (await client.post(f"/runs/{run['id']}/resume", json={})).status_code == 202
+    done = await wait_run(client, run["id"])
+    assert done["status"] == "completed", done
+    assert steps["count"].calls == {"a": 2, "b": 1}

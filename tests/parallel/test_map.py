@@ -305,3 +305,20 @@ async def test_cancelling_a_map_midway_leaves_no_task_error_behind(
     finally:
         loop.set_exception_handler(previous)
     assert [c.get("message") for c in reported] == []
+
+
+async def test_a_map_inside_a_branch_is_the_current_node_too(client: httpx.AsyncClient) -> None:
+    await store(
+        client, wf("ask-one", {"ask": {"step": "interrupt", "with": {"n": "{{ inputs.n }}"}}})
+    )
+    nodes = {
+        "fork": {"step": "set"},
+        "each": map_node([1], "ask-one", {"n": "{{ item }}"}),
+        "other": {"step": "set"},
+        "j": {"step": "set", "join": "all"},
+    }
+    edges = [{"from": "fork", "to": ["each", "other"]}, {"from": "each", "to": "j"},
+             {"from": "other", "to": "j"}]  # fmt: skip
+    run = await start(client, wf("branch-map", nodes, edges))
+    assert run["status"] == "interrupted", run
+    assert run["current_node"] == "each"

@@ -174,6 +174,10 @@ async def test_resume_after(server: LoopbackServer, http_client: httpx.AsyncClie
             b'{"status": "interrupted", "interrupt": {"payload": 1, "schema": {"pattern": "("}}}',
             "is not a 'regex'",
         ),
+        (
+            b'{"status": "interrupted", "interrupt": {"payload": 1, "schema": {"$schema": 5}}}',
+            "the interrupt's schema: unusable JSON Schema",
+        ),
         (b'{"status": "awaiting_input", "prompt": 5}', "prompt"),
         (b'{"status": "handoff"}', "handoff: Field required"),
         (b'{"status": "handoff", "handoff": {"payload": 1}}', "handoff.to"),

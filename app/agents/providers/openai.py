@@ -136,9 +136,10 @@ class OpenAIProvider:
             raise malformed(self.where, "an answer without choices")
         choice = completion.choices[0]
         calls = [
-            {"id": c.id, "name": c.function.name, "args": parse_args(c.function.arguments or "")}
-            for c in choice.message.tool_calls or []
-        ]
+            {"id": c.id or f"call_{i}", "name": c.function.name,
+             "args": parse_args(c.function.arguments or "")}
+            for i, c in enumerate(choice.message.tool_calls or [])
+        ]  # fmt: skip
         usage = completion.usage
         return ModelAnswer(
             text=choice.message.content or "",
