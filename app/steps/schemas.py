@@ -4,6 +4,8 @@ never checked against a schema that cannot be used."""
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,16 +25,28 @@ class SchemaProblem:
 
 
 def find_schema_problem(schema: Any) -> SchemaProblem | None:
-    """What makes ``schema`` unusable to check values with, or None."""
+    """What makes ``schema`` unusable to check values with, or None. The check costs about
+    half a millisecond (the meta-schema is large) and the same schemas come back (an
+    interrupt step's at each pause): its outcome is kept per schema text."""
     if not isinstance(schema, dict):
         return SchemaProblem("a JSON Schema must be an object")
+    try:
+        text = json.dumps(schema, sort_keys=True)
+    except (TypeError, ValueError):  # (schemas come from JSON: never, in practice)
+        return SchemaProblem("a JSON Schema must be a JSON object")
+    return _problem_of(text)
+
+
+@functools.lru_cache(maxsize=512)
+def _problem_of(text: str) -> SchemaProblem | None:
+    schema = json.loads(text)
     try:
         cls = validator_for(schema)  # (a `$schema` that is no string raises)
         # the meta-schema with its formats asserted: a `pattern` must be a regex
         meta = cls(cls.META_SCHEMA, format_checker=cls.FORMAT_CHECKER)
         wrong = best_match(meta.iter_errors(schema))
         if wrong is not None:
-            return SchemaProblem(f"invalid JSON Schema: {wrong.message}", list(wrong.path))
+            return SchemaProblem(f"invalid JSON Schema: {wrong.message}", tuple(wrong.path))
         validator = cls(schema)
         for probe in _PROBES:
             for _ in validator.iter_errors(probe):
