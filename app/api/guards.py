@@ -212,7 +212,8 @@ class RequestGuards:
             return
         # /workflows/validate answers 200 with what ``bodies.parse_document`` finds wrong
         # (the depth, the values), as for any document that does not parse
-        validating = get_route_path(scope) == "/workflows/validate"
+        path = get_route_path(scope)
+        validating = path == "/workflows/validate"
         if body and not validating and ("json" in content_type or not content_type):
             limit = self.max_json_depth
             if json_depth(body, at_most=limit) > limit:
@@ -229,7 +230,7 @@ class RequestGuards:
                 return
             # (definitions and prompts are refused so by ``bodies.parse_document``, which
             # names the line of a YAML one, and /workflows/validate answers 200 for them)
-            documents = _DOCUMENT_PATH.match(get_route_path(scope)) is not None
+            documents = _DOCUMENT_PATH.match(path) is not None
             duplicate = None if documents else duplicate_key(body)
             if duplicate is not None:
                 loc, key = duplicate

@@ -59,7 +59,7 @@ async def fan_out(execution: RunExecution, i: int, node_id: str, choice: EdgeCho
     meeting = JoinAnalysis(definition).meeting(choice.edge_index)
     join = meeting.join if meeting.valid else None
     prefix = f"{execution.branch_id}." if isinstance(execution, BranchExecution) else ""
-    plain = {k: v for k, v in frame.items() if k not in (PARALLEL, memory.ROUTE_AGAIN)}
+    plain = {k: v for k, v in frame.items() if k != PARALLEL}
     entries = []
     for target in choice.branches:
         visits = frame["visits"].get(target, 0) + 1
@@ -297,7 +297,7 @@ async def _join(execution: RunExecution, i: int) -> bool:
         nodes.update(branch_frame["nodes"])
         for node_id, count in branch_frame["visits"].items():
             visits[node_id] = max(visits.get(node_id, 0), count)
-    plain = {k: v for k, v in frame.items() if k not in (PARALLEL, memory.ROUTE_AGAIN)}
+    plain = {k: v for k, v in frame.items() if k != PARALLEL}
     frames = list(execution.doc["frames"])
     frames[i] = {**plain, "state": state, "nodes": nodes, "visits": visits, "node": join}
     execution.doc = {**execution.doc, "frames": frames}

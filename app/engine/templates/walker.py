@@ -4,8 +4,9 @@ Native results are made JSON-shaped: tuples, ranges, iterators/generators (e.g. 
 result of ``| map(...)``, ``| reverse``) and dict views become lists, ``namespace``
 objects become dicts, ``Markup`` becomes ``str``, object keys that are numbers, booleans
 or null become their JSON text; a callable result (``{{ state.get }}``), any other object
-key (a tuple) and any other object (``{{ self }}``, a ``cycler``) are errors. Values taken from the scope are returned as-is, not copied: treat native
-results as read-only or copy them before mutating.
+key (a tuple) and any other object (``{{ self }}``, a ``cycler``) are errors. Values taken
+from the scope are returned as-is, not copied: treat native results as read-only or copy
+them before mutating.
 """
 
 from __future__ import annotations
@@ -122,13 +123,15 @@ class _Walker:
         if isinstance(value, str):  # Markup and other str subclasses
             self.add(len(value) + 2)
             return "".join((value,)) if self.convert else value
-        if isinstance(value, bytes | bytearray | complex):
-            self.add(len(value) + 3 if isinstance(value, bytes | bytearray) else 24)
+        if isinstance(value, bytes | bytearray):
+            self.add(len(value) + 3)
             if self.convert:
                 raise _not_json(value)
             return value
-        if isinstance(value, int | float):
+        if isinstance(value, int | float | complex):
             self.add(24)
+            if self.convert and isinstance(value, complex):
+                raise _not_json(value)
             if self.convert and isinstance(value, float) and not math.isfinite(value):
                 raise _EvalError(f"the result holds {value}, a number JSON has no word for")
             return value
