@@ -30,6 +30,12 @@ def ask(name: str) -> dict[str, Any]:
     }
 
 
+# a branch awaiting input beside one waiting for an answer
+CHAT_AND_APPROVE = parallel(
+    {"chat": {"step": "input", "set": {"said": "{{ output }}"}}, "approve": ask("approve")}
+)
+
+
 async def answer(client: httpx.AsyncClient, run_id: str, interrupt_id: str, **body: Any) -> Any:
     return await client.post(
         f"/runs/{run_id}/response", json={"interrupt_id": interrupt_id, **body}
@@ -78,13 +84,7 @@ async def test_each_interrupt_is_answered_by_id_and_resumes_its_branch(
 async def test_interrupt_wins_over_awaiting_input_then_a_message_goes_to_its_branch(
     client: httpx.AsyncClient,
 ) -> None:
-    definition = parallel(
-        {
-            "chat": {"step": "input", "set": {"said": "{{ output }}"}},
-            "approve": ask("approve"),
-        }
-    )
-    run = await start(client, definition)
+    run = await start(client, CHAT_AND_APPROVE)
     assert run["status"] == "interrupted", run
     assert [i["node"] for i in run["interrupts"]] == ["approve"]
     early = await client.post(f"/runs/{run['id']}/messages", json={"message": "hi"})
@@ -229,13 +229,7 @@ async def test_a_goto_out_of_paused_branches_leaves_one_interrupt_that_goes_on(
 async def test_a_branch_awaiting_input_takes_its_message_while_another_waits_for_an_answer(
     client: httpx.AsyncClient,
 ) -> None:
-    definition = parallel(
-        {
-            "chat": {"step": "input", "set": {"said": "{{ output }}"}},
-            "approve": ask("approve"),
-        }
-    )
-    run = await start(client, definition)
+    run = await start(client, CHAT_AND_APPROVE)
     assert run["status"] == "interrupted", run  # an interrupt wins over awaiting input
     sent = await client.post(
         f"/runs/{run['id']}/messages", json={"message": "hello", "branch": "chat"}
